@@ -1,0 +1,417 @@
+"""The collectives: dense allreduce, allgather Top-k, and the gTop-k butterfly.
+
+gTop-k (Shi et al., ICDCS-W 2019) in butterfly form. Every rank selects its k
+largest-magnitude entries (k = ceil(density * m) or given). In round r = 0, 1, ...
+of log2(P) rounds each rank swaps its current k-set with rank XOR 2^r in one
+message and both run the same merge: union, values summed at equal indices, keep
+the k largest magnitudes (ties to the lower index). Partners hold identical sets
+after every round, so after the last one every rank holds the same global k-set
+with no root and no broadcast: log2(P) messages of 8k bytes (float32) per rank.
+For P not a power of two, the ranks p2 + i (p2 = largest power of two <= P) first
+fold their set into rank i and get the result back from it at the end.
+
+State and error feedback. With ``residual`` (same shape and dtype as x) the
+collective works on acc = residual + x (fused into the selection pass). An entry
+of this rank reaches the result only if it survives every merge on the way; one
+dropped in round r stays out even if its index comes back through another group.
+Each rank therefore tracks a survivor mask over its own k entries (folded ranks
+learn theirs from their partner), and afterwards ``residual`` holds exactly what
+this rank's contribution did not carry:
+
+    sum over ranks of (residual_after + result.to_dense()) == sum of (residual_before + x)
+
+``values="merged"`` returns the values as merged through the rounds (partial
+sums); ``values="exact"`` adds one Allreduce of acc[G] over the agreed index set G,
+so the values are the exact sums over all ranks.
+
+Errors. Each message carries a header (sequence number, dtype, length, k, average,
+values mode, error flag). A rank with bad local input, or one that sees its
+partner disagree, switches to an error state that travels through the remaining
+rounds like data (the smaller of two errors wins), so every rank raises the same
+exception in the same call and the communicator stays usable. If the call raises,
+x has already been added into ``residual`` on ranks whose own input was valid:
+nothing was sent, so no gradient mass is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from mpi4py import MPI
+
+from . import runtime, wire
+from .errors import MismatchError
+from .selection import (
+    SPARSE_DTYPES,
+    check_vector,
+    merge_topk,
+    resolve_k,
+    select_topk,
+    select_topk_ef,
+    survivors,
+)
+
+TAG_GTOPK = 0x6770
+DENSE_DTYPES = (*SPARSE_DTYPES, np.dtype(np.int32), np.dtype(np.int64))
+
+
+@dataclass
+class CommStats:
+    """What one call cost this rank. Times in seconds; bytes are payload handed to MPI."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    allreduce_bytes: int = 0     # vector length x itemsize handed to MPI_Allreduce
+    select_s: float = 0.0        # local top-k (with the fused residual pass)
+    comm_s: float = 0.0          # inside MPI calls
+    merge_s: float = 0.0         # merges, survivor masks, residual update
+    total_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SparseResult:
+    """A sparse vector of dense length ``size``: ``values`` at ascending ``indices``."""
+
+    indices: np.ndarray
+    values: np.ndarray
+    size: int
+    stats: CommStats = field(default_factory=CommStats, compare=False)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.size)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.values.dtype
+
+    def to_dense(self) -> np.ndarray:
+        """The dense vector (zeros outside ``indices``)."""
+        out = np.zeros(self.size, self.values.dtype)
+        out[self.indices] = self.values
+        return out
+
+
+def _raise(err: wire.Error) -> None:
+    raise (ValueError if err.code == wire.ERROR_VALUE else MismatchError)(err.text)
+
+
+def _scale_average(values: np.ndarray, p: int) -> np.ndarray:
+    """values / p, rounded once to values' dtype (float16 divides in float32)."""
+    if values.dtype == np.float16:
+        return (values.astype(np.float32) / np.float32(p)).astype(np.float16)
+    return values / values.dtype.type(p)
+
+
+def _allreduce_sum(comm: MPI.Comm, buf: np.ndarray) -> None:
+    """In-place MPI sum; float16 is summed in float32 and rounded once."""
+    if buf.dtype == np.float16:
+        wide = buf.astype(np.float32)
+        comm.Allreduce(MPI.IN_PLACE, wide, op=MPI.SUM)
+        buf[...] = wide.astype(np.float16)
+    else:
+        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+
+
+# --------------------------------------------------------------------------------------
+# dense baseline
+
+
+def dense_allreduce(x: np.ndarray, average: bool = False) -> np.ndarray:
+    """The paper's DenseAllReduce: MPI_Allreduce (sum) of a 1-D array, on every rank.
+
+    x: contiguous 1-D float16/32/64 or int32/64 array, same length and dtype on every
+    rank. Returns a new array; ``average`` divides by the number of ranks (integer
+    dtypes: floor division).
+    """
+    comm = runtime.comm()
+    err = _local_error(lambda: check_vector(x, dtypes=DENSE_DTYPES))
+    header = wire.make_header(seq=runtime.next_sequence(), m=len(x) if err is None else -1, k=0, count=0,
+                              rank=comm.Get_rank(), dtype=x.dtype if err is None else None,
+                              average=average, values="merged", error=err.code if err else 0)
+    _agree(comm, "dense_allreduce", header, err)
+    out = np.array(x, copy=True)
+    _allreduce_sum(comm, out)
+    if average:
+        if out.dtype.kind == "i":
+            out //= comm.Get_size()
+        else:
+            out = _scale_average(out, comm.Get_size())
+    return out
+
+
+def _local_error(check) -> wire.Error | None:
+    try:
+        check()
+    except ValueError as e:
+        return wire.Error(wire.ERROR_VALUE, f"rank {runtime.rank()}: {e}")
+    return None
+
+
+def _agree(comm: MPI.Comm, op: str, header: np.ndarray, err: wire.Error | None) -> None:
+    """Allgather every rank's header and error; raise the same error on every rank."""
+    gathered = comm.allgather((header.tobytes(), err))
+    errors = [e for _, e in gathered if e is not None]
+    if errors:
+        _raise(min(errors))
+    headers = np.frombuffer(b"".join(h for h, _ in gathered), wire.HEADER)
+    mismatch = wire.first_mismatch(op, headers)
+    if mismatch is not None:
+        _raise(mismatch)
+
+
+# --------------------------------------------------------------------------------------
+# allgather Top-k baseline
+
+
+def topk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = None,
+                   average: bool = False, residual: np.ndarray | None = None) -> SparseResult:
+    """The paper's TopKAllReduce: local top-k, Allgather of (index, value), summed.
+
+    Returns the union of all ranks' k-sets (up to P*k entries) with values summed.
+    With ``residual`` the selection runs on residual + x and residual keeps what
+    was not selected (all selected entries are sent, so those become zero).
+    """
+    comm = runtime.comm()
+    stats = CommStats()
+    t_start = time.perf_counter()
+    err, kk = _validate_sparse(x, k, density, residual, "merged")
+    if err is None:
+        idx, val = _select(x, kk, residual)
+    stats.select_s = time.perf_counter() - t_start
+    header = wire.make_header(seq=runtime.next_sequence(), m=len(x) if err is None else -1, k=kk,
+                              count=0, rank=comm.Get_rank(), dtype=_dtype_or_none(x, err),
+                              average=average, values="merged", error=err.code if err else 0)
+    t0 = time.perf_counter()
+    _agree(comm, "topk_allreduce", header, err)
+    p = comm.Get_size()
+    payload = wire.pack_entries(idx, val)
+    gathered = np.empty(p * payload.size, np.uint8)
+    comm.Allgather([payload, MPI.BYTE], [gathered, MPI.BYTE])
+    stats.comm_s = time.perf_counter() - t0
+    stats.bytes_sent = stats.bytes_received = (p - 1) * payload.size
+    stats.messages_sent = p - 1
+    t0 = time.perf_counter()
+    parts = [wire.split_entries(chunk, idx.size, idx.dtype, val.dtype)
+             for chunk in gathered.reshape(p, payload.size)]
+    n = idx.size
+    # pairwise tree of exact unions (k = total): a fixed order, so identical on every rank
+    while len(parts) > 1:
+        nxt = [merge_topk(*parts[i], *parts[i + 1], p * n) for i in range(0, len(parts) - 1, 2)]
+        if len(parts) % 2:
+            nxt.append(parts[-1])
+        parts = nxt
+    g_idx, g_val = parts[0]
+    if residual is not None:
+        residual[idx] = 0
+    if average:
+        g_val = _scale_average(g_val, p)
+    stats.merge_s = time.perf_counter() - t0
+    stats.total_s = time.perf_counter() - t_start
+    return SparseResult(g_idx, g_val, len(x), stats)
+
+
+# --------------------------------------------------------------------------------------
+# gTop-k butterfly
+
+
+def _dtype_or_none(x: object, err: wire.Error | None) -> np.dtype | None:
+    return x.dtype if err is None else None  # type: ignore[attr-defined]
+
+
+def _validate_sparse(x: np.ndarray, k: int | None, density: float | None, residual: np.ndarray | None,
+                     values: str) -> tuple[wire.Error | None, int]:
+    kk = 0
+
+    def check() -> None:
+        nonlocal kk
+        check_vector(x)
+        if values not in wire.VALUE_MODES:
+            raise ValueError(f"values must be 'merged' or 'exact', got {values!r}")
+        kk = resolve_k(len(x), k, density)
+        if residual is not None:
+            check_vector(residual, "residual")
+            if residual.shape != x.shape or residual.dtype != x.dtype:
+                raise ValueError(f"residual must match x: got {residual.dtype}{list(residual.shape)}, "
+                                 f"x is {x.dtype}{list(x.shape)}")
+            if not residual.flags.writeable:
+                raise ValueError("residual must be writeable")
+
+    return _local_error(check), kk
+
+
+def _select(x: np.ndarray, k: int, residual: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if residual is not None:
+        return select_topk_ef(residual, x, k)
+    return select_topk(x, k)
+
+
+class _Butterfly:
+    """One rank's side of a gTop-k call: its current set (or error) and survivor masks."""
+
+    def __init__(self, comm: MPI.Comm, header: np.ndarray, idx: np.ndarray, val: np.ndarray,
+                 err: wire.Error | None, stats: CommStats):
+        self.comm = comm
+        self.header = header          # this call's parameters (count is rewritten per message)
+        self.idx, self.val = idx, val  # current set
+        self.err = err
+        self.stats = stats
+        self.k = int(header["k"][0])
+        self.own_idx, self.own_alive = idx, np.ones(idx.size, bool)  # this rank's entries
+        self.folded_idx: np.ndarray | None = None                     # entries of the rank folded into us
+        self.folded_alive: np.ndarray | None = None
+
+    # -- messages -------------------------------------------------------------------
+    def message(self, tail: np.ndarray | None = None) -> np.ndarray:
+        h = self.header.copy()
+        if self.err is not None:
+            h["error"] = self.err.code
+            h["count"] = 0
+            return wire.pack(h, self.err.text.encode("utf-8"))
+        h["count"] = self.idx.size
+        parts = [self.idx, self.val] + ([tail] if tail is not None else [])
+        return wire.pack(h, *parts)
+
+    def send(self, dest: int, buf: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        self.comm.Send([buf, MPI.BYTE], dest=dest, tag=TAG_GTOPK)
+        self._count_sent(buf, t0)
+
+    def recv(self, source: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        status = MPI.Status()
+        msg = self.comm.Mprobe(source=source, tag=TAG_GTOPK, status=status)
+        buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+        msg.Recv([buf, MPI.BYTE])
+        self.stats.bytes_received += buf.size
+        self.stats.comm_s += time.perf_counter() - t0
+        return buf
+
+    def exchange(self, partner: int) -> np.ndarray:
+        out = self.message()
+        t0 = time.perf_counter()
+        req = self.comm.Isend([out, MPI.BYTE], dest=partner, tag=TAG_GTOPK)
+        status = MPI.Status()
+        msg = self.comm.Mprobe(source=partner, tag=TAG_GTOPK, status=status)
+        buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+        msg.Recv([buf, MPI.BYTE])
+        req.Wait()
+        self.stats.bytes_received += buf.size
+        self._count_sent(out, t0)
+        return buf
+
+    def _count_sent(self, buf: np.ndarray, t0: float) -> None:
+        self.stats.comm_s += time.perf_counter() - t0
+        self.stats.bytes_sent += buf.size
+        self.stats.messages_sent += 1
+
+    # -- merging --------------------------------------------------------------------
+    def absorb(self, buf: np.ndarray, op: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Merge a partner's message into the current set (both partners end equal).
+
+        Returns the partner's (indices, values) when both sides were valid.
+        """
+        t0 = time.perf_counter()
+        theirs = wire.unpack_header(buf)
+        mine = self.header[0]
+        result = None
+        if theirs["error"]:
+            other = wire.Error(int(theirs["error"]), wire.error_text(buf))
+            self.err = other if self.err is None else min(self.err, other)
+        elif self.err is None:
+            self.err = wire.compare_headers(op, mine, theirs)
+            if self.err is None:
+                t_idx, t_val, _ = wire.unpack_entries(buf, int(theirs["count"]), self.idx.dtype, self.val.dtype)
+                self.idx, self.val = merge_topk(self.idx, self.val, t_idx, t_val, self.k)
+                result = (t_idx, t_val)
+        if result is not None:
+            self._track_survivors()
+        self.stats.merge_s += time.perf_counter() - t0
+        return result
+
+    def _track_survivors(self) -> None:
+        """After a merge: an entry dropped now stays out, even if its index returns later."""
+        self.own_alive &= survivors(self.own_idx, self.idx)
+        if self.folded_idx is not None:
+            self.folded_alive &= survivors(self.folded_idx, self.idx)
+
+    def fold_in(self, buf: np.ndarray, op: str) -> None:
+        """Absorb the set of the rank folded into this one and track its survivors too."""
+        theirs = self.absorb(buf, op)
+        if theirs is not None:
+            self.folded_idx = theirs[0]
+            self.folded_alive = survivors(theirs[0], self.idx)
+
+
+def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = None,
+                    average: bool = False, residual: np.ndarray | None = None,
+                    values: str = "merged") -> SparseResult:
+    """Global top-k sparse allreduce (butterfly gTopKAllReduce); see the module docstring.
+
+    Every rank passes a contiguous 1-D float16/32/64 ``x`` of the same length and
+    dtype, and the same ``k`` (entries, >= 1) or ``density`` (rho in (0, 1], k =
+    max(1, ceil(rho * m))), ``average``, ``values`` ("merged" or "exact") and, if
+    any, a ``residual`` like x (updated in place). Returns a SparseResult with at
+    most k entries, bit-identical on every rank. k >= m gives the dense sum.
+    """
+    comm = runtime.comm()
+    me, p = comm.Get_rank(), comm.Get_size()
+    stats = CommStats()
+    t_start = time.perf_counter()
+    seq = runtime.next_sequence()
+    err, kk = _validate_sparse(x, k, density, residual, values)
+    if err is None:
+        idx, val = _select(x, kk, residual)
+        m, dtype = len(x), x.dtype
+    else:
+        m, dtype = -1, None
+        idx, val = np.zeros(0, np.int32), np.zeros(0, np.float32)
+    stats.select_s = time.perf_counter() - t_start
+    header = wire.make_header(seq=seq, m=m, k=kk, count=idx.size, rank=me, dtype=dtype,
+                              average=average, values=values, error=0)
+    bf = _Butterfly(comm, header, idx, val, err, stats)
+
+    p2 = 1 << (p.bit_length() - 1)                 # ranks >= p2 fold into rank - p2
+    if me >= p2:
+        bf.send(me - p2, bf.message())
+        buf = bf.recv(me - p2)
+        h = wire.unpack_header(buf)
+        if h["error"]:
+            bf.err = wire.Error(int(h["error"]), wire.error_text(buf))
+        else:
+            bf.idx, bf.val, tail = wire.unpack_entries(buf, int(h["count"]), idx.dtype, val.dtype)
+            bf.own_alive = tail.view(bool)
+    else:
+        if me + p2 < p:
+            bf.fold_in(bf.recv(me + p2), "gtopk_allreduce")
+        step = 1
+        while step < p2:
+            bf.absorb(bf.exchange(me ^ step), "gtopk_allreduce")
+            step <<= 1
+        if me + p2 < p:
+            tail = bf.folded_alive.view(np.uint8) if bf.folded_alive is not None else None
+            bf.send(me + p2, bf.message(tail))
+
+    if bf.err is not None:
+        stats.total_s = time.perf_counter() - t_start
+        _raise(bf.err)
+
+    g_idx, g_val = bf.idx, bf.val
+    acc = residual if residual is not None else x
+    if values == "exact":
+        g_val = acc[g_idx]
+        t0 = time.perf_counter()
+        _allreduce_sum(comm, g_val)
+        stats.comm_s += time.perf_counter() - t0
+        stats.allreduce_bytes = g_val.nbytes
+    t0 = time.perf_counter()
+    if residual is not None:
+        residual[g_idx if values == "exact" else idx[bf.own_alive]] = 0
+    if average:
+        g_val = _scale_average(g_val, p)
+    stats.merge_s += time.perf_counter() - t0
+    stats.total_s = time.perf_counter() - t_start
+    return SparseResult(g_idx, g_val, m, stats)

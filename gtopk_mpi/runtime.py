@@ -1,0 +1,105 @@
+"""The MPI runtime: which communicator the collectives run on, and who we are in it.
+
+gtopk_mpi never opens a transport of its own: every byte goes through MPI (mpi4py).
+``init`` duplicates the user's communicator so library traffic can never match the
+user's own messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mpi4py import MPI
+
+
+@dataclass
+class _State:
+    comm: MPI.Comm          # private duplicate: all library traffic
+    local_comm: MPI.Comm    # ranks of comm on this host
+    seq: int = 0            # calls of sequence-checked collectives so far
+
+
+_state: _State | None = None
+
+
+def init(comm: MPI.Comm | Sequence[int] | None = None) -> None:
+    """Start gtopk_mpi on ``comm`` (default ``MPI.COMM_WORLD``). Idempotent.
+
+    ``comm`` may be an mpi4py intracommunicator or a list of ranks of
+    ``MPI.COMM_WORLD``; with a list, every listed rank must call ``init`` with the
+    same list (unlisted ranks need not call it; if they do, ValueError).
+    """
+    global _state
+    if _state is not None:
+        return
+    created: MPI.Comm | None = None
+    if comm is None:
+        base = MPI.COMM_WORLD
+    elif isinstance(comm, MPI.Comm):
+        base = comm
+    else:
+        ranks = [int(r) for r in comm]
+        world = MPI.COMM_WORLD
+        if world.Get_rank() not in ranks:
+            raise ValueError(f"init(comm={ranks}): world rank {world.Get_rank()} is not in the list")
+        group = world.Get_group().Incl(ranks)
+        base = created = world.Create_group(group, tag=0x67)
+        group.Free()
+    dup = base.Dup()
+    if created is not None:
+        created.Free()
+    local = dup.Split_type(MPI.COMM_TYPE_SHARED, key=dup.Get_rank())
+    _state = _State(comm=dup, local_comm=local)
+
+
+def shutdown() -> None:
+    """Release the library's communicators. ``init`` may be called again afterwards."""
+    global _state
+    if _state is None:
+        return
+    if not MPI.Is_finalized():
+        _state.local_comm.Free()
+        _state.comm.Free()
+    _state = None
+
+
+def is_initialized() -> bool:
+    return _state is not None
+
+
+def state() -> _State:
+    """The live runtime state; raises ValueError before ``init``."""
+    if _state is None:
+        raise ValueError("gtopk_mpi has not been initialized; call gtopk_mpi.init() first")
+    return _state
+
+
+def comm() -> MPI.Comm:
+    """The library's private communicator (a duplicate of the one given to init)."""
+    return state().comm
+
+
+def rank() -> int:
+    return state().comm.Get_rank()
+
+
+def size() -> int:
+    return state().comm.Get_size()
+
+
+def local_rank() -> int:
+    """Rank among the processes on this host."""
+    return state().local_comm.Get_rank()
+
+
+def local_size() -> int:
+    """Number of processes on this host."""
+    return state().local_comm.Get_size()
+
+
+def next_sequence() -> int:
+    """Number this call of a sequence-checked collective; all ranks count alike."""
+    s = state()
+    s.seq += 1
+    return s.seq

@@ -1,0 +1,105 @@
+"""Build gtopk_mpi and its native extension gtopk_mpi._C.
+
+C++17 + pybind11 + OpenMP for the CPU kernels. CUDA sources (csrc/cuda/*.cu) are
+compiled with nvcc and linked with the static CUDA runtime according to
+GTOPK_MPI_WITH_CUDA:
+
+* ``auto`` (default): when a toolkit is found through $CUDA_HOME or /usr/local/cuda;
+* ``1``: required (the build fails without a toolkit);
+* ``0``: never.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+CUDA_ARCHS = ("75", "80", "90")  # plus PTX of the newest, for later GPUs
+
+
+def find_cuda_home() -> Path | None:
+    """The CUDA toolkit named by $CUDA_HOME, else /usr/local/cuda, if it has nvcc."""
+    for candidate in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if candidate and (Path(candidate) / "bin" / "nvcc").exists():
+            return Path(candidate)
+    return None
+
+
+def cuda_wanted() -> Path | None:
+    mode = os.environ.get("GTOPK_MPI_WITH_CUDA", "auto").strip().lower()
+    if mode not in ("auto", "0", "1"):
+        sys.exit(f"GTOPK_MPI_WITH_CUDA must be auto, 0 or 1, not {mode!r}")
+    if mode == "0":
+        return None
+    home = find_cuda_home()
+    if home is None and mode == "1":
+        sys.exit("GTOPK_MPI_WITH_CUDA=1 but no CUDA toolkit under $CUDA_HOME or /usr/local/cuda")
+    cu_sources = sorted((CSRC / "cuda").glob("*.cu"))
+    if home is not None and not cu_sources:
+        print("gtopk_mpi: CUDA toolkit found but csrc/cuda has no sources; CPU-only build")
+        return None
+    return home
+
+
+class BuildExt(build_ext):
+    """build_ext that first compiles csrc/cuda/*.cu with nvcc when CUDA is enabled."""
+
+    def build_extensions(self) -> None:
+        home = cuda_wanted()
+        if home is not None:
+            for ext in self.extensions:
+                self._add_cuda(ext, home)
+        super().build_extensions()
+
+    def _add_cuda(self, ext: Pybind11Extension, home: Path) -> None:
+        nvcc = str(home / "bin" / "nvcc")
+        objdir = Path(self.build_temp) / "cuda"
+        objdir.mkdir(parents=True, exist_ok=True)
+        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
+        gencode.append(f"-gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}")
+        for src in sorted((CSRC / "cuda").glob("*.cu")):
+            obj = objdir / (src.stem + ".o")
+            cmd = [nvcc, "-c", str(src), "-o", str(obj), "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
+                   f"-I{CSRC}", "--expt-relaxed-constexpr", *gencode]
+            print(" ".join(cmd))
+            subprocess.check_call(cmd)
+            ext.extra_objects.append(str(obj))
+        ext.define_macros.append(("GTOPK_WITH_CUDA", "1"))
+        ext.include_dirs.append(str(home / "include"))
+        lib = home / "lib64" if (home / "lib64").exists() else home / "lib"
+        ext.library_dirs.append(str(lib))
+        ext.libraries.extend(["cudart_static", "rt", "dl", "pthread"])
+
+
+def openmp_flags() -> list[str]:
+    return [] if os.environ.get("GTOPK_MPI_WITH_OPENMP", "1") == "0" else ["-fopenmp"]
+
+
+ext = Pybind11Extension(
+    "gtopk_mpi._C",
+    sources=sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.cpp")),
+    include_dirs=[str(CSRC)],
+    cxx_std=17,
+    extra_compile_args=["-O3", *openmp_flags()],
+    extra_link_args=openmp_flags(),
+)
+
+setup(
+    name="gtopk_mpi",
+    version="0.1.0",
+    description="Global top-k sparse allreduce over MPI for PyTorch data-parallel training",
+    packages=find_packages(include=["gtopk_mpi", "gtopk_mpi.*"]),
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExt},
+    python_requires=">=3.9",
+    install_requires=["numpy>=1.22", "mpi4py>=3.1"],
+    extras_require={"torch": ["torch>=2.1"], "bench": ["tqdm", "matplotlib"]},
+    zip_safe=False,
+)

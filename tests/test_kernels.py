@@ -1,0 +1,210 @@
+"""Native kernels (gtopk_mpi._C) against the NumPy reference, single process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from gtopk_mpi import _C, merge_topk, select_topk, select_topk_ef
+
+import reference as ref
+
+DTYPES = [np.float16, np.float32, np.float64]
+
+
+def check_select(x: np.ndarray, k: int, threads: int = 1) -> None:
+    idx, val = select_topk(x, k, threads=threads)
+    r_idx, r_val = ref.select(x, k)
+    assert idx.dtype == np.int32
+    assert np.array_equal(idx, r_idx), (idx, r_idx)
+    assert ref.same_bits(val, r_val)
+
+
+def fast_reference(x: np.ndarray, k: int) -> np.ndarray:
+    """Top-k indices of a large, NaN-free x by lexsort (|x| descending, index ascending)."""
+    order = np.lexsort((np.arange(len(x)), -np.abs(x.astype(np.float64))))
+    return np.sort(order[:k])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", [(1, 1), (7, 3), (100, 1), (100, 99), (100, 100), (100, 1000), (5000, 50)])
+def test_select_random(dtype, m, k):
+    rng = np.random.default_rng(m * 31 + k)
+    check_select(rng.standard_normal(m).astype(dtype), k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_select_special_values(dtype):
+    x = np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, 2.0, -np.nan, 1.0, 0.0], dtype=dtype)
+    for k in range(1, len(x) + 2):
+        check_select(x, k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_select_ties_go_to_lower_index(dtype):
+    x = np.array([3, -3, 1, 3, 2, -3, 3], dtype=dtype)
+    idx, _ = select_topk(x, 3)
+    assert idx.tolist() == [0, 1, 3]
+
+
+@pytest.mark.parametrize("case", ["normal", "all_zero", "ascending", "sample_overestimates",
+                                  "sample_underestimates", "few_nonzero", "constant"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_select_large_paths(case, threads):
+    """Inputs long enough for the sampled threshold, including ones that defeat it."""
+    m, k = 1_200_000, 1_200
+    rng = np.random.default_rng(7)
+    if case == "normal":
+        x = rng.standard_normal(m).astype(np.float32)
+    elif case == "all_zero":
+        x = np.zeros(m, np.float32)
+    elif case == "ascending":
+        x = np.linspace(-1, 1, m, dtype=np.float32)
+    elif case == "sample_overestimates":  # large values only where the sample looks: < k above t
+        x = rng.standard_normal(m).astype(np.float32) * 1e-3
+        x[_C.sample_plan(m, k)["block_starts"]] = 100.0
+    elif case == "sample_underestimates":  # large values everywhere but the sample: cap overflows
+        plan = _C.sample_plan(m, k)
+        x = np.ones(m, np.float32)
+        for s in plan["block_starts"]:
+            x[s : s + plan["block_len"]] = rng.standard_normal(plan["block_len"]).astype(np.float32) * 1e-3
+    elif case == "few_nonzero":  # fewer nonzeros than k: zeros fill up from the lowest index
+        x = np.zeros(m, np.float32)
+        x[rng.choice(m, k // 2, replace=False)] = 1 + rng.random(k // 2, dtype=np.float32)
+    else:
+        x = np.full(m, 0.5, np.float32)
+    idx, val = select_topk(x, k, threads=threads)
+    want = fast_reference(x, k)
+    assert np.array_equal(idx, want)
+    assert ref.same_bits(val, x[want])
+
+
+def test_select_nan_in_large_input():
+    m, k = 1_100_000, 500
+    x = np.random.default_rng(1).standard_normal(m).astype(np.float32)
+    nan_at = [5, 700_000, 1_099_999]
+    x[nan_at] = np.nan
+    idx, _ = select_topk(x, k)
+    assert set(nan_at) <= set(idx.tolist())
+    assert len(idx) == k
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", [(50, 5), (2_000_000, 2_000)])
+def test_select_ef_fuses_residual_update(dtype, m, k):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(m).astype(dtype)
+    r = rng.standard_normal(m).astype(dtype)
+    acc = r + x
+    idx, val = select_topk_ef(r, x, k)
+    assert ref.same_bits(r, acc)
+    want = fast_reference(acc, k)
+    assert np.array_equal(idx, want)
+    assert ref.same_bits(val, acc[want])
+
+
+def test_select_int64_indices_not_needed_below_2_31():
+    idx, _ = select_topk(np.ones(10, np.float32), 2)
+    assert idx.dtype == np.int32
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.ones((2, 2), np.float32), "1-D"),
+    (np.ones(10, np.float32)[::2], "contiguous"),
+    (np.ones(10, np.int32), "dtype"),
+])
+def test_select_bad_input(bad, match):
+    with pytest.raises(ValueError, match=match):
+        select_topk(bad, 1)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        select_topk(np.ones(3, np.float32), 0)
+
+
+def sparse(rng, m, n, dtype):
+    idx = np.sort(rng.choice(m, n, replace=False)).astype(np.int32)
+    return idx, rng.standard_normal(n).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("overlap", ["random", "none", "full"])
+def test_merge_against_reference_and_symmetric(dtype, overlap):
+    rng = np.random.default_rng(11)
+    a = sparse(rng, 400, 60, dtype)
+    if overlap == "random":
+        b = sparse(rng, 400, 60, dtype)
+    elif overlap == "none":
+        b = (a[0] + 400, rng.standard_normal(60).astype(dtype))
+    else:
+        b = (a[0].copy(), rng.standard_normal(60).astype(dtype))
+    for k in (1, 10, 60, 119, 500):
+        got = merge_topk(*a, *b, k)
+        want = ref.merge(a, b, k, dtype)
+        assert np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
+        swapped = merge_topk(*b, *a, k)
+        assert np.array_equal(got[0], swapped[0]) and ref.same_bits(got[1], swapped[1])
+
+
+def test_merge_rejects_unsorted_and_mixed():
+    i = np.array([3, 1], np.int32)
+    v = np.ones(2, np.float32)
+    with pytest.raises(ValueError, match="ascending"):
+        merge_topk(i, v, i[:1], v[:1], 2)
+    with pytest.raises(ValueError, match="int32 or both int64"):
+        merge_topk(np.array([1], np.int32), v[:1], np.array([1], np.int64), v[:1], 1)
+    with pytest.raises(ValueError, match="dtype"):
+        merge_topk(np.array([1], np.int32), v[:1], np.array([1], np.int32), np.ones(1, np.float64), 1)
+
+
+def test_merge_nan_sum_is_symmetric():
+    a = (np.array([1], np.int32), np.array([np.nan], np.float32))
+    b = (np.array([1], np.int32), -np.array([np.nan], np.float32))  # other sign / payload
+    ab, ba = merge_topk(*a, *b, 1), merge_topk(*b, *a, 1)
+    assert ref.same_bits(ab[1], ba[1]) and np.isnan(ab[1][0])
+
+
+def test_sample_plan_shared_pieces():
+    """The host-side pieces the CUDA selection shares: sample layout and rank bounds."""
+    m, k = 25_557_032, 25_557
+    plan = _C.sample_plan(m, k)
+    starts = plan["block_starts"]
+    assert plan["use_sample"] and starts[0] == 0 and starts[-1] == m - plan["block_len"]
+    assert all(a + plan["block_len"] <= b for a, b in zip(starts, starts[1:]))
+    mu = len(starts) * plan["block_len"] * k / m
+    assert 2 * mu < plan["rank"] < 2 * mu + 4 * mu**0.5 + 17
+    assert plan["cap"] >= k + 2 * m * plan["rank"] / (len(starts) * plan["block_len"]) - 1
+    assert not _C.sample_plan(1000, 10)["use_sample"]          # short: ranked directly
+    assert not _C.sample_plan(m, m // 4)["use_sample"]         # dense: histogram path
+
+
+# ---------------------------------------------------------------------------------------- fuzz
+
+SPECIAL = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, np.inf, -np.inf, np.nan])
+
+
+def values(dtype, n):
+    elems = st.one_of(SPECIAL, st.floats(-1e3, 1e3, width=np.dtype(dtype).itemsize * 8))
+    return hnp.arrays(dtype, n, elements=elems)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from(DTYPES), m=st.integers(1, 60), k=st.integers(1, 70))
+def test_fuzz_select(data, dtype, m, k):
+    check_select(data.draw(values(dtype, m)), k)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from(DTYPES), k=st.integers(1, 40))
+def test_fuzz_merge(data, dtype, k):
+    def one():
+        idx = np.array(sorted(data.draw(st.sets(st.integers(0, 40), max_size=25))), np.int32)
+        return idx, data.draw(values(dtype, len(idx)))
+
+    a, b = one(), one()
+    got = merge_topk(*a, *b, k)
+    want = ref.merge(a, b, k, dtype)
+    assert np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
+    swapped = merge_topk(*b, *a, k)
+    assert np.array_equal(got[0], swapped[0]) and ref.same_bits(got[1], swapped[1])
