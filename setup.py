@@ -86,6 +86,7 @@ ext = Pybind11Extension(
     "gtopk_mpi._C",
     sources=sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.cpp")),
     include_dirs=[str(CSRC)],
+    depends=sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.h")),
     cxx_std=17,
     extra_compile_args=["-O3", *openmp_flags()],
     extra_link_args=openmp_flags(),

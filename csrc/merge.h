@@ -7,11 +7,14 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
+#include <functional>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "keys.h"
-#include "select.h"
+#include "radix.h"
 
 namespace gtopk {
 
@@ -30,23 +33,23 @@ void sparse_union(const I* ia, const T* va, size_t na, const I* ib, const T* vb,
                   std::vector<T>& uv) {
   check_ascending<I>(ia, na, "first");
   check_ascending<I>(ib, nb, "second");
-  ui.clear();
-  uv.clear();
-  ui.reserve(na + nb);
-  uv.reserve(na + nb);
-  size_t p = 0, q = 0;
+  ui.resize(na + nb);
+  uv.resize(na + nb);
+  // Branch-free two-pointer merge: the order of two random index sets is
+  // unpredictable, so select with conditional moves instead of branches.
+  size_t p = 0, q = 0, o = 0;
   while (p < na && q < nb) {
-    if (ia[p] < ib[q]) {
-      ui.push_back(ia[p]);
-      uv.push_back(va[p++]);
-    } else if (ib[q] < ia[p]) {
-      ui.push_back(ib[q]);
-      uv.push_back(vb[q++]);
-    } else {
-      ui.push_back(ia[p]);
-      uv.push_back(merge_sum<T>(va[p++], vb[q++]));
-    }
+    const I a = ia[p], b = ib[q];
+    const bool take_a = a <= b, take_b = b <= a;
+    const T both = merge_sum<T>(va[p], vb[q]);
+    ui[o] = take_a ? a : b;
+    uv[o] = take_a ? (take_b ? both : va[p]) : vb[q];
+    p += take_a;
+    q += take_b;
+    ++o;
   }
+  ui.resize(o);
+  uv.resize(o);
   for (; p < na; ++p) ui.push_back(ia[p]), uv.push_back(va[p]);
   for (; q < nb; ++q) ui.push_back(ib[q]), uv.push_back(vb[q]);
 }
@@ -57,19 +60,33 @@ template <class T, class I>
 size_t merge_topk(const I* ia, const T* va, size_t na, const I* ib, const T* vb, size_t nb, size_t k, I* out_idx,
                   T* out_val) {
   if (k == 0) throw std::invalid_argument("k must be >= 1");
-  std::vector<I> ui;
-  std::vector<T> uv;
+  // per-thread scratch, reused across calls (no page faults on the hot path)
+  thread_local std::vector<I> ui;
+  thread_local std::vector<T> uv;
   sparse_union<T, I>(ia, va, na, ib, vb, nb, ui, uv);
   const size_t n = ui.size();
   if (k >= n) {
     for (size_t j = 0; j < n; ++j) out_idx[j] = ui[j], out_val[j] = uv[j];
     return n;
   }
-  // Rank positions in the union, then map back to indices (positions ascend with indices).
-  std::vector<int64_t> pos(k);
-  std::vector<T> vals(k);
-  select_topk<T, int64_t, false>(uv.data(), nullptr, n, k, 1, pos.data(), vals.data());
-  for (size_t j = 0; j < k; ++j) out_idx[j] = ui[static_cast<size_t>(pos[j])], out_val[j] = vals[j];
+  using U = key_t<T>;
+  thread_local std::vector<U> keys;
+  keys.resize(n);
+  for (size_t j = 0; j < n; ++j) keys[j] = mag_key<T>(uv[j]);
+  const KthKey<U> kth_key = kth_largest_key<T>(keys.data(), n, k);
+  const U kth = kth_key.key;
+  size_t ties = kth_key.ties;
+  size_t o = 0;
+  for (size_t j = 0; j < n && o < k; ++j) {
+    const U key = keys[j];
+    if (key > kth || (key == kth && ties > 0)) {
+      if (key == kth) --ties;
+      out_idx[o] = ui[j];
+      out_val[o] = uv[j];
+      ++o;
+    }
+  }
+  if (o != k) throw std::logic_error("gtopk: merge produced a wrong count");
   return k;
 }
 

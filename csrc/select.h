@@ -29,6 +29,7 @@
 #endif
 
 #include "keys.h"
+#include "radix.h"
 #include "select_plan.h"
 
 // The streaming pass is memory-bound only when vectorised with 256-bit compares;
@@ -190,12 +191,9 @@ template <class T, class I>
 void finish_from_candidates(const Candidates<T, I>& c, const T* a, size_t k, I* out_idx, T* out_val) {
   using U = key_t<T>;
   const size_t n = c.idx.size();
-  std::vector<U> tmp(c.key);
-  std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<U>());
-  const U kth = tmp[k - 1];
-  size_t above = 0;
-  for (size_t j = 0; j < n; ++j) above += c.key[j] > kth;
-  size_t ties = k - above;
+  const KthKey<U> kth_key = kth_largest_key<T>(c.key.data(), n, k);
+  const U kth = kth_key.key;
+  size_t ties = kth_key.ties;
   size_t o = 0;
   for (size_t j = 0; j < n && o < k; ++j) {
     const U key = c.key[j];

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up .venv (see setup_env.sh), build, lint, and run every test.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k kernels).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup_env.sh requirements-dev.txt
+.venv/bin/ruff check gtopk_mpi tests scripts setup.py
+.venv/bin/python -m pytest -q "$@" tests
