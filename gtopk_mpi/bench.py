@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     progress = None
     if me == 0:
         label = args.model if args.numel is None else "numel"
+        mpi = MPI.Get_library_version().splitlines()[0].strip()
         print(f"gtopk_mpi.bench: P={p} numel={numel:,} ({label}) k={k:,} (density {args.density}) "
-              f"dtype={args.dtype} iters={args.iters} warmup={args.warmup}; {MPI.Get_library_version().splitlines()[0]}",
-              flush=True)
+              f"dtype={args.dtype} iters={args.iters} warmup={args.warmup}; {mpi}", flush=True)
         if not args.no_progress:
             from tqdm import tqdm
             progress = tqdm(total=len(args.algorithms) * (args.iters + args.warmup), desc="bench", file=sys.stderr,
