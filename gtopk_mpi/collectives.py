@@ -79,6 +79,8 @@ class SparseResult:
     values: np.ndarray
     size: int
     stats: CommStats = field(default_factory=CommStats, compare=False)
+    #: this rank's own entries whose full value the result carries (their residual is now 0)
+    carried: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def nnz(self) -> int:
@@ -120,16 +122,16 @@ def _allreduce_sum(comm: MPI.Comm, buf: np.ndarray) -> None:
 # dense baseline
 
 
-def dense_allreduce(x: np.ndarray, average: bool = False) -> np.ndarray:
+def dense_allreduce(x: np.ndarray, average: bool = False, comm: MPI.Comm | None = None) -> np.ndarray:
     """The paper's DenseAllReduce: MPI_Allreduce (sum) of a 1-D array, on every rank.
 
     x: contiguous 1-D float16/32/64 or int32/64 array, same length and dtype on every
     rank. Returns a new array; ``average`` divides by the number of ranks (integer
-    dtypes: floor division).
+    dtypes: floor division). ``comm``: default the communicator given to init().
     """
-    comm = runtime.comm()
-    err = _local_error(lambda: check_vector(x, dtypes=DENSE_DTYPES))
-    header = wire.make_header(seq=runtime.next_sequence(), m=len(x) if err is None else -1, k=0, count=0,
+    comm = comm if comm is not None else runtime.comm()
+    err = _local_error(comm, lambda: check_vector(x, dtypes=DENSE_DTYPES))
+    header = wire.make_header(seq=runtime.next_sequence(comm), m=len(x) if err is None else -1, k=0, count=0,
                               rank=comm.Get_rank(), dtype=x.dtype if err is None else None,
                               average=average, values="merged", error=err.code if err else 0)
     _agree(comm, "dense_allreduce", header, err)
@@ -143,11 +145,11 @@ def dense_allreduce(x: np.ndarray, average: bool = False) -> np.ndarray:
     return out
 
 
-def _local_error(check) -> wire.Error | None:
+def _local_error(comm: MPI.Comm, check) -> wire.Error | None:
     try:
         check()
     except ValueError as e:
-        return wire.Error(wire.ERROR_VALUE, f"rank {runtime.rank()}: {e}")
+        return wire.Error(wire.ERROR_VALUE, f"rank {comm.Get_rank()}: {e}")
     return None
 
 
@@ -168,21 +170,22 @@ def _agree(comm: MPI.Comm, op: str, header: np.ndarray, err: wire.Error | None) 
 
 
 def topk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = None,
-                   average: bool = False, residual: np.ndarray | None = None) -> SparseResult:
+                   average: bool = False, residual: np.ndarray | None = None,
+                   comm: MPI.Comm | None = None) -> SparseResult:
     """The paper's TopKAllReduce: local top-k, Allgather of (index, value), summed.
 
     Returns the union of all ranks' k-sets (up to P*k entries) with values summed.
     With ``residual`` the selection runs on residual + x and residual keeps what
     was not selected (all selected entries are sent, so those become zero).
     """
-    comm = runtime.comm()
+    comm = comm if comm is not None else runtime.comm()
     stats = CommStats()
     t_start = time.perf_counter()
-    err, kk = _validate_sparse(x, k, density, residual, "merged")
+    err, kk = _validate_sparse(comm, x, k, density, residual, "merged")
     if err is None:
         idx, val = _select(x, kk, residual)
     stats.select_s = time.perf_counter() - t_start
-    header = wire.make_header(seq=runtime.next_sequence(), m=len(x) if err is None else -1, k=kk,
+    header = wire.make_header(seq=runtime.next_sequence(comm), m=len(x) if err is None else -1, k=kk,
                               count=0, rank=comm.Get_rank(), dtype=_dtype_or_none(x, err),
                               average=average, values="merged", error=err.code if err else 0)
     t0 = time.perf_counter()
@@ -211,7 +214,7 @@ def topk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = 
         g_val = _scale_average(g_val, p)
     stats.merge_s = time.perf_counter() - t0
     stats.total_s = time.perf_counter() - t_start
-    return SparseResult(g_idx, g_val, len(x), stats)
+    return SparseResult(g_idx, g_val, len(x), stats, carried=idx)
 
 
 # --------------------------------------------------------------------------------------
@@ -222,7 +225,7 @@ def _dtype_or_none(x: object, err: wire.Error | None) -> np.dtype | None:
     return x.dtype if err is None else None  # type: ignore[attr-defined]
 
 
-def _validate_sparse(x: np.ndarray, k: int | None, density: float | None, residual: np.ndarray | None,
+def _validate_sparse(comm: MPI.Comm, x: np.ndarray, k: int | None, density: float | None, residual: np.ndarray | None,
                      values: str) -> tuple[wire.Error | None, int]:
     kk = 0
 
@@ -240,7 +243,7 @@ def _validate_sparse(x: np.ndarray, k: int | None, density: float | None, residu
             if not residual.flags.writeable:
                 raise ValueError("residual must be writeable")
 
-    return _local_error(check), kk
+    return _local_error(comm, check), kk
 
 
 def _select(x: np.ndarray, k: int, residual: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -348,7 +351,7 @@ class _Butterfly:
 
 def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = None,
                     average: bool = False, residual: np.ndarray | None = None,
-                    values: str = "merged") -> SparseResult:
+                    values: str = "merged", comm: MPI.Comm | None = None) -> SparseResult:
     """Global top-k sparse allreduce (butterfly gTopKAllReduce); see the module docstring.
 
     Every rank passes a contiguous 1-D float16/32/64 ``x`` of the same length and
@@ -356,13 +359,14 @@ def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None =
     max(1, ceil(rho * m))), ``average``, ``values`` ("merged" or "exact") and, if
     any, a ``residual`` like x (updated in place). Returns a SparseResult with at
     most k entries, bit-identical on every rank. k >= m gives the dense sum.
+    ``comm``: default the communicator given to init().
     """
-    comm = runtime.comm()
+    comm = comm if comm is not None else runtime.comm()
     me, p = comm.Get_rank(), comm.Get_size()
     stats = CommStats()
     t_start = time.perf_counter()
-    seq = runtime.next_sequence()
-    err, kk = _validate_sparse(x, k, density, residual, values)
+    seq = runtime.next_sequence(comm)
+    err, kk = _validate_sparse(comm, x, k, density, residual, values)
     if err is None:
         idx, val = _select(x, kk, residual)
         m, dtype = len(x), x.dtype
@@ -408,10 +412,11 @@ def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None =
         stats.comm_s += time.perf_counter() - t0
         stats.allreduce_bytes = g_val.nbytes
     t0 = time.perf_counter()
+    carried = g_idx if values == "exact" else idx[bf.own_alive]
     if residual is not None:
-        residual[g_idx if values == "exact" else idx[bf.own_alive]] = 0
+        residual[carried] = 0
     if average:
         g_val = _scale_average(g_val, p)
     stats.merge_s += time.perf_counter() - t0
     stats.total_s = time.perf_counter() - t_start
-    return SparseResult(g_idx, g_val, m, stats)
+    return SparseResult(g_idx, g_val, m, stats, carried=carried)

@@ -17,7 +17,6 @@ from mpi4py import MPI
 class _State:
     comm: MPI.Comm          # private duplicate: all library traffic
     local_comm: MPI.Comm    # ranks of comm on this host
-    seq: int = 0            # calls of sequence-checked collectives so far
 
 
 _state: _State | None = None
@@ -58,6 +57,7 @@ def shutdown() -> None:
     global _state
     if _state is None:
         return
+    _sequence.pop(_state.comm.py2f(), None)
     if not MPI.Is_finalized():
         _state.local_comm.Free()
         _state.comm.Free()
@@ -98,8 +98,11 @@ def local_size() -> int:
     return state().local_comm.Get_size()
 
 
-def next_sequence() -> int:
-    """Number this call of a sequence-checked collective; all ranks count alike."""
-    s = state()
-    s.seq += 1
-    return s.seq
+_sequence: dict[int, int] = {}
+
+
+def next_sequence(comm: MPI.Comm) -> int:
+    """Number this call of a sequence-checked collective on ``comm``; all ranks count alike."""
+    key = comm.py2f()
+    _sequence[key] = _sequence.get(key, 0) + 1
+    return _sequence[key]

@@ -1,0 +1,70 @@
+"""gtopk_mpi.torch: a drop-in for ``horovod.torch`` with gTop-k S-SGD.
+
+    import gtopk_mpi.torch as hvd          # was: import horovod.torch as hvd
+    hvd.init()
+    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                         compression=hvd.Compression.gtopk(density=0.001))
+
+Launch with ``mpirun -np N python train.py``. Without a sparse compression (and
+without GTOPK_DENSITY in the environment) everything is dense and exact.
+"""
+
+from .compression import Compression, Compressor, SparseCompressor
+from .engine import HorovodInternalError, TensorMismatchError
+from .functions import allgather_object, broadcast_object, broadcast_optimizer_state, broadcast_parameters
+from .mpi_ops import (
+    Adasum,
+    Average,
+    Max,
+    Min,
+    ProcessSet,
+    Product,
+    Sum,
+    allgather,
+    allgather_async,
+    allreduce,
+    allreduce_,
+    allreduce_async,
+    allreduce_async_,
+    barrier,
+    broadcast,
+    broadcast_,
+    broadcast_async,
+    broadcast_async_,
+    cross_rank,
+    cross_size,
+    cuda_built,
+    global_process_set,
+    gloo_built,
+    gloo_enabled,
+    grouped_allreduce,
+    grouped_allreduce_,
+    grouped_allreduce_async,
+    grouped_allreduce_async_,
+    init,
+    is_initialized,
+    join,
+    local_rank,
+    local_size,
+    mpi_built,
+    mpi_enabled,
+    mpi_threads_supported,
+    nccl_built,
+    poll,
+    rank,
+    shutdown,
+    size,
+    synchronize,
+)
+from .optimizer import DistributedOptimizer
+
+__all__ = [
+    "Adasum", "Average", "Compression", "Compressor", "DistributedOptimizer", "HorovodInternalError", "Max", "Min",
+    "ProcessSet", "Product", "SparseCompressor", "Sum", "TensorMismatchError", "allgather", "allgather_async",
+    "allgather_object", "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "barrier", "broadcast",
+    "broadcast_", "broadcast_async", "broadcast_async_", "broadcast_object", "broadcast_optimizer_state",
+    "broadcast_parameters", "cross_rank", "cross_size", "cuda_built", "global_process_set", "gloo_built",
+    "gloo_enabled", "grouped_allreduce", "grouped_allreduce_", "grouped_allreduce_async",
+    "grouped_allreduce_async_", "init", "is_initialized", "join", "local_rank", "local_size", "mpi_built",
+    "mpi_enabled", "mpi_threads_supported", "nccl_built", "poll", "rank", "shutdown", "size", "synchronize",
+]

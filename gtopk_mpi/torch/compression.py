@@ -1,0 +1,97 @@
+"""Gradient compression for gtopk_mpi.torch, as passed to allreduce(compression=...)
+and DistributedOptimizer(compression=...).
+
+``Compression.none`` and ``Compression.fp16`` are Horovod's (a cast around a dense
+allreduce). ``Compression.gtopk(density)`` and ``Compression.topk(density)`` are
+sparsifiers: the reduction becomes the gTop-k butterfly or the allgather Top-k of
+gtopk_mpi.collectives, and the result is a dense tensor with at most k nonzeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class Compressor:
+    """Horovod's compressor interface: compress before the dense reduction, decompress after."""
+
+    sparse = False
+
+    @staticmethod
+    def compress(tensor: torch.Tensor) -> tuple[torch.Tensor, object]:
+        return tensor, None
+
+    @staticmethod
+    def decompress(tensor: torch.Tensor, ctx: object) -> torch.Tensor:
+        return tensor
+
+    @classmethod
+    def describe(cls) -> str:
+        return cls.__name__
+
+
+class NoneCompressor(Compressor):
+    """No compression: dense and exact."""
+
+
+class FP16Compressor(Compressor):
+    """Cast floating-point tensors to float16 for the reduction and back afterwards."""
+
+    @staticmethod
+    def compress(tensor: torch.Tensor) -> tuple[torch.Tensor, object]:
+        if tensor.dtype.is_floating_point and tensor.dtype != torch.float16:
+            return tensor.type(torch.float16), tensor.dtype
+        return tensor, None
+
+    @staticmethod
+    def decompress(tensor: torch.Tensor, ctx: object) -> torch.Tensor:
+        return tensor.type(ctx) if ctx is not None else tensor
+
+
+@dataclass(frozen=True)
+class SparseCompressor:
+    """Top-k sparsification of the flattened tensor (k = max(1, ceil(density * numel))).
+
+    algorithm: "gtopk" (butterfly global top-k, O(k log P) per rank) or "topk"
+    (allgather of every rank's top-k, O(kP)). values: "merged" or "exact" (gtopk
+    only; see gtopk_mpi.gtopk_allreduce). Residuals (error feedback) are kept by
+    DistributedOptimizer, or passed explicitly to allreduce(residual=...).
+    """
+
+    algorithm: str = "gtopk"
+    density: float = 0.001
+    values: str = "merged"
+    sparse = True
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("gtopk", "topk"):
+            raise ValueError(f"algorithm must be 'gtopk' or 'topk', got {self.algorithm!r}")
+        if not (0.0 < float(self.density) <= 1.0):
+            raise ValueError(f"density must be in (0, 1], got {self.density!r}")
+        if self.values not in ("merged", "exact"):
+            raise ValueError(f"values must be 'merged' or 'exact', got {self.values!r}")
+
+    def with_density(self, density: float) -> SparseCompressor:
+        return SparseCompressor(self.algorithm, density, self.values)
+
+    def describe(self) -> str:
+        return f"{self.algorithm}(density={self.density!r}, values={self.values})"
+
+
+class Compression:
+    """Available compressions: Compression.none, Compression.fp16, Compression.gtopk(...), Compression.topk(...)."""
+
+    none = NoneCompressor
+    fp16 = FP16Compressor
+
+    @staticmethod
+    def gtopk(density: float = 0.001, values: str = "merged") -> SparseCompressor:
+        """Global top-k sparsification (the butterfly gTopKAllReduce)."""
+        return SparseCompressor("gtopk", density, values)
+
+    @staticmethod
+    def topk(density: float = 0.001) -> SparseCompressor:
+        """Allgather-based Top-k sparsification (the paper's TopKAllReduce baseline)."""
+        return SparseCompressor("topk", density, "merged")

@@ -1,0 +1,214 @@
+"""The background engine of gtopk_mpi.torch: ops matched by name, run in one global order.
+
+Hooks fire in different orders on different ranks, so an op is never sent to MPI
+when it is submitted. Each submitted op announces a Request (name, op type,
+dtype, shape, reduction, scale factors, root, device, compression). A single
+background thread repeatedly allgathers every rank's pending requests; the names
+pending on every rank run, in sorted-name order, on the engine's private
+communicator; the rest wait for the next round. Requests that disagree become the
+same TensorMismatchError on every rank (Horovod's checks and wording, in its
+order: data type, operation, shape, scale factors, root rank, device), and the
+engine carries on. All MPI traffic of the front end happens on this one thread.
+
+Knobs (environment): GTOPK_CYCLE_TIME (ms between rounds that found nothing to
+run, default 1), GTOPK_STALL_CHECK_TIME_SECONDS (warn about ops pending on some
+ranks only, default 60; 0 disables).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mpi4py import MPI
+
+from ..errors import MismatchError
+
+
+class HorovodInternalError(RuntimeError):
+    """An error inside a collective (Horovod's name); raised on every rank alike."""
+
+
+class TensorMismatchError(HorovodInternalError, MismatchError):
+    """Ranks submitted the same named op with disagreeing arguments."""
+
+
+DUPLICATE_NAME_ERROR = ("Requested to {op} a tensor with the same name as another tensor that is currently "
+                        "being processed. If you want to request another tensor, use a different tensor name.")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one rank announces for one named op (small and picklable)."""
+
+    name: str
+    op_type: str                 # ALLREDUCE, ALLGATHER, BROADCAST, BARRIER, JOIN, SHUTDOWN
+    dtype: str = ""              # HOROVOD_FLOAT32, ...
+    shape: tuple[int, ...] = ()
+    reduce_op: str = ""
+    prescale: float = 1.0
+    postscale: float = 1.0
+    root: int = -1
+    device: str = "CPU"
+    compression: str = ""
+    extra: float = 0.0           # join: this rank's arrival time
+
+
+def check_requests(reqs: list[Request]) -> str | None:
+    """Horovod's consistency checks over every rank's request for one name."""
+    first = reqs[0]
+    for r in reqs[1:]:
+        if r.dtype != first.dtype:
+            return f"Mismatched data types: One rank had type {first.dtype}, but another rank had type {r.dtype}."
+    for r in reqs[1:]:
+        if r.op_type != first.op_type:
+            return (f"Mismatched MPI operations: One rank did an {first.op_type}, "
+                    f"but another rank did an {r.op_type}.")
+    for r in reqs[1:]:
+        if r.reduce_op != first.reduce_op:
+            return (f"Mismatched {first.op_type} reduction operations: One rank did a {first.reduce_op}, "
+                    f"but another rank did a {r.reduce_op}.")
+    if first.op_type in ("ALLREDUCE", "BROADCAST"):
+        for r in reqs[1:]:
+            if r.shape != first.shape:
+                return (f"Mismatched {first.op_type} tensor shapes: One rank sent a tensor of shape "
+                        f"{list(first.shape)}, but another rank sent a tensor of shape {list(r.shape)}.")
+    if first.op_type == "ALLGATHER":
+        if len(first.shape) == 0:
+            return "Rank zero tried to ALLGATHER a rank-zero tensor."
+        for r in reqs[1:]:
+            if len(r.shape) != len(first.shape):
+                return (f"Mismatched ALLGATHER tensor shapes: One rank sent a tensor of rank {len(first.shape)}, "
+                        f"but another rank sent a tensor of rank {len(r.shape)}.")
+            for d in range(1, len(first.shape)):
+                if r.shape[d] != first.shape[d]:
+                    return (f"Mismatched ALLGATHER tensor shapes: One rank sent a tensor with dimension {d} "
+                            f"equal to {first.shape[d]}, but another rank sent a tensor with dimension {d} "
+                            f"equal to {r.shape[d]}.")
+    for r in reqs[1:]:
+        if r.prescale != first.prescale:
+            return (f"Mismatched prescale factors: One rank sent factor {first.prescale}, "
+                    f"but another rank sent factor {r.prescale}.")
+    for r in reqs[1:]:
+        if r.postscale != first.postscale:
+            return (f"Mismatched postscale factors: One rank sent factor {first.postscale}, "
+                    f"but another rank sent factor {r.postscale}.")
+    for r in reqs[1:]:
+        if r.root != first.root:
+            return (f"Mismatched {first.op_type} root ranks: One rank specified root rank {first.root}, "
+                    f"but another rank specified root rank {r.root}.")
+    for r in reqs[1:]:
+        if r.device != first.device:
+            return (f"Mismatched {first.op_type} CPU/GPU device selection: One rank specified device "
+                    f"{first.device}, but another rank specified device {r.device}.")
+    for r in reqs[1:]:
+        if r.compression != first.compression:
+            return (f"Mismatched {first.op_type} compression: One rank used {first.compression}, "
+                    f"but another rank used {r.compression}.")
+    return None
+
+
+@dataclass
+class Work:
+    """One submitted op: its request, what to run once agreed, and its outcome."""
+
+    request: Request
+    run: Callable[[MPI.Comm, list[Request]], object]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: object = None
+    error: BaseException | None = None
+    submitted: float = field(default_factory=time.monotonic)
+    warned: bool = False
+
+    def wait(self) -> object:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class Engine:
+    """Owns the front end's communicator and its one MPI thread."""
+
+    def __init__(self, comm: MPI.Comm):
+        self.comm = comm
+        self._cv = threading.Condition()
+        self._pending: dict[str, Work] = {}
+        self._in_flight: set[str] = set()
+        self._cycle_s = float(os.environ.get("GTOPK_CYCLE_TIME", "1")) / 1e3
+        self._stall_s = float(os.environ.get("GTOPK_STALL_CHECK_TIME_SECONDS", "60"))
+        self._thread = threading.Thread(target=self._loop, name="gtopk_mpi.torch engine", daemon=True)
+        self._stopped = False
+        self._thread.start()
+
+    def submit(self, work: Work) -> Work:
+        name = work.request.name
+        with self._cv:
+            if self._stopped:
+                raise ValueError("gtopk_mpi.torch has been shut down; call init() first")
+            if name in self._in_flight:
+                raise ValueError(DUPLICATE_NAME_ERROR.format(op=work.request.op_type.lower()))
+            self._in_flight.add(name)
+            self._pending[name] = work
+            self._cv.notify()
+        return work
+
+    def stop(self) -> None:
+        """Collective: every rank's engine runs a SHUTDOWN op, then its thread ends."""
+        work = self.submit(Work(Request("__gtopk_shutdown__", "SHUTDOWN"), lambda comm, reqs: None))
+        work.wait()
+        self._thread.join()
+
+    # -- the engine thread ------------------------------------------------------------
+    def _loop(self) -> None:
+        idle = self._cycle_s
+        while True:
+            with self._cv:
+                while not self._pending:
+                    self._cv.wait()
+                batch = sorted(self._pending)
+                requests = [self._pending[n].request for n in batch]
+            everyone = self.comm.allgather(requests)
+            tables = [{r.name: r for r in reqs} for reqs in everyone]
+            ready = sorted(set.intersection(*(set(t) for t in tables)))
+            if not ready:
+                self._stall_check(tables)
+                time.sleep(idle)
+                idle = min(idle * 2, 0.01)
+                continue
+            idle = self._cycle_s
+            for name in ready:
+                with self._cv:
+                    work = self._pending.pop(name)
+                reqs = [t[name] for t in tables]
+                text = check_requests(reqs)
+                try:
+                    if text is not None:
+                        raise TensorMismatchError(text)
+                    work.result = work.run(self.comm, reqs)
+                except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+                    work.error = e
+                with self._cv:
+                    self._in_flight.discard(name)
+                    if work.request.op_type == "SHUTDOWN":
+                        self._stopped = True
+                work.done.set()
+                if work.request.op_type == "SHUTDOWN":
+                    return
+
+    def _stall_check(self, tables: list[dict[str, Request]]) -> None:
+        if self._stall_s <= 0:
+            return
+        now = time.monotonic()
+        with self._cv:
+            late = [w for w in self._pending.values() if not w.warned and now - w.submitted > self._stall_s]
+        for w in late:
+            missing = [q for q, t in enumerate(tables) if w.request.name not in t]
+            print(f"gtopk_mpi.torch: rank {self.comm.Get_rank()}: {w.request.op_type} '{w.request.name}' has "
+                  f"waited {now - w.submitted:.0f}s for ranks {missing}, which have not submitted it "
+                  "(one rank skipped an op or submitted ops in a different order?)", file=sys.stderr, flush=True)
+            w.warned = True

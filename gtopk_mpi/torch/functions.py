@@ -1,0 +1,65 @@
+"""Model and object helpers of horovod.torch: broadcast parameters, optimizer state, objects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from .engine import Request, Work
+from .mpi_ops import _eng, _name, broadcast_async_, global_process_set, synchronize
+
+
+def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: int,
+                         process_set=global_process_set) -> None:
+    """Overwrite every rank's tensors with root_rank's, in place.
+
+    params: a state_dict / dict of name -> tensor, a list of (name, tensor) pairs
+    (e.g. model.named_parameters()), or a list of tensors.
+    """
+    process_set._check()
+    if isinstance(params, dict):
+        items = sorted(params.items())
+    else:
+        items = list(params)
+        if items and not isinstance(items[0], tuple):
+            items = [(f"param.{i}", p) for i, p in enumerate(items)]
+    handles = []
+    for name, p in items:
+        if not isinstance(p, torch.Tensor):
+            raise ValueError(f"invalid params of type {type(p).__name__} for {name!r}")
+        handles.append(broadcast_async_(p.data if isinstance(p, torch.nn.Parameter) else p, root_rank,
+                                        name=f"broadcast_parameters.{name}"))
+    for h in handles:
+        synchronize(h)
+
+
+def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, process_set=global_process_set) -> Any:
+    """Return root_rank's (picklable) object on every rank."""
+    process_set._check()
+    req = Request(_name(name, "broadcast_object"), "BROADCAST", dtype="OBJECT", root=int(root_rank))
+    return _eng().submit(Work(req, lambda comm, reqs: comm.bcast(obj, root=root_rank))).wait()
+
+
+def allgather_object(obj: Any, name: str | None = None, process_set=global_process_set) -> list[Any]:
+    """List of every rank's (picklable) object, in rank order."""
+    process_set._check()
+    req = Request(_name(name, "allgather_object"), "ALLGATHER", dtype="OBJECT", shape=(1,))
+    return _eng().submit(Work(req, lambda comm, reqs: comm.allgather(obj))).wait()
+
+
+def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int,
+                              process_set=global_process_set) -> None:
+    """Overwrite every rank's optimizer state and hyper-parameters with root_rank's.
+
+    The state dict (tensors included) travels as one pickled object; non-root ranks
+    load it with load_state_dict, so state created by root's first step appears on
+    every rank.
+    """
+    state = broadcast_object(optimizer.state_dict(), root_rank, name="broadcast_optimizer_state",
+                             process_set=process_set)
+    from .mpi_ops import rank
+
+    if rank() != root_rank:
+        optimizer.load_state_dict(state)
