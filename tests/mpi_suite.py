@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,13 @@ import gtopk_mpi as g  # noqa: E402
 from gtopk_mpi import wire  # noqa: E402
 
 import reference as ref  # noqa: E402
+from mpi_harness import Suite  # noqa: E402
 
 g.init()
 COMM = g.runtime.comm()
 RANK, P = g.rank(), g.size()
-CHECKS = []
-
-
-def check(fn):
-    CHECKS.append(fn)
-    return fn
+SUITE = Suite(COMM)
+check = SUITE.check
 
 
 def inputs(seed: int, m: int, dtype=np.float32, integer: bool = False) -> list[np.ndarray]:
@@ -43,9 +39,7 @@ def inputs(seed: int, m: int, dtype=np.float32, integer: bool = False) -> list[n
 
 
 def identical_on_all_ranks(*arrays: np.ndarray) -> None:
-    mine = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
-    everyone = COMM.allgather(mine)
-    assert all(e == everyone[0] for e in everyone), "results differ between ranks"
+    SUITE.identical_on_all_ranks(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays))
 
 
 def assert_result(res, want_idx, want_val) -> None:
@@ -293,28 +287,9 @@ def init_is_idempotent_and_sizes_are_sane():
 
 
 def main() -> int:
-    failures = 0
-    for fn in CHECKS:
-        try:
-            fn()
-            ok = True
-            detail = ""
-        except Exception:
-            ok = False
-            detail = traceback.format_exc()
-            # at once, so a check that strands the other ranks still shows why
-            print(f"rank {RANK} FAIL {fn.__name__}:\n{detail}", file=sys.stderr, flush=True)
-        results = COMM.allgather((ok, detail))
-        bad = [(q, d) for q, (o, d) in enumerate(results) if not o]
-        if RANK == 0:
-            print(f"{'ok  ' if not bad else 'FAIL'} P={P} {fn.__name__}", flush=True)
-            for q, d in bad[:1]:
-                print(f"  rank {q}:\n{d}", flush=True)
-        failures += bool(bad)
-    if RANK == 0:
-        print(f"SUITE: {len(CHECKS) - failures} passed, {failures} failed", flush=True)
+    status = SUITE.run()
     g.shutdown()
-    return 1 if failures else 0
+    return status
 
 
 if __name__ == "__main__":

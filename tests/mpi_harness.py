@@ -1,0 +1,50 @@
+"""Runs a list of checks on every rank of an mpiexec launch and reports them on rank 0.
+
+Each check runs on every rank; rank 0 prints ``ok``/``FAIL`` per check, the first
+failing rank's traceback, and ``SUITE: N passed, M failed``. A failing rank also
+prints its traceback at once to stderr, so a check that strands its peers (and
+ends in the launcher's timeout) still shows why.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+
+from mpi4py import MPI
+
+
+class Suite:
+    def __init__(self, comm: MPI.Comm = MPI.COMM_WORLD):
+        self.comm = comm
+        self.checks: list[Callable[[], None]] = []
+
+    def check(self, fn: Callable[[], None]) -> Callable[[], None]:
+        self.checks.append(fn)
+        return fn
+
+    def identical_on_all_ranks(self, payload: bytes, what: str = "results") -> None:
+        everyone = self.comm.allgather(payload)
+        assert all(e == everyone[0] for e in everyone), f"{what} differ between ranks"
+
+    def run(self) -> int:
+        rank, size = self.comm.Get_rank(), self.comm.Get_size()
+        failures = 0
+        for fn in self.checks:
+            try:
+                fn()
+                ok, detail = True, ""
+            except Exception:
+                ok, detail = False, traceback.format_exc()
+                print(f"rank {rank} FAIL {fn.__name__}:\n{detail}", file=sys.stderr, flush=True)
+            results = self.comm.allgather((ok, detail))
+            bad = [(q, d) for q, (o, d) in enumerate(results) if not o]
+            if rank == 0:
+                print(f"{'ok  ' if not bad else 'FAIL'} P={size} {fn.__name__}", flush=True)
+                for q, d in bad[:1]:
+                    print(f"  rank {q}:\n{d}", flush=True)
+            failures += bool(bad)
+        if rank == 0:
+            print(f"SUITE: {len(self.checks) - failures} passed, {failures} failed", flush=True)
+        return 1 if failures else 0
