@@ -33,7 +33,7 @@ from .selection import resolve_k
 
 #: parameter counts of the paper's models (float32 gradients)
 MODELS = {
-    "resnet20": 269_722,      # CIFAR-10
+    "resnet20": 272_474,      # CIFAR-10 (gtopk_mpi.models.ResNetCifar(20))
     "vgg16": 14_728_266,      # CIFAR-10
     "resnet50": 25_557_032,   # ImageNet
     "alexnet": 61_100_840,    # ImageNet

@@ -466,6 +466,22 @@ def momentum_correction_runs_and_masks():
     assert b.velocity is not None and int((b.velocity == 0).sum()) > 0
 
 
+@check
+def sync_batch_norm_equals_batch_norm_on_the_global_batch():
+    xs = [torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(50 + q)) for q in range(P)]
+    sync, plain = hvd.SyncBatchNorm(3), torch.nn.BatchNorm2d(3)
+    x = xs[RANK].clone().requires_grad_(True)
+    y = sync(x)
+    (y * y).sum().backward()
+    xg = torch.cat(xs).requires_grad_(True)
+    yg = plain(xg)
+    (yg * yg).sum().backward()
+    torch.testing.assert_close(y, yg[4 * RANK : 4 * RANK + 4], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x.grad, xg.grad[4 * RANK : 4 * RANK + 4], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sync.running_mean, plain.running_mean, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(sync.running_var, plain.running_var, rtol=1e-4, atol=1e-6)
+
+
 def main() -> int:
     status = SUITE.run()
     hvd.shutdown()

@@ -57,10 +57,12 @@ from .mpi_ops import (
     synchronize,
 )
 from .optimizer import DistributedOptimizer
+from .sync_batch_norm import SyncBatchNorm
 
 __all__ = [
     "Adasum", "Average", "Compression", "Compressor", "DistributedOptimizer", "HorovodInternalError", "Max", "Min",
-    "ProcessSet", "Product", "SparseCompressor", "Sum", "TensorMismatchError", "allgather", "allgather_async",
+    "ProcessSet", "Product", "SparseCompressor", "Sum", "SyncBatchNorm", "TensorMismatchError", "allgather",
+    "allgather_async",
     "allgather_object", "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "barrier", "broadcast",
     "broadcast_", "broadcast_async", "broadcast_async_", "broadcast_object", "broadcast_optimizer_state",
     "broadcast_parameters", "cross_rank", "cross_size", "cuda_built", "global_process_set", "gloo_built",

@@ -1,0 +1,30 @@
+"""The user-facing scripts run end to end (small sizes, 2 ranks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpi_launch import run
+
+pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("compression", ["none", "fp16", "topk", "gtopk"])
+def test_train_synthetic(compression):
+    proc = run(2, ["scripts/train_synthetic.py", "--model", "cnn", "--batch-size", "8", "--num-iters", "2",
+                   "--num-batches-per-iter", "2", "--num-warmup-batches", "1", "--compression", compression,
+                   "--density", "0.01"], timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Total img/sec on 2 rank(s):" in proc.stdout, proc.stdout
+
+
+def test_bench_module_runs_and_writes_csv(tmp_path):
+    out = tmp_path / "bench.csv"
+    proc = run(3, ["-m", "gtopk_mpi.bench", "--numel", "20000", "--density", "0.01", "--iters", "2", "--warmup", "1",
+                   "--no-progress", "--csv", str(out)], timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    header = out.read_text().splitlines()[0].split(",")
+    for field in ("algorithm", "ranks", "numel", "k", "median_ms", "select_ms", "comm_ms", "merge_ms",
+                  "bytes_sent", "bytes_received", "messages"):
+        assert field in header
+    assert len(out.read_text().splitlines()) == 1 + 4
