@@ -46,6 +46,7 @@ from .errors import MismatchError
 from .selection import (
     SPARSE_DTYPES,
     check_vector,
+    index_dtype,
     merge_topk,
     resolve_k,
     select_topk,
@@ -271,9 +272,10 @@ class _Butterfly:
     def message(self, tail: np.ndarray | None = None) -> np.ndarray:
         h = self.header.copy()
         if self.err is not None:
+            text = self.err.text.encode("utf-8")
             h["error"] = self.err.code
-            h["count"] = 0
-            return wire.pack(h, self.err.text.encode("utf-8"))
+            h["count"] = len(text)  # an error message's count is its text's length in bytes
+            return wire.pack(h, text)
         h["count"] = self.idx.size
         parts = [self.idx, self.val] + ([tail] if tail is not None else [])
         return wire.pack(h, *parts)
@@ -420,3 +422,67 @@ def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None =
     stats.merge_s += time.perf_counter() - t0
     stats.total_s = time.perf_counter() - t_start
     return SparseResult(g_idx, g_val, m, stats, carried=carried)
+
+
+# --------------------------------------------------------------------------------------
+# the paper's tree form, as a reference point for benchmarks
+
+
+def gtopk_tree_allreduce(x: np.ndarray, k: int | None = None, density: float | None = None,
+                         average: bool = False, comm: MPI.Comm | None = None) -> SparseResult:
+    """gTopKAllReduce as drawn in the paper: a binary reduction tree to rank 0 (same merge,
+    same headers), then a broadcast of the final k-set. Half the ranks idle each round and
+    the broadcast doubles the rounds; no residual tracking. For comparison only.
+    """
+    comm = comm if comm is not None else runtime.comm()
+    me, p = comm.Get_rank(), comm.Get_size()
+    stats = CommStats()
+    t_start = time.perf_counter()
+    seq = runtime.next_sequence(comm)
+    err, kk = _validate_sparse(comm, x, k, density, None, "merged")
+    if err is None:
+        idx, val = select_topk(x, kk)
+        m, dtype = len(x), x.dtype
+    else:
+        m, dtype = -1, None
+        idx, val = np.zeros(0, np.int32), np.zeros(0, np.float32)
+    stats.select_s = time.perf_counter() - t_start
+    header = wire.make_header(seq=seq, m=m, k=kk, count=idx.size, rank=me, dtype=dtype,
+                              average=average, values="merged", error=0)
+    bf = _Butterfly(comm, header, idx, val, err, stats)
+    step = 1
+    while step < p:
+        if me % (2 * step) == step:
+            bf.send(me - step, bf.message())
+            break
+        if me + step < p:
+            bf.absorb(bf.recv(me + step), "gtopk_tree_allreduce")
+        step <<= 1
+    # broadcast: the root's header first (its count or error sizes the payload), then the payload
+    msg = bf.message() if me == 0 else np.zeros(0, np.uint8)
+    head = msg[: wire.HEADER.itemsize].copy() if me == 0 else np.zeros(wire.HEADER.itemsize, np.uint8)
+    t0 = time.perf_counter()
+    comm.Bcast([head, MPI.BYTE], root=0)
+    h = wire.unpack_header(head)
+    if h["error"]:
+        nbytes = int(h["count"])
+    else:
+        entry = index_dtype(int(h["m"])).itemsize + wire.DTYPE_OF_CODE[int(h["dtype"])].itemsize
+        nbytes = int(h["count"]) * entry
+    body = msg[wire.HEADER.itemsize :].copy() if me == 0 else np.empty(nbytes, np.uint8)
+    comm.Bcast([body, MPI.BYTE], root=0)
+    stats.comm_s += time.perf_counter() - t0
+    full = np.concatenate([head, body])
+    if me == 0:
+        stats.bytes_sent += full.size * (p - 1).bit_length()  # binomial tree: the root sends ceil(log2 P) copies
+    else:
+        stats.bytes_received += full.size
+    h = wire.unpack_header(full)
+    if h["error"]:
+        _raise(wire.Error(int(h["error"]), wire.error_text(full)))
+    g_idx, g_val, _ = wire.unpack_entries(full, int(h["count"]), idx.dtype, val.dtype)
+    g_idx, g_val = g_idx.copy(), g_val.copy()
+    if average:
+        g_val = _scale_average(g_val, p)
+    stats.total_s = time.perf_counter() - t_start
+    return SparseResult(g_idx, g_val, m, stats)

@@ -169,6 +169,19 @@ def topk_allgather_matches_reference():
 
 
 @check
+def gtopk_tree_matches_reference():
+    from gtopk_mpi.collectives import gtopk_tree_allreduce
+
+    xs = inputs(17, 2000)
+    res = gtopk_tree_allreduce(xs[RANK], k=25)
+    assert_result(res, *ref.gtopk_tree(xs, 25))
+    if P > 1:
+        short = xs[RANK][: 1999 if RANK == P - 1 else 2000]
+        expect_error(g.MismatchError, "length", lambda: gtopk_tree_allreduce(short, k=5))
+    recover()
+
+
+@check
 def dense_allreduce_dtypes_and_average():
     for dtype in (np.float16, np.float32, np.float64, np.int32, np.int64):
         xs = inputs(10, 300, dtype, integer=True)

@@ -97,6 +97,19 @@ def gtopk(xs: list[np.ndarray], k: int, residuals: list[np.ndarray] | None = Non
     return g_idx, g_val, after
 
 
+def gtopk_tree(xs: list[np.ndarray], k: int):
+    """The paper's tree form: rank q absorbs rank q + 2^r in round r; rank 0 holds the result."""
+    dtype = xs[0].dtype
+    state = {q: select(x, k) for q, x in enumerate(xs)}
+    step = 1
+    while step < len(xs):
+        for q in range(0, len(xs), 2 * step):
+            if q + step < len(xs):
+                state[q] = merge(state[q], state[q + step], k, dtype)
+        step <<= 1
+    return state[0]
+
+
 def sum_in_order(vals, dtype):
     s = np.array(vals[0], dtype=dtype)
     for v in vals[1:]:

@@ -1,0 +1,100 @@
+"""The alpha-beta cost model of the paper's Table 1, and its fit on a real network.
+
+Time of one message of n bytes: alpha + n * beta. For m gradient elements of v
+bytes, k = rho * m selected entries (an entry is an index and a value: 4 + v bytes,
+plus a header h per message), P ranks and L = ceil(log2 P):
+
+  dense (ring allreduce)     2 (P-1) alpha + 2 (P-1)/P * m v beta
+  topk (allgather)           L alpha + (P-1) k (4+v) beta
+  gtopk-tree (tree + bcast)  2 L alpha + 2 L (k (4+v) + h) beta
+  gtopk (butterfly)          L alpha + L (k (4+v) + h) beta
+  gtopk-exact                gtopk + one allreduce of k values (recursive doubling: L alpha + L k v beta)
+
+Sparse algorithms add the local selection time and L merges (both measured).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+from .wire import HEADER
+
+
+@dataclass(frozen=True)
+class Network:
+    alpha: float  # s per message
+    beta: float   # s per byte
+
+
+def log2p(p: int) -> int:
+    return math.ceil(math.log2(p)) if p > 1 else 0
+
+
+def comm_time(algorithm: str, net: Network, p: int, m: int, k: int, value_bytes: int = 4) -> float:
+    """Predicted communication time (s) of one call."""
+    if p <= 1:
+        return 0.0
+    lg = log2p(p)
+    entry = 4 + value_bytes
+    h = HEADER.itemsize
+    if algorithm == "dense":
+        return 2 * (p - 1) * net.alpha + 2 * (p - 1) / p * m * value_bytes * net.beta
+    if algorithm == "topk":
+        return lg * net.alpha + (p - 1) * k * entry * net.beta
+    if algorithm == "gtopk-tree":
+        return 2 * lg * net.alpha + 2 * lg * (k * entry + h) * net.beta
+    if algorithm in ("gtopk", "gtopk-exact"):
+        t = lg * net.alpha + lg * (k * entry + h) * net.beta
+        if algorithm == "gtopk-exact":
+            t += lg * net.alpha + lg * k * value_bytes * net.beta
+        return t
+    raise ValueError(f"unknown algorithm {algorithm!r}")
+
+
+def total_time(algorithm: str, net: Network, p: int, m: int, k: int, select_s: float, merge_s: float,
+               value_bytes: int = 4) -> float:
+    """Communication plus, for sparse algorithms, selection and log2(P) merges (s)."""
+    t = comm_time(algorithm, net, p, m, k, value_bytes)
+    if algorithm != "dense":
+        t += select_s + log2p(p) * merge_s
+    return t
+
+
+def ping_pong(comm: MPI.Comm, sizes: list[int] | None = None, repeats: int = 10) -> list[tuple[int, float]]:
+    """One-way time (s) per message size (bytes) between ranks 0 and 1; others wait.
+
+    Returns [(size, seconds)] on every rank (median of ``repeats`` round trips / 2).
+    """
+    sizes = sizes or [8, 1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22]
+    me = comm.Get_rank()
+    out = []
+    for n in sizes:
+        buf = np.zeros(n, np.uint8)
+        times = []
+        comm.Barrier()
+        for _ in range(repeats + 1):
+            if me == 0:
+                t0 = time.perf_counter()
+                comm.Send(buf, 1, tag=7)
+                comm.Recv(buf, 1, tag=7)
+                times.append((time.perf_counter() - t0) / 2)
+            elif me == 1:
+                comm.Recv(buf, 0, tag=7)
+                comm.Send(buf, 0, tag=7)
+        median = float(np.median(times[1:])) if me == 0 else 0.0
+        out.append((n, comm.bcast(median, root=0)))
+    return out
+
+
+def fit(samples: list[tuple[int, float]]) -> Network:
+    """Least-squares alpha, beta from (bytes, seconds), weighted by relative error."""
+    n = np.array([s for s, _ in samples], float)
+    t = np.array([x for _, x in samples], float)
+    a = np.stack([np.ones_like(n), n], axis=1) / t[:, None]
+    (alpha, beta), *_ = np.linalg.lstsq(a, np.ones_like(t), rcond=None)
+    return Network(max(float(alpha), 0.0), max(float(beta), 0.0))
