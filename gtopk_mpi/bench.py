@@ -11,8 +11,17 @@ Algorithms:
   topk         local top-k + Allgather of (index, value) pairs (TopKAllReduce)
   gtopk        butterfly gTop-k, merged values (ours)
   gtopk-exact  butterfly gTop-k + one Allreduce of the k exact values
-Sparse algorithms run with error feedback (a residual per rank), as in training.
+  gtopk-tree   the paper's drawing: reduction tree to rank 0 + broadcast, same merge
+Sparse algorithms run with error feedback (a residual per rank), as in training,
+except gtopk-tree (a reference point: plain selection, no residual).
 On a machine with fewer cores than ranks the figures are CPU-bound, not network-bound.
+
+Cost model (see gtopk_mpi.costmodel): --model-fit measures alpha and beta with a
+ping-pong between ranks 0 and 1, prints the model next to every measured time, and
+--predict 16,32,...,1024 extrapolates (selection and merge times as measured here).
+--plot out.png draws the prediction against P with the measured points;
+--plot-from a.csv b.csv ... --plot out.png draws measured times of several runs
+against P (no MPI needed).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from mpi4py import MPI
 
-from . import collectives, runtime
+from . import collectives, costmodel, runtime
 from .selection import resolve_k
 
 #: parameter counts of the paper's models (float32 gradients)
@@ -39,7 +48,7 @@ MODELS = {
     "alexnet": 61_100_840,    # ImageNet
     "lstm-ptb": 66_034_000,   # 2 x LSTM(1500), vocabulary 10,000
 }
-ALGORITHMS = ("dense", "topk", "gtopk", "gtopk-exact")
+ALGORITHMS = ("dense", "topk", "gtopk", "gtopk-exact", "gtopk-tree")
 
 
 @dataclass
@@ -60,6 +69,8 @@ class Row:
     bytes_sent: int
     bytes_received: int
     messages: int
+    skew_ms: float = 0.0             # --align: waiting for slower ranks (not in median_ms)
+    model_ms: float = float("nan")   # alpha-beta prediction (with --model-fit)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,7 +90,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--csv", help="write the rows to this CSV file (rank 0)")
     p.add_argument("--json", help="write the rows to this JSON file (rank 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--align", action="store_true",
+                   help="barrier between selection and communication in sparse algorithms, so 'comm' is the "
+                   "network alone (the wait for slower ranks is reported as 'skew' and left out of 'median')")
+    p.add_argument("--model-fit", action="store_true",
+                   help="fit alpha/beta by ping-pong (ranks 0-1) and print the cost model beside the times")
+    p.add_argument("--predict", default="", help="comma-separated P to predict with the fitted model, "
+                   "e.g. 16,32,64,128,256,512,1024 (implies --model-fit)")
+    p.add_argument("--plot", help="write a PNG: prediction vs P with measured points (or with --plot-from)")
+    p.add_argument("--plot-from", nargs="+", metavar="CSV",
+                   help="plot measured median time vs P from CSVs of earlier runs, then exit")
     args = p.parse_args(argv)
+    args.predict = [int(v) for v in args.predict.split(",") if v.strip()]
+    if args.predict:
+        args.model_fit = True
     args.algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     for a in args.algorithms:
         if a not in ALGORITHMS:
@@ -87,7 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_once(algorithm: str, x: np.ndarray, k: int, residual: np.ndarray) -> collectives.CommStats:
+def run_once(algorithm: str, x: np.ndarray, k: int, residual: np.ndarray, align: bool = False
+             ) -> collectives.CommStats:
     if algorithm == "dense":
         t0 = time.perf_counter()
         collectives.dense_allreduce(x)
@@ -99,9 +124,14 @@ def run_once(algorithm: str, x: np.ndarray, k: int, residual: np.ndarray) -> col
         return collectives.CommStats(bytes_sent=vol, bytes_received=vol, messages_sent=2 * (p - 1),
                                      comm_s=dt, total_s=dt)
     if algorithm == "topk":
-        return collectives.topk_allreduce(x, k=k, residual=residual).stats
-    values = "exact" if algorithm == "gtopk-exact" else "merged"
-    return collectives.gtopk_allreduce(x, k=k, residual=residual, values=values).stats
+        stats = collectives.topk_allreduce(x, k=k, residual=residual, align=align).stats
+    elif algorithm == "gtopk-tree":
+        stats = collectives.gtopk_tree_allreduce(x, k=k, align=align).stats
+    else:
+        values = "exact" if algorithm == "gtopk-exact" else "merged"
+        stats = collectives.gtopk_allreduce(x, k=k, residual=residual, values=values, align=align).stats
+    stats.total_s -= stats.skew_s
+    return stats
 
 
 def bench_algorithm(algorithm: str, x: np.ndarray, k: int, args: argparse.Namespace, progress) -> Row:
@@ -110,13 +140,13 @@ def bench_algorithm(algorithm: str, x: np.ndarray, k: int, args: argparse.Namesp
     samples: list[collectives.CommStats] = []
     for i in range(args.warmup + args.iters):
         comm.Barrier()
-        s = run_once(algorithm, x, k, residual)
+        s = run_once(algorithm, x, k, residual, args.align)
         if i >= args.warmup:
             samples.append(s)
         if progress is not None:
             progress.update(1)
     # per-iteration maximum over ranks
-    local = np.array([[s.total_s, s.select_s, s.comm_s, s.merge_s] for s in samples])
+    local = np.array([[s.total_s, s.select_s, s.comm_s, s.merge_s, s.skew_s] for s in samples])
     worst = np.empty_like(local)
     comm.Allreduce(local, worst, op=MPI.MAX)
     counts = np.array([max(s.bytes_sent for s in samples), max(s.bytes_received for s in samples),
@@ -127,24 +157,126 @@ def bench_algorithm(algorithm: str, x: np.ndarray, k: int, args: argparse.Namesp
     med = lambda col: float(statistics.median(worst[:, col] * 1e3))  # noqa: E731
     return Row(algorithm, comm.Get_size(), len(x), k, str(x.dtype), float(statistics.median(tot)),
                float(tot.min()), float(tot.max()), med(1), med(2), med(3),
-               int(counts_max[0]), int(counts_max[1]), int(counts_max[2]))
+               int(counts_max[0]), int(counts_max[1]), int(counts_max[2]), skew_ms=med(4))
 
 
 def format_table(rows: list[Row]) -> str:
     dense = next((r for r in rows if r.algorithm == "dense"), None)
+    with_model = any(not np.isnan(r.model_ms) for r in rows)
     head = (f"{'algorithm':<12} {'median ms':>10} {'min':>8} {'max':>8} {'select':>8} {'comm':>8} {'merge':>8} "
             f"{'sent KB':>10} {'recv KB':>10} {'msgs':>5} {'vs dense':>9}")
+    with_skew = any(r.skew_ms for r in rows)
+    if with_skew:
+        head += f" {'skew':>7}"
+    if with_model:
+        head += f" {'model ms':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{dense.median_ms / r.median_ms:8.1f}x" if dense and r.median_ms > 0 else f"{'':>9}"
         lines.append(f"{r.algorithm:<12} {r.median_ms:10.2f} {r.min_ms:8.2f} {r.max_ms:8.2f} {r.select_ms:8.2f} "
                      f"{r.comm_ms:8.2f} {r.merge_ms:8.2f} {r.bytes_sent / 1e3:10.1f} "
-                     f"{r.bytes_received / 1e3:10.1f} {r.messages:5d} {ratio}")
+                     f"{r.bytes_received / 1e3:10.1f} {r.messages:5d} {ratio}"
+                     + (f" {r.skew_ms:7.2f}" if with_skew else "") + (f" {r.model_ms:9.2f}" if with_model else ""))
     return "\n".join(lines)
+
+
+def _local_costs(rows: list[Row], r: Row) -> tuple[float, float]:
+    """(selection s, one merge s) used to model row r. Every sparse algorithm is charged the
+    selection of gtopk's run when there is one (the fused error-feedback selection a
+    training step pays), so the model compares communication patterns, not selection variants."""
+    ref = next((x for x in rows if x.algorithm == "gtopk"), r)
+    select_s = (ref.select_ms if r.algorithm != "dense" else 0.0) / 1e3
+    return select_s, r.merge_ms / max(1, costmodel.log2p(r.ranks)) / 1e3
+
+
+def model_rows(rows: list[Row], net: costmodel.Network) -> None:
+    """Fill each row's model_ms with the cost model's total for this run's P."""
+    for r in rows:
+        select_s, per_merge = _local_costs(rows, r)
+        r.model_ms = 1e3 * costmodel.total_time(r.algorithm, net, r.ranks, r.numel, r.k, select_s, per_merge,
+                                                np.dtype(r.dtype).itemsize)
+
+
+def predictions(rows: list[Row], net: costmodel.Network, ps: list[int]) -> dict[str, list[float]]:
+    """Predicted total ms per algorithm for each P in ps."""
+    out = {}
+    for r in rows:
+        select_s, per_merge = _local_costs(rows, r)
+        out[r.algorithm] = [1e3 * costmodel.total_time(r.algorithm, net, p, r.numel, r.k, select_s, per_merge,
+                                                       np.dtype(r.dtype).itemsize) for p in ps]
+    return out
+
+
+def format_predictions(pred: dict[str, list[float]], ps: list[int]) -> str:
+    lines = [f"{'P':>6} " + " ".join(f"{a:>12}" for a in pred) + "   gtopk speedup vs dense / topk"]
+    for i, p in enumerate(ps):
+        cells = " ".join(f"{pred[a][i]:12.2f}" for a in pred)
+        extra = ""
+        if "gtopk" in pred and "dense" in pred and "topk" in pred:
+            extra = f"   {pred['dense'][i] / pred['gtopk'][i]:8.1f}x / {pred['topk'][i] / pred['gtopk'][i]:5.1f}x"
+        lines.append(f"{p:>6} {cells}{extra}")
+    return "\n".join(lines)
+
+
+def plot_from_csv(paths: list[str], out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    numel = None
+    for path in paths:
+        with open(path) as f:
+            for rec in csv.DictReader(f):
+                series.setdefault(rec["algorithm"], []).append((int(rec["ranks"]), float(rec["median_ms"])))
+                numel = int(rec["numel"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for alg, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p for p, _ in pts], [t for _, t in pts], marker="o", label=alg)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("ranks P")
+    ax.set_ylabel("time per call (ms, median, max over ranks)")
+    ax.set_title(f"measured, {numel:,} float32 elements")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def plot_prediction(rows: list[Row], net: costmodel.Network, ps: list[int], out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ps = sorted(set(ps) | {2, 4, 8, rows[0].ranks})
+    pred = predictions(rows, net, ps)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in rows:
+        (line,) = ax.plot(ps, pred[r.algorithm], label=f"{r.algorithm} (model)")
+        ax.plot([r.ranks], [r.median_ms], marker="o", color=line.get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("ranks P")
+    ax.set_ylabel("time per call (ms)")
+    ax.set_title(f"alpha={net.alpha * 1e3:.3f} ms, beta={net.beta * 1e9:.2f} ns/B; dots: measured at P={rows[0].ranks}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.plot_from:
+        if not args.plot:
+            raise SystemExit("--plot-from needs --plot OUT.png")
+        plot_from_csv(args.plot_from, args.plot)
+        print(f"wrote {args.plot}")
+        return 0
     runtime.init()
     comm = runtime.comm()
     me, p = comm.Get_rank(), comm.Get_size()
@@ -162,11 +294,29 @@ def main(argv: list[str] | None = None) -> int:
             progress = tqdm(total=len(args.algorithms) * (args.iters + args.warmup), desc="bench", file=sys.stderr,
                             leave=False)
     rows = [bench_algorithm(a, x, k, args, progress) for a in args.algorithms]
+    net = None
+    if args.model_fit:
+        if p < 2:
+            raise SystemExit("--model-fit needs at least 2 ranks")
+        net = costmodel.fit(costmodel.ping_pong(comm))
+        model_rows(rows, net)
     if me == 0:
         if progress is not None:
             progress.close()
         print(format_table(rows))
-        print("times: max over ranks per call, median over calls; sent/recv: payload bytes per rank per call")
+        print("times: max over ranks per call, median over calls; sent/recv: payload bytes per rank per call"
+              + ("; skew: barrier wait after selection, excluded from the times" if args.align else ""))
+        if net is not None:
+            print(f"fitted network: alpha = {net.alpha * 1e3:.4f} ms per message, beta = {net.beta * 1e9:.3f} ns "
+                  f"per byte ({1 / net.beta / 1e6 if net.beta else float('inf'):.1f} MB/s)")
+        if args.predict:
+            print("predicted time per call (ms), selection and merge as measured here:")
+            print(format_predictions(predictions(rows, net, args.predict), args.predict))
+        if args.plot:
+            if net is None:
+                raise SystemExit("--plot needs --model-fit (or --plot-from)")
+            plot_prediction(rows, net, args.predict or [2, 4, 8, 16, 32], args.plot)
+            print(f"wrote {args.plot}")
         if args.csv:
             with open(args.csv, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))

@@ -35,6 +35,7 @@ nothing was sent, so no gradient mass is lost.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -69,6 +70,7 @@ class CommStats:
     select_s: float = 0.0        # local top-k (with the fused residual pass)
     comm_s: float = 0.0          # inside MPI calls
     merge_s: float = 0.0         # merges, survivor masks, residual update
+    skew_s: float = 0.0          # align=True: waiting at the barrier for slower ranks' selection
     total_s: float = 0.0
 
 
@@ -96,6 +98,13 @@ class SparseResult:
         out = np.zeros(self.size, self.values.dtype)
         out[self.indices] = self.values
         return out
+
+
+def _align(comm: MPI.Comm, align: bool, stats: CommStats) -> None:
+    if align:
+        t0 = time.perf_counter()
+        comm.Barrier()
+        stats.skew_s = time.perf_counter() - t0
 
 
 def _raise(err: wire.Error) -> None:
@@ -172,7 +181,7 @@ def _agree(comm: MPI.Comm, op: str, header: np.ndarray, err: wire.Error | None) 
 
 def topk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = None,
                    average: bool = False, residual: np.ndarray | None = None,
-                   comm: MPI.Comm | None = None) -> SparseResult:
+                   comm: MPI.Comm | None = None, align: bool = False) -> SparseResult:
     """The paper's TopKAllReduce: local top-k, Allgather of (index, value), summed.
 
     Returns the union of all ranks' k-sets (up to P*k entries) with values summed.
@@ -186,6 +195,7 @@ def topk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = 
     if err is None:
         idx, val = _select(x, kk, residual)
     stats.select_s = time.perf_counter() - t_start
+    _align(comm, align, stats)
     header = wire.make_header(seq=runtime.next_sequence(comm), m=len(x) if err is None else -1, k=kk,
                               count=0, rank=comm.Get_rank(), dtype=_dtype_or_none(x, err),
                               average=average, values="merged", error=err.code if err else 0)
@@ -253,6 +263,30 @@ def _select(x: np.ndarray, k: int, residual: np.ndarray | None) -> tuple[np.ndar
     return select_topk(x, k)
 
 
+# Waiting for a partner: MPI's blocking calls busy-poll a core. With more ranks than
+# cores (oversubscribed test and benchmark machines) that starves the very rank being
+# waited for, so we poll and yield the core between polls (GTOPK_YIELD=0: block in MPI).
+_YIELD = os.environ.get("GTOPK_YIELD", "1") != "0"
+
+
+def _probe(comm: MPI.Comm, source: int, status: MPI.Status) -> MPI.Message:
+    if not _YIELD:
+        return comm.Mprobe(source=source, tag=TAG_GTOPK, status=status)
+    while True:
+        msg = comm.Improbe(source=source, tag=TAG_GTOPK, status=status)
+        if msg is not None:
+            return msg
+        os.sched_yield()
+
+
+def _complete(req: MPI.Request) -> None:
+    if not _YIELD:
+        req.Wait()
+        return
+    while not req.Test():
+        os.sched_yield()
+
+
 class _Butterfly:
     """One rank's side of a gTop-k call: its current set (or error) and survivor masks."""
 
@@ -282,13 +316,13 @@ class _Butterfly:
 
     def send(self, dest: int, buf: np.ndarray) -> None:
         t0 = time.perf_counter()
-        self.comm.Send([buf, MPI.BYTE], dest=dest, tag=TAG_GTOPK)
+        _complete(self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=TAG_GTOPK))
         self._count_sent(buf, t0)
 
     def recv(self, source: int) -> np.ndarray:
         t0 = time.perf_counter()
         status = MPI.Status()
-        msg = self.comm.Mprobe(source=source, tag=TAG_GTOPK, status=status)
+        msg = _probe(self.comm, source, status)
         buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
         msg.Recv([buf, MPI.BYTE])
         self.stats.bytes_received += buf.size
@@ -300,10 +334,10 @@ class _Butterfly:
         t0 = time.perf_counter()
         req = self.comm.Isend([out, MPI.BYTE], dest=partner, tag=TAG_GTOPK)
         status = MPI.Status()
-        msg = self.comm.Mprobe(source=partner, tag=TAG_GTOPK, status=status)
+        msg = _probe(self.comm, partner, status)
         buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
         msg.Recv([buf, MPI.BYTE])
-        req.Wait()
+        _complete(req)
         self.stats.bytes_received += buf.size
         self._count_sent(out, t0)
         return buf
@@ -353,7 +387,7 @@ class _Butterfly:
 
 def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = None,
                     average: bool = False, residual: np.ndarray | None = None,
-                    values: str = "merged", comm: MPI.Comm | None = None) -> SparseResult:
+                    values: str = "merged", comm: MPI.Comm | None = None, align: bool = False) -> SparseResult:
     """Global top-k sparse allreduce (butterfly gTopKAllReduce); see the module docstring.
 
     Every rank passes a contiguous 1-D float16/32/64 ``x`` of the same length and
@@ -361,7 +395,9 @@ def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None =
     max(1, ceil(rho * m))), ``average``, ``values`` ("merged" or "exact") and, if
     any, a ``residual`` like x (updated in place). Returns a SparseResult with at
     most k entries, bit-identical on every rank. k >= m gives the dense sum.
-    ``comm``: default the communicator given to init().
+    ``comm``: default the communicator given to init(). ``align`` (benchmarks): a
+    barrier between selection and the first message, so ``stats.comm_s`` measures the
+    network, not slower ranks' selection (that wait goes to ``stats.skew_s``).
     """
     comm = comm if comm is not None else runtime.comm()
     me, p = comm.Get_rank(), comm.Get_size()
@@ -376,6 +412,7 @@ def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None =
         m, dtype = -1, None
         idx, val = np.zeros(0, np.int32), np.zeros(0, np.float32)
     stats.select_s = time.perf_counter() - t_start
+    _align(comm, align, stats)
     header = wire.make_header(seq=seq, m=m, k=kk, count=idx.size, rank=me, dtype=dtype,
                               average=average, values=values, error=0)
     bf = _Butterfly(comm, header, idx, val, err, stats)
@@ -429,7 +466,7 @@ def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None =
 
 
 def gtopk_tree_allreduce(x: np.ndarray, k: int | None = None, density: float | None = None,
-                         average: bool = False, comm: MPI.Comm | None = None) -> SparseResult:
+                         average: bool = False, comm: MPI.Comm | None = None, align: bool = False) -> SparseResult:
     """gTopKAllReduce as drawn in the paper: a binary reduction tree to rank 0 (same merge,
     same headers), then a broadcast of the final k-set. Half the ranks idle each round and
     the broadcast doubles the rounds; no residual tracking. For comparison only.
@@ -447,6 +484,7 @@ def gtopk_tree_allreduce(x: np.ndarray, k: int | None = None, density: float | N
         m, dtype = -1, None
         idx, val = np.zeros(0, np.int32), np.zeros(0, np.float32)
     stats.select_s = time.perf_counter() - t_start
+    _align(comm, align, stats)
     header = wire.make_header(seq=seq, m=m, k=kk, count=idx.size, rank=me, dtype=dtype,
                               average=average, values="merged", error=0)
     bf = _Butterfly(comm, header, idx, val, err, stats)

@@ -70,7 +70,7 @@ def ping_pong(comm: MPI.Comm, sizes: list[int] | None = None, repeats: int = 10)
 
     Returns [(size, seconds)] on every rank (median of ``repeats`` round trips / 2).
     """
-    sizes = sizes or [8, 1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22]
+    sizes = sizes or [8, 1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24]
     me = comm.Get_rank()
     out = []
     for n in sizes:
@@ -92,9 +92,15 @@ def ping_pong(comm: MPI.Comm, sizes: list[int] | None = None, repeats: int = 10)
 
 
 def fit(samples: list[tuple[int, float]]) -> Network:
-    """Least-squares alpha, beta from (bytes, seconds), weighted by relative error."""
-    n = np.array([s for s, _ in samples], float)
-    t = np.array([x for _, x in samples], float)
-    a = np.stack([np.ones_like(n), n], axis=1) / t[:, None]
-    (alpha, beta), *_ = np.linalg.lstsq(a, np.ones_like(t), rcond=None)
-    return Network(max(float(alpha), 0.0), max(float(beta), 0.0))
+    """alpha, beta from ping-pong (bytes, seconds) samples.
+
+    beta: least-squares slope over the messages of at least 1 MiB (the bandwidth
+    regime; smaller ones ride on token-bucket bursts and socket buffers); alpha: the
+    smallest message's time less its bytes at that rate.
+    """
+    big = [(n, t) for n, t in samples if n >= 1 << 20] or sorted(samples)[-2:]
+    n = np.array([s for s, _ in big], float)
+    t = np.array([x for _, x in big], float)
+    beta = float(np.polyfit(n, t, 1)[0]) if len(big) > 1 else float(t[0] / n[0])
+    n0, t0 = min(samples)
+    return Network(max(t0 - n0 * beta, 0.0), max(beta, 0.0))
