@@ -100,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", help="write a PNG: prediction vs P with measured points (or with --plot-from)")
     p.add_argument("--plot-from", nargs="+", metavar="CSV",
                    help="plot measured median time vs P from CSVs of earlier runs, then exit")
+    p.add_argument("--plot-field", default="median_ms", choices=("median_ms", "comm_ms", "select_ms", "merge_ms"),
+                   help="which time --plot-from draws (default: median_ms, the whole call)")
     args = p.parse_args(argv)
     args.predict = [int(v) for v in args.predict.split(",") if v.strip()]
     if args.predict:
@@ -180,28 +182,28 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _local_costs(rows: list[Row], r: Row) -> tuple[float, float]:
-    """(selection s, one merge s) used to model row r. Every sparse algorithm is charged the
-    selection of gtopk's run when there is one (the fused error-feedback selection a
-    training step pays), so the model compares communication patterns, not selection variants."""
-    ref = next((x for x in rows if x.algorithm == "gtopk"), r)
+def _local_costs(rows: list[Row], r: Row, common_selection: bool) -> tuple[float, float]:
+    """(selection s, one merge s) used to model row r. With common_selection every sparse
+    algorithm is charged the selection of gtopk's run (the fused error-feedback selection a
+    training step pays), so predictions compare communication patterns, not selection variants."""
+    ref = next((x for x in rows if x.algorithm == "gtopk"), r) if common_selection else r
     select_s = (ref.select_ms if r.algorithm != "dense" else 0.0) / 1e3
     return select_s, r.merge_ms / max(1, costmodel.log2p(r.ranks)) / 1e3
 
 
 def model_rows(rows: list[Row], net: costmodel.Network) -> None:
-    """Fill each row's model_ms with the cost model's total for this run's P."""
+    """Fill each row's model_ms with the cost model's total for this run's P and its own selection."""
     for r in rows:
-        select_s, per_merge = _local_costs(rows, r)
+        select_s, per_merge = _local_costs(rows, r, common_selection=False)
         r.model_ms = 1e3 * costmodel.total_time(r.algorithm, net, r.ranks, r.numel, r.k, select_s, per_merge,
                                                 np.dtype(r.dtype).itemsize)
 
 
 def predictions(rows: list[Row], net: costmodel.Network, ps: list[int]) -> dict[str, list[float]]:
-    """Predicted total ms per algorithm for each P in ps."""
+    """Predicted total ms per algorithm for each P in ps (one selection time for all sparse ones)."""
     out = {}
     for r in rows:
-        select_s, per_merge = _local_costs(rows, r)
+        select_s, per_merge = _local_costs(rows, r, common_selection=True)
         out[r.algorithm] = [1e3 * costmodel.total_time(r.algorithm, net, p, r.numel, r.k, select_s, per_merge,
                                                        np.dtype(r.dtype).itemsize) for p in ps]
     return out
@@ -218,7 +220,7 @@ def format_predictions(pred: dict[str, list[float]], ps: list[int]) -> str:
     return "\n".join(lines)
 
 
-def plot_from_csv(paths: list[str], out: str) -> None:
+def plot_from_csv(paths: list[str], out: str, field_name: str = "median_ms") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,7 +231,7 @@ def plot_from_csv(paths: list[str], out: str) -> None:
     for path in paths:
         with open(path) as f:
             for rec in csv.DictReader(f):
-                series.setdefault(rec["algorithm"], []).append((int(rec["ranks"]), float(rec["median_ms"])))
+                series.setdefault(rec["algorithm"], []).append((int(rec["ranks"]), float(rec[field_name])))
                 numel = int(rec["numel"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for alg, pts in sorted(series.items()):
@@ -238,7 +240,9 @@ def plot_from_csv(paths: list[str], out: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("ranks P")
-    ax.set_ylabel("time per call (ms, median, max over ranks)")
+    what = {"median_ms": "whole call", "comm_ms": "communication", "select_ms": "selection",
+            "merge_ms": "merge"}[field_name]
+    ax.set_ylabel(f"{what} (ms per call, median, max over ranks)")
     ax.set_title(f"measured, {numel:,} float32 elements")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot_from:
         if not args.plot:
             raise SystemExit("--plot-from needs --plot OUT.png")
-        plot_from_csv(args.plot_from, args.plot)
+        plot_from_csv(args.plot_from, args.plot, args.plot_field)
         print(f"wrote {args.plot}")
         return 0
     runtime.init()
@@ -310,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fitted network: alpha = {net.alpha * 1e3:.4f} ms per message, beta = {net.beta * 1e9:.3f} ns "
                   f"per byte ({1 / net.beta / 1e6 if net.beta else float('inf'):.1f} MB/s)")
         if args.predict:
-            print("predicted time per call (ms), selection and merge as measured here:")
+            print("predicted time per call (ms); selection (gtopk's, for every sparse algorithm) and merge "
+                  "as measured here:")
             print(format_predictions(predictions(rows, net, args.predict), args.predict))
         if args.plot:
             if net is None:

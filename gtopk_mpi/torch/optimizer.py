@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             warnings.warn("momentum_correction applies momentum before compression; set the wrapped "
                           "optimizer's momentum to 0", stacklevel=3)
         self._steps = 0
+        self._timings = {"compression": 0.0, "communication": 0.0}  # seconds, accumulated by the engine
 
         all_params = [p for g in self.param_groups for p in g["params"]]
         if named_parameters is not None:
@@ -210,7 +212,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         def run(comm: MPI.Comm, reqs) -> torch.Tensor:
             x = flat * self._prescale if self._prescale != 1.0 else flat
             c, ctx = comp.compress(x)
-            y = comp.decompress(torch.from_numpy(_mpi_reduce(comm, c.contiguous().numpy(), self._reduce)), ctx)
+            t0 = time.perf_counter()
+            reduced = _mpi_reduce(comm, c.contiguous().numpy(), self._reduce)
+            self._timings["communication"] += time.perf_counter() - t0
+            y = comp.decompress(torch.from_numpy(reduced), ctx)
             return self._finish(comm, y.to(flat.dtype))
 
         return run
@@ -223,7 +228,9 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             residual = bucket.residual.numpy()
             if k >= m:  # density 1: exactly the dense reduction (bit-identical to Compression.none)
                 total = torch.from_numpy(residual) + x if residual.any() else x
+                t0 = time.perf_counter()
                 out = torch.from_numpy(_mpi_reduce(comm, total.contiguous().numpy(), Sum))
+                self._timings["communication"] += time.perf_counter() - t0
                 residual[...] = 0
                 if bucket.velocity is not None:
                     bucket.velocity.zero_()
@@ -236,6 +243,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 res = collectives.gtopk_allreduce(arr, k=k, residual=residual, values=comp.values, comm=comm)
             else:
                 res = collectives.topk_allreduce(arr, k=k, residual=residual, comm=comm)
+            self._timings["compression"] += res.stats.select_s + res.stats.merge_s
+            self._timings["communication"] += res.stats.comm_s
             if bucket.velocity is not None:  # momentum masking where values were sent
                 bucket.velocity.numpy()[res.carried] = 0
             return self._finish(comm, torch.from_numpy(res.to_dense()))
@@ -297,6 +306,15 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                                  "optimizer.step() or optimizer.synchronize(). This is prohibited as it can cause "
                                  "a race condition.")
         return super(self.__class__, self).zero_grad(set_to_none)
+
+    def timings(self, reset: bool = True) -> dict[str, float]:
+        """Seconds spent by this rank's engine since the last reset: "compression" (top-k
+        selection with the residual pass, merges) and "communication" (inside MPI)."""
+        out = dict(self._timings)
+        if reset:
+            for key in self._timings:
+                self._timings[key] = 0.0
+        return out
 
     def residual_state(self) -> dict[tuple[str, ...], torch.Tensor]:
         """Error-feedback residuals, keyed by the names of each bucket's parameters."""
