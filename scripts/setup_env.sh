@@ -15,7 +15,12 @@ if [ "${GTOPK_MPI:-wheel}" = "system" ]; then
   command -v mpicc >/dev/null || { echo "GTOPK_MPI=system but no mpicc on PATH" >&2; exit 1; }
   grep -v -E '^(mpich|mpi4py)' requirements.txt > .venv/reqs-system-mpi.txt
   "$VPY" -m pip install -q -r .venv/reqs-system-mpi.txt
-  "$VPY" -m pip install -q --no-binary=mpi4py --no-cache-dir mpi4py
+  "$VPY" -m pip uninstall -q -y mpich 2>/dev/null || true   # never mix in the wheel's MPICH
+  # build mpi4py against this mpicc (again whenever the mpicc differs from the last build's)
+  if [ "$(cat .venv/.system-mpicc 2>/dev/null)" != "$(command -v mpicc)" ]; then
+    "$VPY" -m pip install -q --force-reinstall --no-deps --no-binary=mpi4py --no-cache-dir mpi4py
+    command -v mpicc > .venv/.system-mpicc
+  fi
   if [ "$REQS" != requirements.txt ]; then
     grep -v -E '^-r ' "$REQS" > .venv/reqs-dev-system-mpi.txt
     "$VPY" -m pip install -q -r .venv/reqs-dev-system-mpi.txt
@@ -23,5 +28,9 @@ if [ "${GTOPK_MPI:-wheel}" = "system" ]; then
   export GTOPK_MPIEXEC=${GTOPK_MPIEXEC:-$(command -v mpiexec)}
 else
   "$VPY" -m pip install -q -r "$REQS"
+  if [ -f .venv/.system-mpicc ]; then   # switching back from a system MPI: the wheel's mpi4py again
+    "$VPY" -m pip install -q --force-reinstall --no-deps --only-binary=mpi4py mpi4py
+    rm -f .venv/.system-mpicc
+  fi
 fi
 "$VPY" -m pip install -q --no-build-isolation -e .

@@ -178,7 +178,7 @@ def main() -> int:
             t2 = time.perf_counter()
             compute += t1 - t0
             other += t2 - t1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
         epoch_s = time.perf_counter() - t_epoch

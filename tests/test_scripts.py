@@ -28,3 +28,24 @@ def test_bench_module_runs_and_writes_csv(tmp_path):
                   "bytes_sent", "bytes_received", "messages"):
         assert field in header
     assert len(out.read_text().splitlines()) == 1 + 4
+
+
+@pytest.mark.parametrize("algo", ["dense", "topk", "gtopk"])
+def test_train_script_learns_and_writes_csv(algo, tmp_path):
+    pytest.importorskip("sklearn")
+    import csv
+
+    out = tmp_path / f"{algo}.csv"
+    proc = run(2, ["scripts/train.py", "--model", "mlp", "--data", "digits", "--algo", algo, "--density", "0.01",
+                   "--density-warmup", "0.25", "--epochs", "4", "--batch-size", "16", "--lr", "0.1", "--quiet",
+                   "--csv", str(out)], timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    for field in ("algo", "values", "model", "data", "ranks", "epoch", "steps", "density", "lr", "loss", "test_acc",
+                  "samples_per_s_per_rank", "compute_s", "compression_s", "communication_s", "other_s", "epoch_s"):
+        assert field in rows[0], field
+    assert len(rows) == 4 and rows[0]["ranks"] == "2"
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    if algo != "dense":
+        assert float(rows[0]["density"]) == 0.25 and float(rows[-1]["density"]) == 0.01
