@@ -161,6 +161,7 @@ def main() -> int:
         for group in opt.param_groups:
             group["lr"] = lr
         perm = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
+        density = opt.current_density() if args.algo != "dense" else 1.0  # the density of this epoch's steps
         compute = other = 0.0
         losses = []
         opt.timings(reset=True)
@@ -189,7 +190,6 @@ def main() -> int:
         if x_test is not None:
             with torch.no_grad():
                 acc = float((model(x_test).argmax(1) == y_test).float().mean())
-        density = opt._density() if args.algo != "dense" else 1.0
         row = {"algo": args.algo, "values": args.values, "model": args.model, "data": args.data, "ranks": size,
                "epoch": epoch + 1, "steps": step, "density": density, "lr": lr, "loss": mean_loss,
                "test_acc": acc, "samples_per_s_per_rank": steps_per_epoch * args.batch_size / epoch_s,

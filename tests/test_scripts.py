@@ -27,7 +27,7 @@ def test_bench_module_runs_and_writes_csv(tmp_path):
     for field in ("algorithm", "ranks", "numel", "k", "median_ms", "select_ms", "comm_ms", "merge_ms",
                   "bytes_sent", "bytes_received", "messages"):
         assert field in header
-    assert len(out.read_text().splitlines()) == 1 + 4
+    assert len(out.read_text().splitlines()) == 1 + 5   # dense, topk, gtopk, gtopk-exact, gtopk-tree
 
 
 @pytest.mark.parametrize("algo", ["dense", "topk", "gtopk"])

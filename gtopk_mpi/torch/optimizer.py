@@ -158,7 +158,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             split.extend(by_dtype.values())
         return [_Bucket(f"gtopk.bucket.{i:05d}", c, sum(p.numel() for _, p in c)) for i, c in enumerate(split) if c]
 
-    def _density(self) -> float:
+    def current_density(self) -> float:
+        """The density the next submitted buckets use (warm-up schedule, then the compression's)."""
         stage = self._steps // max(1, self._warmup_steps)
         return self._warmup[stage] if stage < len(self._warmup) else self._compression.density
 
@@ -188,7 +189,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         flat = self._flat_grad(bucket)
         comp = self._compression
         if self._sparse:
-            comp = comp.with_density(self._density())
+            comp = comp.with_density(self.current_density())
             if bucket.residual is None:
                 bucket.residual = torch.zeros_like(flat)
             if self._momentum and bucket.velocity is None:
