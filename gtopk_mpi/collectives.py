@@ -385,6 +385,30 @@ class _Butterfly:
             self.folded_alive = survivors(theirs[0], self.idx)
 
 
+def _begin_sparse(comm: MPI.Comm, x: np.ndarray, k: int | None, density: float | None,
+                  residual: np.ndarray | None, values: str, average: bool, align: bool) -> _Butterfly:
+    """Validate, select this rank's k-set (fused with the residual if any), build the header.
+
+    A rank with bad local input starts in the error state with an empty set, so it still
+    takes part in every message and every rank raises the same error.
+    """
+    stats = CommStats()
+    t_start = time.perf_counter()
+    seq = runtime.next_sequence(comm)
+    err, kk = _validate_sparse(comm, x, k, density, residual, values)
+    if err is None:
+        idx, val = _select(x, kk, residual)
+        m, dtype = len(x), x.dtype
+    else:
+        m, dtype = -1, None
+        idx, val = np.zeros(0, np.int32), np.zeros(0, np.float32)
+    stats.select_s = time.perf_counter() - t_start
+    _align(comm, align, stats)
+    header = wire.make_header(seq=seq, m=m, k=kk, count=idx.size, rank=comm.Get_rank(), dtype=dtype,
+                              average=average, values=values, error=0)
+    return _Butterfly(comm, header, idx, val, err, stats)
+
+
 def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = None,
                     average: bool = False, residual: np.ndarray | None = None,
                     values: str = "merged", comm: MPI.Comm | None = None, align: bool = False) -> SparseResult:
@@ -401,21 +425,9 @@ def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None =
     """
     comm = comm if comm is not None else runtime.comm()
     me, p = comm.Get_rank(), comm.Get_size()
-    stats = CommStats()
     t_start = time.perf_counter()
-    seq = runtime.next_sequence(comm)
-    err, kk = _validate_sparse(comm, x, k, density, residual, values)
-    if err is None:
-        idx, val = _select(x, kk, residual)
-        m, dtype = len(x), x.dtype
-    else:
-        m, dtype = -1, None
-        idx, val = np.zeros(0, np.int32), np.zeros(0, np.float32)
-    stats.select_s = time.perf_counter() - t_start
-    _align(comm, align, stats)
-    header = wire.make_header(seq=seq, m=m, k=kk, count=idx.size, rank=me, dtype=dtype,
-                              average=average, values=values, error=0)
-    bf = _Butterfly(comm, header, idx, val, err, stats)
+    bf = _begin_sparse(comm, x, k, density, residual, values, average, align)
+    stats, idx, val, m = bf.stats, bf.own_idx, bf.val, int(bf.header["m"][0])
 
     p2 = 1 << (p.bit_length() - 1)                 # ranks >= p2 fold into rank - p2
     if me >= p2:
@@ -473,21 +485,9 @@ def gtopk_tree_allreduce(x: np.ndarray, k: int | None = None, density: float | N
     """
     comm = comm if comm is not None else runtime.comm()
     me, p = comm.Get_rank(), comm.Get_size()
-    stats = CommStats()
     t_start = time.perf_counter()
-    seq = runtime.next_sequence(comm)
-    err, kk = _validate_sparse(comm, x, k, density, None, "merged")
-    if err is None:
-        idx, val = select_topk(x, kk)
-        m, dtype = len(x), x.dtype
-    else:
-        m, dtype = -1, None
-        idx, val = np.zeros(0, np.int32), np.zeros(0, np.float32)
-    stats.select_s = time.perf_counter() - t_start
-    _align(comm, align, stats)
-    header = wire.make_header(seq=seq, m=m, k=kk, count=idx.size, rank=me, dtype=dtype,
-                              average=average, values="merged", error=0)
-    bf = _Butterfly(comm, header, idx, val, err, stats)
+    bf = _begin_sparse(comm, x, k, density, None, "merged", average, align)
+    stats, idx, val, m = bf.stats, bf.own_idx, bf.val, int(bf.header["m"][0])
     step = 1
     while step < p:
         if me % (2 * step) == step:

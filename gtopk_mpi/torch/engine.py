@@ -58,26 +58,39 @@ class Request:
     extra: float = 0.0           # join: this rank's arrival time
 
 
-def check_requests(reqs: list[Request]) -> str | None:
-    """Horovod's consistency checks over every rank's request for one name."""
+# Horovod's checks, in its order; {op} is the op type, {a} and {b} the two values seen.
+_CHECKS_BEFORE_SHAPE = (
+    ("dtype", "Mismatched data types: One rank had type {a}, but another rank had type {b}."),
+    ("op_type", "Mismatched MPI operations: One rank did an {a}, but another rank did an {b}."),
+    ("reduce_op", "Mismatched {op} reduction operations: One rank did a {a}, but another rank did a {b}."),
+)
+_CHECKS_AFTER_SHAPE = (
+    ("prescale", "Mismatched prescale factors: One rank sent factor {a}, but another rank sent factor {b}."),
+    ("postscale", "Mismatched postscale factors: One rank sent factor {a}, but another rank sent factor {b}."),
+    ("root", "Mismatched {op} root ranks: One rank specified root rank {a}, but another rank specified root rank {b}."),
+    ("device", "Mismatched {op} CPU/GPU device selection: One rank specified device {a}, but another rank "
+               "specified device {b}."),
+    ("compression", "Mismatched {op} compression: One rank used {a}, but another rank used {b}."),
+)
+
+
+def _first_difference(reqs: list[Request], checks) -> str | None:
     first = reqs[0]
-    for r in reqs[1:]:
-        if r.dtype != first.dtype:
-            return f"Mismatched data types: One rank had type {first.dtype}, but another rank had type {r.dtype}."
-    for r in reqs[1:]:
-        if r.op_type != first.op_type:
-            return (f"Mismatched MPI operations: One rank did an {first.op_type}, "
-                    f"but another rank did an {r.op_type}.")
-    for r in reqs[1:]:
-        if r.reduce_op != first.reduce_op:
-            return (f"Mismatched {first.op_type} reduction operations: One rank did a {first.reduce_op}, "
-                    f"but another rank did a {r.reduce_op}.")
+    for attr, text in checks:
+        for r in reqs[1:]:
+            if getattr(r, attr) != getattr(first, attr):
+                return text.format(op=first.op_type, a=getattr(first, attr), b=getattr(r, attr))
+    return None
+
+
+def _shape_difference(reqs: list[Request]) -> str | None:
+    first = reqs[0]
     if first.op_type in ("ALLREDUCE", "BROADCAST"):
         for r in reqs[1:]:
             if r.shape != first.shape:
                 return (f"Mismatched {first.op_type} tensor shapes: One rank sent a tensor of shape "
                         f"{list(first.shape)}, but another rank sent a tensor of shape {list(r.shape)}.")
-    if first.op_type == "ALLGATHER":
+    if first.op_type == "ALLGATHER":  # dimension 0 may differ
         if len(first.shape) == 0:
             return "Rank zero tried to ALLGATHER a rank-zero tensor."
         for r in reqs[1:]:
@@ -89,27 +102,13 @@ def check_requests(reqs: list[Request]) -> str | None:
                     return (f"Mismatched ALLGATHER tensor shapes: One rank sent a tensor with dimension {d} "
                             f"equal to {first.shape[d]}, but another rank sent a tensor with dimension {d} "
                             f"equal to {r.shape[d]}.")
-    for r in reqs[1:]:
-        if r.prescale != first.prescale:
-            return (f"Mismatched prescale factors: One rank sent factor {first.prescale}, "
-                    f"but another rank sent factor {r.prescale}.")
-    for r in reqs[1:]:
-        if r.postscale != first.postscale:
-            return (f"Mismatched postscale factors: One rank sent factor {first.postscale}, "
-                    f"but another rank sent factor {r.postscale}.")
-    for r in reqs[1:]:
-        if r.root != first.root:
-            return (f"Mismatched {first.op_type} root ranks: One rank specified root rank {first.root}, "
-                    f"but another rank specified root rank {r.root}.")
-    for r in reqs[1:]:
-        if r.device != first.device:
-            return (f"Mismatched {first.op_type} CPU/GPU device selection: One rank specified device "
-                    f"{first.device}, but another rank specified device {r.device}.")
-    for r in reqs[1:]:
-        if r.compression != first.compression:
-            return (f"Mismatched {first.op_type} compression: One rank used {first.compression}, "
-                    f"but another rank used {r.compression}.")
     return None
+
+
+def check_requests(reqs: list[Request]) -> str | None:
+    """Horovod's consistency checks over every rank's request for one name (None: all agree)."""
+    return (_first_difference(reqs, _CHECKS_BEFORE_SHAPE) or _shape_difference(reqs)
+            or _first_difference(reqs, _CHECKS_AFTER_SHAPE))
 
 
 @dataclass

@@ -24,7 +24,7 @@ from mpi4py import MPI
 from .. import collectives, runtime
 from ..selection import resolve_k
 from .compression import Compression, SparseCompressor
-from .engine import Engine, HorovodInternalError, Request, Work
+from .engine import Engine, Request, Work
 
 # Reduction ops (Horovod's values)
 Average, Sum, Adasum, Min, Max, Product = 0, 1, 2, 3, 4, 5
@@ -362,10 +362,10 @@ def allreduce_(tensor: torch.Tensor, average: bool | None = None, name: str | No
                                         process_set, compression))
 
 
-def _grouped(tensors: Sequence[torch.Tensor], name: str | None, submit) -> int:
+def _grouped(tensors: Sequence[torch.Tensor], name: str | None, submit) -> list[Work]:
+    """One named op per tensor: ``{name}.0``, ``{name}.1``, ..."""
     base = _name(name, "grouped_allreduce")
-    works = [submit(t, f"{base}.{i}") for i, t in enumerate(tensors)]
-    return works
+    return [submit(t, f"{base}.{i}") for i, t in enumerate(tensors)]
 
 
 def grouped_allreduce_async(tensors: Sequence[torch.Tensor], average: bool | None = None, name: str | None = None,
@@ -557,7 +557,3 @@ def join(device: int = -1) -> int:
     req = Request(_name(None, "join"), "JOIN", extra=time.time())
     return int(_eng().submit(Work(req, lambda comm, reqs: int(np.argmax([r.extra for r in reqs])))).wait())
 
-
-__all__ = [
-    "Adasum", "Average", "HorovodInternalError", "Max", "Min", "ProcessSet", "Product", "Sum",
-]
