@@ -298,7 +298,8 @@ class _Butterfly:
         self.err = err
         self.stats = stats
         self.k = int(header["k"][0])
-        self.own_idx, self.own_alive = idx, np.ones(idx.size, bool)  # this rank's entries
+        self.own_idx, self.own_val = idx, val                        # this rank's entries
+        self.own_alive = np.ones(idx.size, bool)
         self.folded_idx: np.ndarray | None = None                     # entries of the rank folded into us
         self.folded_alive: np.ndarray | None = None
 
@@ -385,50 +386,14 @@ class _Butterfly:
             self.folded_alive = survivors(theirs[0], self.idx)
 
 
-def _begin_sparse(comm: MPI.Comm, x: np.ndarray, k: int | None, density: float | None,
-                  residual: np.ndarray | None, values: str, average: bool, align: bool) -> _Butterfly:
-    """Validate, select this rank's k-set (fused with the residual if any), build the header.
+def _butterfly_rounds(bf: _Butterfly) -> None:
+    """Run the fold-in, the log2(p2) exchange rounds and the fold-back for one rank.
 
-    A rank with bad local input starts in the error state with an empty set, so it still
-    takes part in every message and every rank raises the same error.
+    Afterwards bf.idx/bf.val hold the global k-set (or bf.err the common error) and
+    bf.own_alive marks which of this rank's entries the result carries.
     """
-    stats = CommStats()
-    t_start = time.perf_counter()
-    seq = runtime.next_sequence(comm)
-    err, kk = _validate_sparse(comm, x, k, density, residual, values)
-    if err is None:
-        idx, val = _select(x, kk, residual)
-        m, dtype = len(x), x.dtype
-    else:
-        m, dtype = -1, None
-        idx, val = np.zeros(0, np.int32), np.zeros(0, np.float32)
-    stats.select_s = time.perf_counter() - t_start
-    _align(comm, align, stats)
-    header = wire.make_header(seq=seq, m=m, k=kk, count=idx.size, rank=comm.Get_rank(), dtype=dtype,
-                              average=average, values=values, error=0)
-    return _Butterfly(comm, header, idx, val, err, stats)
-
-
-def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = None,
-                    average: bool = False, residual: np.ndarray | None = None,
-                    values: str = "merged", comm: MPI.Comm | None = None, align: bool = False) -> SparseResult:
-    """Global top-k sparse allreduce (butterfly gTopKAllReduce); see the module docstring.
-
-    Every rank passes a contiguous 1-D float16/32/64 ``x`` of the same length and
-    dtype, and the same ``k`` (entries, >= 1) or ``density`` (rho in (0, 1], k =
-    max(1, ceil(rho * m))), ``average``, ``values`` ("merged" or "exact") and, if
-    any, a ``residual`` like x (updated in place). Returns a SparseResult with at
-    most k entries, bit-identical on every rank. k >= m gives the dense sum.
-    ``comm``: default the communicator given to init(). ``align`` (benchmarks): a
-    barrier between selection and the first message, so ``stats.comm_s`` measures the
-    network, not slower ranks' selection (that wait goes to ``stats.skew_s``).
-    """
-    comm = comm if comm is not None else runtime.comm()
-    me, p = comm.Get_rank(), comm.Get_size()
-    t_start = time.perf_counter()
-    bf = _begin_sparse(comm, x, k, density, residual, values, average, align)
-    stats, idx, val, m = bf.stats, bf.own_idx, bf.val, int(bf.header["m"][0])
-
+    me, p = bf.comm.Get_rank(), bf.comm.Get_size()
+    idx, val = bf.own_idx, bf.own_val
     p2 = 1 << (p.bit_length() - 1)                 # ranks >= p2 fold into rank - p2
     if me >= p2:
         bf.send(me - p2, bf.message())
@@ -450,27 +415,93 @@ def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None =
             tail = bf.folded_alive.view(np.uint8) if bf.folded_alive is not None else None
             bf.send(me + p2, bf.message(tail))
 
+
+def _begin_sparse(comm: MPI.Comm, x: np.ndarray, k: int | None, density: float | None,
+                  residual: np.ndarray | None, values: str, average: bool, align: bool) -> _Butterfly:
+    """Validate, select this rank's k-set (fused with the residual if any), build the header.
+
+    A rank with bad local input starts in the error state with an empty set, so it still
+    takes part in every message and every rank raises the same error.
+    """
+    stats = CommStats()
+    t_start = time.perf_counter()
+    err, kk = _validate_sparse(comm, x, k, density, residual, values)
+    idx, val = _select(x, kk, residual) if err is None else (None, None)
+    stats.select_s = time.perf_counter() - t_start
+    return make_butterfly(comm, idx, val, len(x) if err is None else -1, kk, err, average, values, stats, align)
+
+
+def make_butterfly(comm: MPI.Comm, idx: np.ndarray | None, val: np.ndarray | None, m: int, k: int,
+                   err: wire.Error | None, average: bool, values: str, stats: CommStats,
+                   align: bool = False) -> _Butterfly:
+    """One rank's side of a sparse collective over an already selected k-set (host arrays).
+
+    Used by the NumPy collectives and by the CUDA path (which selects on the device and
+    hands over the k pairs). With ``err`` the rank takes part with an empty set.
+    """
+    seq = runtime.next_sequence(comm)
+    if err is not None:
+        idx, val, dtype = np.zeros(0, np.int32), np.zeros(0, np.float32), None
+    else:
+        dtype = val.dtype
+    _align(comm, align, stats)
+    header = wire.make_header(seq=seq, m=m, k=k, count=idx.size, rank=comm.Get_rank(), dtype=dtype,
+                              average=average, values=values, error=0)
+    return _Butterfly(comm, header, idx, val, err, stats)
+
+
+def finish_gtopk(bf: _Butterfly, values: str, average: bool, t_start: float, acc_at, zero_at) -> SparseResult:
+    """Run the butterfly, then exact values, the residual update and averaging.
+
+    acc_at(indices) -> host array: this rank's accumulated gradient at those indices
+    (for values="exact"); zero_at(indices): clear the residual there (None: no residual).
+    """
+    _butterfly_rounds(bf)
+    stats, m = bf.stats, int(bf.header["m"][0])
     if bf.err is not None:
         stats.total_s = time.perf_counter() - t_start
         _raise(bf.err)
-
     g_idx, g_val = bf.idx, bf.val
-    acc = residual if residual is not None else x
     if values == "exact":
-        g_val = acc[g_idx]
+        g_val = np.ascontiguousarray(acc_at(g_idx))
         t0 = time.perf_counter()
-        _allreduce_sum(comm, g_val)
+        _allreduce_sum(bf.comm, g_val)
         stats.comm_s += time.perf_counter() - t0
         stats.allreduce_bytes = g_val.nbytes
     t0 = time.perf_counter()
-    carried = g_idx if values == "exact" else idx[bf.own_alive]
-    if residual is not None:
-        residual[carried] = 0
+    carried = g_idx if values == "exact" else bf.own_idx[bf.own_alive]
+    if zero_at is not None:
+        zero_at(carried)
     if average:
-        g_val = _scale_average(g_val, p)
+        g_val = _scale_average(g_val, bf.comm.Get_size())
     stats.merge_s += time.perf_counter() - t0
     stats.total_s = time.perf_counter() - t_start
     return SparseResult(g_idx, g_val, m, stats, carried=carried)
+
+
+def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = None,
+                    average: bool = False, residual: np.ndarray | None = None,
+                    values: str = "merged", comm: MPI.Comm | None = None, align: bool = False) -> SparseResult:
+    """Global top-k sparse allreduce (butterfly gTopKAllReduce); see the module docstring.
+
+    Every rank passes a contiguous 1-D float16/32/64 ``x`` of the same length and
+    dtype, and the same ``k`` (entries, >= 1) or ``density`` (rho in (0, 1], k =
+    max(1, ceil(rho * m))), ``average``, ``values`` ("merged" or "exact") and, if
+    any, a ``residual`` like x (updated in place). Returns a SparseResult with at
+    most k entries, bit-identical on every rank. k >= m gives the dense sum.
+    ``comm``: default the communicator given to init(). ``align`` (benchmarks): a
+    barrier between selection and the first message, so ``stats.comm_s`` measures the
+    network, not slower ranks' selection (that wait goes to ``stats.skew_s``).
+    """
+    comm = comm if comm is not None else runtime.comm()
+    t_start = time.perf_counter()
+    bf = _begin_sparse(comm, x, k, density, residual, values, average, align)
+    acc = residual if residual is not None else x
+
+    def zero_at(ids: np.ndarray) -> None:
+        residual[ids] = 0
+
+    return finish_gtopk(bf, values, average, t_start, lambda ids: acc[ids], zero_at if residual is not None else None)
 
 
 # --------------------------------------------------------------------------------------
