@@ -19,8 +19,11 @@
 
 namespace gtopk {
 
+#if !defined(__CUDACC__)
 // float16 storage type on the host (GCC >= 12 and clang >= 15 on x86-64/aarch64).
+// CUDA sources use their own 16-bit types (see csrc/cuda/kernels.cu).
 using half_t = _Float16;
+#endif
 
 template <class T>
 struct KeyTraits;
@@ -41,6 +44,7 @@ struct KeyTraits<double> {
   static constexpr int kBits = 63;
 };
 
+#if !defined(__CUDACC__)
 template <>
 struct KeyTraits<half_t> {
   using U = uint16_t;
@@ -48,6 +52,7 @@ struct KeyTraits<half_t> {
   static constexpr U kInf = 0x7c00u;
   static constexpr int kBits = 15;
 };
+#endif
 
 template <class T>
 using key_t = typename KeyTraits<T>::U;
@@ -83,10 +88,12 @@ template <class T>
 GTOPK_HD T add_values(T a, T b) {
   return a + b;
 }
+#if !defined(__CUDACC__)
 template <>
 GTOPK_HD half_t add_values<half_t>(half_t a, half_t b) {
   return static_cast<half_t>(static_cast<float>(a) + static_cast<float>(b));
 }
+#endif
 
 // Sum used by the merge: commutative bit for bit. IEEE addition already is,
 // except for the payload chosen when both operands are NaN; fold NaN to one value.

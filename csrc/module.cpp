@@ -13,6 +13,9 @@
 #include "merge.h"
 #include "select.h"
 #include "select_plan.h"
+#ifdef GTOPK_WITH_CUDA
+#include "cuda_api.h"
+#endif
 
 namespace py = pybind11;
 using gtopk::half_t;
@@ -183,6 +186,59 @@ int max_threads() {
 #endif
 }
 
+#ifdef GTOPK_WITH_CUDA
+// CUDA entry points: device pointers and the stream arrive as integers (torch's
+// data_ptr() / cuda_stream, or CuPy's). Errors become RuntimeError.
+void cuda_check(int code, const char* err) {
+  if (code != 0) throw std::runtime_error(std::string("gtopk_mpi CUDA: ") + err);
+}
+
+void cuda_select_topk(int dtype, uintptr_t x, uintptr_t residual, int64_t m, int64_t k, bool idx64, uintptr_t out_idx,
+                      uintptr_t out_val, uintptr_t stream) {
+  if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+  char err[512] = {0};
+  int code;
+  {
+    py::gil_scoped_release nogil;
+    code = gtopk_cuda::select_topk(dtype, reinterpret_cast<const void*>(x), reinterpret_cast<void*>(residual), m, k,
+                                   idx64, reinterpret_cast<void*>(out_idx), reinterpret_cast<void*>(out_val),
+                                   reinterpret_cast<void*>(stream), err, sizeof(err));
+  }
+  cuda_check(code, err);
+}
+
+int64_t cuda_merge_topk(int dtype, bool idx64, uintptr_t ia, uintptr_t va, int64_t na, uintptr_t ib, uintptr_t vb,
+                        int64_t nb, int64_t k, uintptr_t out_idx, uintptr_t out_val, uintptr_t stream) {
+  if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+  char err[512] = {0};
+  int64_t n = 0;
+  int code;
+  {
+    py::gil_scoped_release nogil;
+    code = gtopk_cuda::merge_topk(dtype, idx64, reinterpret_cast<const void*>(ia), reinterpret_cast<const void*>(va),
+                                  na, reinterpret_cast<const void*>(ib), reinterpret_cast<const void*>(vb), nb, k,
+                                  reinterpret_cast<void*>(out_idx), reinterpret_cast<void*>(out_val), &n,
+                                  reinterpret_cast<void*>(stream), err, sizeof(err));
+  }
+  cuda_check(code, err);
+  return n;
+}
+
+void cuda_scatter(int dtype, bool idx64, uintptr_t idx, uintptr_t val, int64_t n, uintptr_t dense, uintptr_t stream) {
+  char err[512] = {0};
+  cuda_check(gtopk_cuda::scatter(dtype, idx64, reinterpret_cast<const void*>(idx), reinterpret_cast<const void*>(val),
+                                 n, reinterpret_cast<void*>(dense), reinterpret_cast<void*>(stream), err, sizeof(err)),
+             err);
+}
+
+void cuda_zero_at(int dtype, bool idx64, uintptr_t idx, int64_t n, uintptr_t residual, uintptr_t stream) {
+  char err[512] = {0};
+  cuda_check(gtopk_cuda::zero_at(dtype, idx64, reinterpret_cast<const void*>(idx), n,
+                                 reinterpret_cast<void*>(residual), reinterpret_cast<void*>(stream), err, sizeof(err)),
+             err);
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -200,5 +256,13 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("sample_plan", &sample_plan, py::arg("m"), py::arg("k"),
           "The selection's sampling plan for length m and k (shared with the CUDA path).");
   mod.def("max_threads", &max_threads, "OpenMP's thread limit (1 without OpenMP).");
+#ifdef GTOPK_WITH_CUDA
+  mod.attr("has_cuda") = true;
+  mod.def("cuda_select_topk", &cuda_select_topk, "CUDA selection on device pointers (see gtopk_mpi.cuda)");
+  mod.def("cuda_merge_topk", &cuda_merge_topk, "CUDA merge on device pointers (see gtopk_mpi.cuda)");
+  mod.def("cuda_scatter", &cuda_scatter, "dense[idx] = val on the device");
+  mod.def("cuda_zero_at", &cuda_zero_at, "residual[idx] = 0 on the device");
+#else
   mod.attr("has_cuda") = false;
+#endif
 }

@@ -93,11 +93,15 @@ class SparseResult:
     def dtype(self) -> np.dtype:
         return self.values.dtype
 
-    def to_dense(self) -> np.ndarray:
-        """The dense vector (zeros outside ``indices``)."""
-        out = np.zeros(self.size, self.values.dtype)
-        out[self.indices] = self.values
-        return out
+    def to_dense(self):
+        """The dense vector (zeros outside ``indices``), on the same device as ``values``."""
+        if isinstance(self.values, np.ndarray):
+            out = np.zeros(self.size, self.values.dtype)
+            out[self.indices] = self.values
+            return out
+        from . import cuda  # values on a GPU (gtopk_mpi.cuda)
+
+        return cuda.to_dense(self.indices, self.values, self.size)
 
 
 def _align(comm: MPI.Comm, align: bool, stats: CommStats) -> None:
@@ -489,11 +493,17 @@ def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None =
     max(1, ceil(rho * m))), ``average``, ``values`` ("merged" or "exact") and, if
     any, a ``residual`` like x (updated in place). Returns a SparseResult with at
     most k entries, bit-identical on every rank. k >= m gives the dense sum.
-    ``comm``: default the communicator given to init(). ``align`` (benchmarks): a
+    A torch CUDA tensor (or CuPy array) takes the GPU path (gtopk_mpi.cuda), with a
+    residual on the same device. ``comm``: default the communicator given to init(). ``align`` (benchmarks): a
     barrier between selection and the first message, so ``stats.comm_s`` measures the
     network, not slower ranks' selection (that wait goes to ``stats.skew_s``).
     """
     comm = comm if comm is not None else runtime.comm()
+    if not isinstance(x, np.ndarray) and (getattr(x, "is_cuda", False) or hasattr(x, "__cuda_array_interface__")):
+        from . import cuda  # device arrays: selection on the GPU, only k pairs cross PCIe
+
+        return cuda.gtopk_allreduce(x, k=k, density=density, average=average, residual=residual, values=values,
+                                    comm=comm)
     t_start = time.perf_counter()
     bf = _begin_sparse(comm, x, k, density, residual, values, average, align)
     acc = residual if residual is not None else x

@@ -205,8 +205,6 @@ def _check_tensor(tensor: torch.Tensor, dtypes: dict) -> None:
         raise ValueError(f"Tensor type {tensor.type()} is not supported.")
     if not tensor.is_contiguous():
         raise ValueError("Tensor is required to be contiguous.")
-    if tensor.is_cuda:
-        raise NotImplementedError("CUDA tensors need the GPU build of gtopk_mpi (not available in this build)")
 
 
 def _name(name: str | None, kind: str) -> str:
@@ -267,11 +265,19 @@ def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, p
         if not tensor.dtype.is_floating_point:
             raise ValueError(f"Tensor type {tensor.type()} is not supported by sparse compression.")
     shape = tuple(tensor.shape)
-    snapshot = tensor.detach().clone()  # the value at submission time, like Horovod's enqueue
+    device = tensor.device
+    on_gpu = sparse and tensor.is_cuda  # sparse: select on the GPU; dense ops reduce a host copy
+    snapshot = tensor.detach().clone() if on_gpu else tensor.detach().to("cpu", copy=True)
 
     def run(comm: MPI.Comm, reqs: list[Request]) -> torch.Tensor:
         x = _scale(snapshot, prescale)
-        if sparse:
+        if on_gpu:
+            if compression.algorithm != "gtopk":
+                raise ValueError("Compression.topk is not available for CUDA tensors; use Compression.gtopk")
+            res = collectives.gtopk_allreduce(x.reshape(-1).contiguous(), density=compression.density,
+                                              values=compression.values, residual=residual, comm=comm)
+            y = res.to_dense().reshape(shape)
+        elif sparse:
             flat = _numpy(x.contiguous())
             k = resolve_k(flat.size, None, compression.density)
             if k >= flat.size:  # density 1 (or a tiny tensor): exactly the dense result
@@ -290,10 +296,10 @@ def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, p
             y = compression.decompress(y, ctx)
         if op == Average:
             y = _average(y, comm.Get_size())
-        return _scale(y, postscale).to(tensor.dtype)
+        return _scale(y, postscale).to(device=device, dtype=tensor.dtype)
 
     req = Request(name, "ALLREDUCE", _DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), shape, _OP_NAMES[op],
-                  float(prescale), float(postscale), -1, "CPU",
+                  float(prescale), float(postscale), -1, "GPU" if tensor.is_cuda else "CPU",
                   compression.describe() if sparse or compression is not Compression.none else "none")
     return Work(req, run)
 
@@ -420,7 +426,7 @@ def grouped_allreduce_(tensors: Sequence[torch.Tensor], average: bool | None = N
 
 
 def _allgather_work(tensor: torch.Tensor, name: str) -> Work:
-    snapshot = tensor.detach().clone()
+    snapshot = tensor.detach().to("cpu", copy=True)
     shape = tuple(tensor.shape)
 
     def run(comm: MPI.Comm, reqs: list[Request]) -> tuple[torch.Tensor, list[int]]:
@@ -429,9 +435,10 @@ def _allgather_work(tensor: torch.Tensor, name: str) -> Work:
         counts = [n * row for n in rows]
         out = np.empty(sum(counts), dtype=snapshot.numpy().dtype)
         comm.Allgatherv(_numpy(snapshot), [out, counts])
-        return torch.from_numpy(out).reshape((sum(rows), *shape[1:])), rows
+        return torch.from_numpy(out).reshape((sum(rows), *shape[1:])).to(tensor.device), rows
 
-    req = Request(name, "ALLGATHER", _BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), shape)
+    req = Request(name, "ALLGATHER", _BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), shape,
+                  device="GPU" if tensor.is_cuda else "CPU")
     return Work(req, run)
 
 
@@ -471,7 +478,7 @@ def allgather(tensor: torch.Tensor, name: str | None = None,
 
 
 def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str) -> Work:
-    snapshot = tensor.detach().clone()
+    snapshot = tensor.detach().to("cpu", copy=True)
 
     def run(comm: MPI.Comm, reqs: list[Request]) -> torch.Tensor:
         if not 0 <= root_rank < comm.Get_size():
@@ -482,10 +489,10 @@ def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str) -> Work:
             comm.Bcast(view, root=root_rank)
         else:
             comm.Bcast(buf, root=root_rank)
-        return snapshot
+        return snapshot.to(tensor.device)
 
     req = Request(name, "BROADCAST", _BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape),
-                  root=int(root_rank))
+                  root=int(root_rank), device="GPU" if tensor.is_cuda else "CPU")
     return Work(req, run)
 
 

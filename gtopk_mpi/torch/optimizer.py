@@ -197,7 +197,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         run = self._sparse_run(bucket, flat, comp) if self._sparse else self._dense_run(flat)
         describe = comp.describe() if (self._sparse or comp is not Compression.none) else "none"
         req = Request(bucket.name, "ALLREDUCE", _DTYPE_NAMES.get(flat.dtype, str(flat.dtype)), (bucket.numel,),
-                      _OP_NAMES[self._reduce], self._prescale, self._postscale, -1, "CPU", describe)
+                      _OP_NAMES[self._reduce], self._prescale, self._postscale, -1,
+                      "GPU" if flat.is_cuda else "CPU", describe)
         bucket.work = _eng().submit(Work(req, run))
 
     def _finish(self, comm: MPI.Comm, y: torch.Tensor) -> torch.Tensor:
@@ -214,9 +215,9 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             x = flat * self._prescale if self._prescale != 1.0 else flat
             c, ctx = comp.compress(x)
             t0 = time.perf_counter()
-            reduced = _mpi_reduce(comm, c.contiguous().numpy(), self._reduce)
+            reduced = _mpi_reduce(comm, c.contiguous().cpu().numpy(), self._reduce)  # CUDA: through the host
             self._timings["communication"] += time.perf_counter() - t0
-            y = comp.decompress(torch.from_numpy(reduced), ctx)
+            y = comp.decompress(torch.from_numpy(reduced).to(flat.device), ctx)
             return self._finish(comm, y.to(flat.dtype))
 
         return run
@@ -226,29 +227,35 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             x = flat * self._prescale if self._prescale != 1.0 else flat
             m = x.numel()
             k = resolve_k(m, None, comp.density)
-            residual = bucket.residual.numpy()
             if k >= m:  # density 1: exactly the dense reduction (bit-identical to Compression.none)
-                total = torch.from_numpy(residual) + x if residual.any() else x
+                total = bucket.residual + x if bool(bucket.residual.any()) else x
                 t0 = time.perf_counter()
-                out = torch.from_numpy(_mpi_reduce(comm, total.contiguous().numpy(), Sum))
+                out = torch.from_numpy(_mpi_reduce(comm, total.contiguous().cpu().numpy(), Sum)).to(x.device)
                 self._timings["communication"] += time.perf_counter() - t0
-                residual[...] = 0
+                bucket.residual.zero_()
                 if bucket.velocity is not None:
                     bucket.velocity.zero_()
                 return self._finish(comm, out)
             if bucket.velocity is not None:  # DGC momentum correction: accumulate velocity
                 bucket.velocity.mul_(self._momentum).add_(x)
                 x = bucket.velocity
-            arr = x.contiguous().numpy()
-            if comp.algorithm == "gtopk":
-                res = collectives.gtopk_allreduce(arr, k=k, residual=residual, values=comp.values, comm=comm)
+            if x.is_cuda:  # selection and residual on the GPU; only the k pairs cross PCIe
+                if comp.algorithm != "gtopk":
+                    raise ValueError("Compression.topk is not available for CUDA tensors; use Compression.gtopk")
+                res = collectives.gtopk_allreduce(x, k=k, residual=bucket.residual, values=comp.values, comm=comm)
+                dense = res.to_dense()
             else:
-                res = collectives.topk_allreduce(arr, k=k, residual=residual, comm=comm)
+                arr, residual = x.contiguous().numpy(), bucket.residual.numpy()
+                if comp.algorithm == "gtopk":
+                    res = collectives.gtopk_allreduce(arr, k=k, residual=residual, values=comp.values, comm=comm)
+                else:
+                    res = collectives.topk_allreduce(arr, k=k, residual=residual, comm=comm)
+                dense = torch.from_numpy(res.to_dense())
             self._timings["compression"] += res.stats.select_s + res.stats.merge_s
             self._timings["communication"] += res.stats.comm_s
             if bucket.velocity is not None:  # momentum masking where values were sent
-                bucket.velocity.numpy()[res.carried] = 0
-            return self._finish(comm, torch.from_numpy(res.to_dense()))
+                bucket.velocity[torch.as_tensor(res.carried, device=x.device, dtype=torch.int64)] = 0
+            return self._finish(comm, dense)
 
         return run
 

@@ -1,0 +1,67 @@
+"""GPU selection and merge speed against baselines measured in the same run (CUDA events).
+
+    python scripts/bench_gpu.py [--numel N] [--density RHO]
+
+Default: ResNet-50's gradient (25,557,032 float32), rho = 0.001. Prints medians and the
+ratios the GPU issue targets: select_topk vs torch.topk(|x|, k) and vs one read of x
+(torch.sum, the memory-bound floor); the fused error-feedback selection vs plain; the
+merge of two k-sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from gtopk_mpi import cuda
+
+
+def timed(fn, repeats: int = 20) -> float:
+    """Median ms of fn() on the current stream, after 3 warm-ups."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--numel", type=int, default=25_557_032)
+    ap.add_argument("--density", type=float, default=0.001)
+    args = ap.parse_args()
+    m = args.numel
+    k = max(1, int(args.density * m))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(m, device="cuda", generator=g)
+    r = torch.randn(m, device="cuda", generator=g) * 0.1
+    rows = {
+        "one read of x (torch.sum)": timed(lambda: x.sum()),
+        "torch.topk(x.abs(), k)": timed(lambda: torch.topk(x.abs(), k)),
+        "gtopk select_topk": timed(lambda: cuda.select_topk(x, k)),
+        "gtopk select_topk, fused residual": timed(lambda: cuda.select_topk(x, k, residual=r)),
+    }
+    a = cuda.select_topk(x, k)
+    b = cuda.select_topk(torch.randn(m, device="cuda", generator=g), k)
+    rows["gtopk merge_topk of two k-sets"] = timed(lambda: cuda.merge_topk(*a, *b, k))
+    print(f"GPU: {torch.cuda.get_device_name()}  m = {m:,} float32, k = {k:,}")
+    for name, ms in rows.items():
+        print(f"  {name:<36} {ms * 1e3:10.1f} us")
+    sel = rows["gtopk select_topk"]
+    print(f"  torch.topk / select_topk           {rows['torch.topk(x.abs(), k)'] / sel:8.1f}x   (target >= 10x)")
+    print(f"  select_topk / one read             {sel / rows['one read of x (torch.sum)']:8.1f}x   (target <= 5x)")
+    fused, merge = rows["gtopk select_topk, fused residual"], rows["gtopk merge_topk of two k-sets"]
+    print(f"  fused / plain selection            {fused / sel:8.2f}x   (target <= 2x)")
+    print(f"  merge                              {merge * 1e3:8.1f} us (target <= 50 us)")
+
+
+if __name__ == "__main__":
+    main()
