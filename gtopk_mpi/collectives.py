@@ -218,7 +218,7 @@ def topk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = 
     n = idx.size
     # pairwise tree of exact unions (k = total): a fixed order, so identical on every rank
     while len(parts) > 1:
-        nxt = [merge_topk(*parts[i], *parts[i + 1], p * n) for i in range(0, len(parts) - 1, 2)]
+        nxt = [merge_topk(*parts[i], *parts[i + 1], max(1, p * n)) for i in range(0, len(parts) - 1, 2)]
         if len(parts) % 2:
             nxt.append(parts[-1])
         parts = nxt

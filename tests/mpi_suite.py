@@ -293,6 +293,19 @@ def error_leaves_residual_holding_the_gradient():
 
 
 @check
+def empty_vectors_work_everywhere():
+    from gtopk_mpi.collectives import gtopk_tree_allreduce
+
+    empty = np.zeros(0, np.float32)
+    for values in ("merged", "exact"):
+        res = g.gtopk_allreduce(empty, density=0.5, values=values, residual=np.zeros(0, np.float32))
+        assert res.nnz == 0 and res.to_dense().shape == (0,)
+    assert g.topk_allreduce(empty, k=3).nnz == 0
+    assert gtopk_tree_allreduce(empty, k=3).nnz == 0
+    assert g.dense_allreduce(empty).shape == (0,)
+
+
+@check
 def init_is_idempotent_and_sizes_are_sane():
     g.init()
     assert g.is_initialized() and g.size() == P and g.rank() == RANK
