@@ -12,11 +12,14 @@ engine carries on. All MPI traffic of the front end happens on this one thread.
 
 Knobs (environment): GTOPK_CYCLE_TIME (ms between rounds that found nothing to
 run, default 1), GTOPK_STALL_CHECK_TIME_SECONDS (warn about ops pending on some
-ranks only, default 60; 0 disables).
+ranks only, default 60; 0 disables), GTOPK_TIMELINE (file: rank 0 writes a Chrome
+trace, chrome://tracing or Perfetto, with each op's NEGOTIATE span from submission
+to agreement and its RUN span).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -140,6 +143,12 @@ class Engine:
         self._in_flight: set[str] = set()
         self._cycle_s = float(os.environ.get("GTOPK_CYCLE_TIME", "1")) / 1e3
         self._stall_s = float(os.environ.get("GTOPK_STALL_CHECK_TIME_SECONDS", "60"))
+        self._timeline = None
+        path = os.environ.get("GTOPK_TIMELINE")
+        if path and comm.Get_rank() == 0:
+            self._timeline = open(path, "w")
+            self._timeline.write("[\n")
+            self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="gtopk_mpi.torch engine", daemon=True)
         self._stopped = False
         self._thread.start()
@@ -185,12 +194,14 @@ class Engine:
                     work = self._pending.pop(name)
                 reqs = [t[name] for t in tables]
                 text = check_requests(reqs)
+                started = time.monotonic()
                 try:
                     if text is not None:
                         raise TensorMismatchError(text)
                     work.result = work.run(self.comm, reqs)
                 except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
                     work.error = e
+                self._trace(work, started, time.monotonic())
                 with self._cv:
                     self._in_flight.discard(name)
                     if work.request.op_type == "SHUTDOWN":
@@ -198,6 +209,22 @@ class Engine:
                 work.done.set()
                 if work.request.op_type == "SHUTDOWN":
                     return
+
+    def _trace(self, work: Work, started: float, ended: float) -> None:
+        if self._timeline is None:
+            return
+        r = work.request
+        for phase, t0, t1, tid in (("NEGOTIATE", work.submitted, started, 0), ("RUN", started, ended, 1)):
+            event = {"name": f"{phase} {r.name}", "cat": r.op_type, "ph": "X", "pid": 0, "tid": tid,
+                     "ts": round((t0 - self._t0) * 1e6, 1), "dur": round((t1 - t0) * 1e6, 1),
+                     "args": {"dtype": r.dtype, "shape": list(r.shape), "compression": r.compression}}
+            self._timeline.write(json.dumps(event) + ",\n")
+        if r.op_type == "SHUTDOWN":
+            self._timeline.write("{}]\n")
+            self._timeline.close()
+            self._timeline = None
+        else:
+            self._timeline.flush()
 
     def _stall_check(self, tables: list[dict[str, Request]]) -> None:
         if self._stall_s <= 0:
