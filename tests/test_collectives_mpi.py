@@ -13,3 +13,25 @@ def test_collectives_suite(nprocs):
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report
     assert "SUITE: " in proc.stdout and " 0 failed" in proc.stdout, report
+
+
+def test_init_with_a_list_of_world_ranks():
+    code = ("import numpy as np, gtopk_mpi as g\n"
+            "from mpi4py import MPI\n"
+            "w = MPI.COMM_WORLD.Get_rank()\n"
+            "if w == 1:\n"
+            "    try:\n"
+            "        g.init([0, 2])\n"
+            "    except ValueError as e:\n"
+            "        print('rank 1 refused:', e)\n"
+            "else:\n"
+            "    g.init([0, 2]); g.init([0, 2])\n"
+            "    assert g.size() == 2 and g.rank() == (0 if w == 0 else 1)\n"
+            "    res = g.gtopk_allreduce(np.full(10, float(w + 1), np.float32), k=10)\n"
+            "    assert np.all(res.values == 4.0), res.values\n"
+            "    print('world rank', w, 'ok')\n"
+            "    g.shutdown()\n")
+    proc = run(3, ["-c", code], timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "world rank 0 ok" in proc.stdout and "world rank 2 ok" in proc.stdout
+    assert "rank 1 refused: init(comm=[0, 2]): world rank 1 is not in the list" in proc.stdout
