@@ -304,34 +304,51 @@ def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, p
     return Work(req, run)
 
 
+def _submit_allreduces(fn: str, tensors: Sequence[torch.Tensor], name: str | None, grouped: bool,
+                       average: bool | None, op: int | None, prescale: float, postscale: float,
+                       process_set: ProcessSet, compression) -> list[Work]:
+    """Validate, then submit one named allreduce per tensor (grouped: ``{name}.{i}``)."""
+    op = _resolve_op(op, average, fn)
+    process_set._check()
+    for t in tensors:
+        _check_tensor(t, _DTYPE_NAMES)
+    if grouped:
+        base = _name(name, "grouped_allreduce")
+        names = [f"{base}.{i}" for i in range(len(tensors))]
+    else:
+        names = [_name(name, "allreduce")]
+    return [_eng().submit(_allreduce_work(t, n, op, prescale, postscale, compression))
+            for t, n in zip(tensors, names)]
+
+
+def _copy_into(tensors: Sequence[torch.Tensor]) -> Callable[[list[object]], list[torch.Tensor]]:
+    """synchronize() of an in-place op: write each result into its tensor."""
+    def finish(results: list[object]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            for t, r in zip(tensors, results):
+                t.copy_(r)
+        return list(tensors)
+
+    return finish
+
+
 def allreduce_async(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
                     op: int | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                     process_set: ProcessSet = global_process_set, compression=Compression.none) -> int:
     """Start an allreduce of ``tensor`` (not modified); returns a handle for synchronize()."""
-    op = _resolve_op(op, average, "allreduce_async")
-    process_set._check()
-    _check_tensor(tensor, _DTYPE_NAMES)
-    work = _eng().submit(_allreduce_work(tensor, _name(name, "allreduce"), op, prescale_factor,
-                                         postscale_factor, compression))
-    return _new_handle([work], lambda r: r[0])
+    works = _submit_allreduces("allreduce_async", [tensor], name, False, average, op, prescale_factor,
+                               postscale_factor, process_set, compression)
+    return _new_handle(works, lambda r: r[0])
 
 
 def allreduce_async_(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
                      op: int | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                      process_set: ProcessSet = global_process_set, compression=Compression.none) -> int:
     """In-place allreduce_async: synchronize() writes the result into ``tensor`` and returns it."""
-    op = _resolve_op(op, average, "allreduce_async_")
-    process_set._check()
-    _check_tensor(tensor, _DTYPE_NAMES)
-    work = _eng().submit(_allreduce_work(tensor, _name(name, "allreduce"), op, prescale_factor,
-                                         postscale_factor, compression))
-
-    def finish(r: list[object]) -> torch.Tensor:
-        with torch.no_grad():
-            tensor.copy_(r[0])
-        return tensor
-
-    return _new_handle([work], finish)
+    works = _submit_allreduces("allreduce_async_", [tensor], name, False, average, op, prescale_factor,
+                               postscale_factor, process_set, compression)
+    finish = _copy_into([tensor])
+    return _new_handle(works, lambda r: finish(r)[0])
 
 
 class _AllreduceFn(torch.autograd.Function):
@@ -368,42 +385,22 @@ def allreduce_(tensor: torch.Tensor, average: bool | None = None, name: str | No
                                         process_set, compression))
 
 
-def _grouped(tensors: Sequence[torch.Tensor], name: str | None, submit) -> list[Work]:
-    """One named op per tensor: ``{name}.0``, ``{name}.1``, ..."""
-    base = _name(name, "grouped_allreduce")
-    return [submit(t, f"{base}.{i}") for i, t in enumerate(tensors)]
-
-
 def grouped_allreduce_async(tensors: Sequence[torch.Tensor], average: bool | None = None, name: str | None = None,
                             op: int | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                             process_set: ProcessSet = global_process_set, compression=Compression.none) -> int:
     """Start allreduces of a list of tensors; synchronize() returns the list of results."""
-    op = _resolve_op(op, average, "grouped_allreduce_async")
-    process_set._check()
-    for t in tensors:
-        _check_tensor(t, _DTYPE_NAMES)
-    works = _grouped(tensors, name, lambda t, n: _eng().submit(
-        _allreduce_work(t, n, op, prescale_factor, postscale_factor, compression)))
+    works = _submit_allreduces("grouped_allreduce_async", tensors, name, True, average, op, prescale_factor,
+                               postscale_factor, process_set, compression)
     return _new_handle(works, list)
 
 
 def grouped_allreduce_async_(tensors: Sequence[torch.Tensor], average: bool | None = None, name: str | None = None,
                              op: int | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                              process_set: ProcessSet = global_process_set, compression=Compression.none) -> int:
-    op = _resolve_op(op, average, "grouped_allreduce_async_")
-    process_set._check()
-    for t in tensors:
-        _check_tensor(t, _DTYPE_NAMES)
-    works = _grouped(tensors, name, lambda t, n: _eng().submit(
-        _allreduce_work(t, n, op, prescale_factor, postscale_factor, compression)))
-
-    def finish(results: list[object]) -> list[torch.Tensor]:
-        with torch.no_grad():
-            for t, r in zip(tensors, results):
-                t.copy_(r)
-        return list(tensors)
-
-    return _new_handle(works, finish)
+    """In-place grouped_allreduce_async."""
+    works = _submit_allreduces("grouped_allreduce_async_", tensors, name, True, average, op, prescale_factor,
+                               postscale_factor, process_set, compression)
+    return _new_handle(works, _copy_into(tensors))
 
 
 def grouped_allreduce(tensors: Sequence[torch.Tensor], average: bool | None = None, name: str | None = None,
@@ -509,13 +506,8 @@ def broadcast_async_(tensor: torch.Tensor, root_rank: int, name: str | None = No
     process_set._check()
     _check_tensor(tensor, _BROADCAST_DTYPES)
     work = _eng().submit(_broadcast_work(tensor, root_rank, _name(name, "broadcast")))
-
-    def finish(r: list[object]) -> torch.Tensor:
-        with torch.no_grad():
-            tensor.copy_(r[0])
-        return tensor
-
-    return _new_handle([work], finish)
+    finish = _copy_into([tensor])
+    return _new_handle([work], lambda r: finish(r)[0])
 
 
 class _BroadcastFn(torch.autograd.Function):
