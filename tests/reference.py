@@ -24,7 +24,8 @@ def canonical_nan(dtype) -> np.ndarray:
 
 def add(a, b, dtype):
     """a + b in dtype, rounded once (NumPy float16 adds in float32); NaN made canonical."""
-    s = np.array(a, dtype=dtype) + np.array(b, dtype=dtype)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN, large halves overflow: both intended
+        s = np.array(a, dtype=dtype) + np.array(b, dtype=dtype)
     return canonical_nan(dtype) if np.isnan(s) else s
 
 
