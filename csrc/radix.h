@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "keys.h"
+#include "select_plan.h"
 
 namespace gtopk {
 
@@ -39,11 +40,7 @@ KthKey<key_t<T>> kth_largest_key(const key_t<T>* keys, size_t n, size_t k) {
       if ((key & prefix_mask) == prefix) ++hist[(key >> s) & digit_mask];
     }
     size_t above = 0;
-    size_t b = size_t{digit_mask} + 1;
-    while (b-- > 0) {
-      if (above + hist[b] >= want) break;
-      above += hist[b];
-    }
+    const size_t b = histogram_bucket(hist.data(), size_t{digit_mask} + 1, want, &above);
     want -= above;
     prefix = static_cast<U>(prefix | (static_cast<U>(b) << s));
     prefix_mask = static_cast<U>(prefix_mask | (static_cast<U>(digit_mask) << s));

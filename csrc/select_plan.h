@@ -45,13 +45,19 @@ GTOPK_HD SamplePlan plan_sample(size_t m, size_t k) {
 }
 
 // Highest bucket b such that the buckets >= b hold at least k elements
-// (buckets above b hold fewer than k). Requires sum(hist) >= k.
-GTOPK_HD size_t histogram_bucket(const uint64_t* hist, size_t nbuckets, size_t k) {
-  uint64_t acc = 0;
+// (buckets above b hold fewer than k); *above, if given, receives how many they hold.
+// Requires sum(hist) >= k.
+template <class C>
+GTOPK_HD size_t histogram_bucket(const C* hist, size_t nbuckets, size_t k, size_t* above = nullptr) {
+  size_t acc = 0;
   for (size_t b = nbuckets; b-- > 0;) {
+    if (acc + hist[b] >= k) {
+      if (above != nullptr) *above = acc;
+      return b;
+    }
     acc += hist[b];
-    if (acc >= k) return b;
   }
+  if (above != nullptr) *above = acc;
   return 0;
 }
 
