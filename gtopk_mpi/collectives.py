@@ -366,7 +366,7 @@ class _Butterfly:
             other = wire.Error(int(theirs["error"]), wire.error_text(buf))
             self.err = other if self.err is None else min(self.err, other)
         elif self.err is None:
-            self.err = wire.compare_headers(op, mine, theirs)
+            self.err = wire.first_mismatch(op, np.array([mine, theirs], dtype=wire.HEADER))
             if self.err is None:
                 t_idx, t_val, _ = wire.unpack_entries(buf, int(theirs["count"]), self.idx.dtype, self.val.dtype)
                 self.idx, self.val = merge_topk(self.idx, self.val, t_idx, t_val, self.k)

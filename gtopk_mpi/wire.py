@@ -73,22 +73,13 @@ class Error:
         return (self.code, self.text) < (other.code, other.text)
 
 
-def compare_headers(op: str, a: np.void, b: np.void) -> Error | None:
-    """MismatchError text for the first checked field where a and b differ.
-
-    Symmetric in (a, b): the two values are listed in sorted order, so both
-    partners of a round derive the same text.
-    """
-    for field, label in CHECKED_FIELDS:
-        if a[field] != b[field]:
-            va, vb = sorted((int(a[field]), int(b[field])))
-            return Error(ERROR_MISMATCH,
-                         f"{op}: ranks disagree on the {label}: {field_text(field, va)} vs {field_text(field, vb)}")
-    return None
-
-
 def first_mismatch(op: str, headers: np.ndarray) -> Error | None:
-    """For every rank's header (none in error): the MismatchError all ranks derive alike."""
+    """MismatchError for the first checked field on which ``headers`` (none in error) differ.
+
+    The values are listed sorted, so every rank that sees the same headers, in any
+    order (both partners of a butterfly round, or all ranks after an allgather),
+    derives the same text.
+    """
     for field, label in CHECKED_FIELDS:
         vals = sorted({int(v) for v in headers[field]})
         if len(vals) > 1:
