@@ -122,14 +122,14 @@ def _scale_average(values: np.ndarray, p: int) -> np.ndarray:
     return values / values.dtype.type(p)
 
 
-def _allreduce_sum(comm: MPI.Comm, buf: np.ndarray) -> None:
-    """In-place MPI sum; float16 is summed in float32 and rounded once."""
+def allreduce_inplace(comm: MPI.Comm, buf: np.ndarray, op: MPI.Op = MPI.SUM) -> None:
+    """In-place MPI_Allreduce of a 1-D array; float16 is reduced in float32 and rounded once."""
     if buf.dtype == np.float16:
         wide = buf.astype(np.float32)
-        comm.Allreduce(MPI.IN_PLACE, wide, op=MPI.SUM)
+        comm.Allreduce(MPI.IN_PLACE, wide, op=op)
         buf[...] = wide.astype(np.float16)
     else:
-        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        comm.Allreduce(MPI.IN_PLACE, buf, op=op)
 
 
 # --------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def dense_allreduce(x: np.ndarray, average: bool = False, comm: MPI.Comm | None 
                               average=average, values="merged", error=err.code if err else 0)
     _agree(comm, "dense_allreduce", header, err)
     out = np.array(x, copy=True)
-    _allreduce_sum(comm, out)
+    allreduce_inplace(comm, out)
     if average:
         if out.dtype.kind == "i":
             out //= comm.Get_size()
@@ -469,7 +469,7 @@ def finish_gtopk(bf: _Butterfly, values: str, average: bool, t_start: float, acc
     if values == "exact":
         g_val = np.ascontiguousarray(acc_at(g_idx))
         t0 = time.perf_counter()
-        _allreduce_sum(bf.comm, g_val)
+        allreduce_inplace(bf.comm, g_val)
         stats.comm_s += time.perf_counter() - t0
         stats.allreduce_bytes = g_val.nbytes
     t0 = time.perf_counter()

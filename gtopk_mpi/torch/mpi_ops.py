@@ -231,13 +231,9 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def _mpi_reduce(comm: MPI.Comm, arr: np.ndarray, op: int) -> np.ndarray:
-    """MPI reduction of a 1-D array (float16 in float32, rounded once)."""
-    if arr.dtype == np.float16:
-        wide = arr.astype(np.float32)
-        comm.Allreduce(MPI.IN_PLACE, wide, op=_MPI_OPS[op])
-        return wide.astype(np.float16)
+    """Reduced copy of a 1-D array (Horovod op; float16 reduced in float32, rounded once)."""
     out = arr.copy()
-    comm.Allreduce(MPI.IN_PLACE, out, op=_MPI_OPS[op])
+    collectives.allreduce_inplace(comm, out, _MPI_OPS[op])
     return out
 
 
