@@ -39,7 +39,8 @@ def main() -> None:
     for model, table in sorted(runs.items()):
         base = float(table[("dense", 1)]["samples_per_s_per_rank"])
         ps = sorted({p for _, p in table})
-        print(f"### {model} ({sum(p.numel() for p in models.build(model).parameters()):,} parameters)\n")
+        m = sum(p.numel() for p in models.build(model).parameters())
+        print(f"### {model} ({m:,} parameters)\n")
         print("| P | " + " | ".join(f"{a} samples/s/rank | {a} efficiency" for a in ALGOS) + " |")
         print("|---|" + "---|---|" * len(ALGOS))
         for p in ps:
@@ -70,7 +71,6 @@ def main() -> None:
             print(f"| {p} | " + " | ".join(cells) + " |")
 
         # prediction from the cost model: compute (P = 1) + compression (P = 2) + modelled communication
-        m = sum(p.numel() for p in models.build(model).parameters())
         k = max(1, math.ceil(0.001 * m))
         r1 = table[("dense", 1)]
         compute = float(r1["compute_s"]) / r1["steps_in_epoch"]
