@@ -1,7 +1,8 @@
 // C interface of the CUDA kernels (csrc/cuda/kernels.cu), called by module.cpp when the
 // extension is built with GTOPK_WITH_CUDA. Pointers are device pointers; `stream` is a
-// cudaStream_t (the caller's current stream). Each returns 0 or a cudaError_t, and on
-// error writes a message to err (errlen bytes).
+// cudaStream_t (the caller's current stream). Each returns 0, a cudaError_t (> 0),
+// kBadInput (the message names the bad argument) or kInternal, and on error writes a
+// message to err (errlen bytes). The code is csrc/cuda/topk_kernels.h.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -9,6 +10,7 @@
 namespace gtopk_cuda {
 
 enum DType : int { kF16 = 0, kF32 = 1, kBF16 = 2 };
+enum Status : int { kBadInput = -1, kInternal = -2 };
 
 // Exact top-min(k, m) of x (or of residual + x when residual != nullptr, which is then
 // left holding residual + x), by magnitude, NaN first, ties to the lower index; indices

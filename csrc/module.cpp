@@ -188,8 +188,9 @@ int max_threads() {
 
 #ifdef GTOPK_WITH_CUDA
 // CUDA entry points: device pointers and the stream arrive as integers (torch's
-// data_ptr() / cuda_stream, or CuPy's). Errors become RuntimeError.
+// data_ptr() / cuda_stream, or CuPy's). Bad input becomes ValueError, the rest RuntimeError.
 void cuda_check(int code, const char* err) {
+  if (code == gtopk_cuda::kBadInput) throw py::value_error(err);
   if (code != 0) throw std::runtime_error(std::string("gtopk_mpi CUDA: ") + err);
 }
 

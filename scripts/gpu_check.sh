@@ -2,7 +2,9 @@
 # The GPU check, on a machine with one NVIDIA GPU (the lent device: Python 3.12 with torch
 # and CuPy, mpi4py without an MPI library). Builds the extension with CUDA for that GPU,
 # runs the GPU tests (selection/merge bit-identical to the CPU, the collective on 2 ranks
-# sharing the GPU) and the GPU benchmark. Under 5 minutes.
+# sharing the GPU), compute-sanitizer on every kernel (what the CPU emulator of
+# tests/test_cuda_emulated.py cannot see: races between real threads, out-of-bounds device
+# accesses) and the GPU benchmark. Under 5 minutes.
 #
 # Before a device run, here: put the mpich wheel for Python 3.12 in .whl/ (ignored by git):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -24,6 +26,15 @@ GTOPK_MPI_WITH_CUDA=1 GTOPK_CUDA_ARCHS=$ARCH "$PY" setup.py build_ext --inplace 
   || { tail -40 /tmp/gtopk_build.log; exit 1; }
 "$PY" -c "import gtopk_mpi.cuda as c; assert c.available(), 'CUDA build or GPU missing'; print('cuda available')"
 echo "== GPU tests"
-"$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_kernels.py
+FAIL=0   # every step runs (one device session may be all there is); the exit status says if any failed
+"$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_kernels.py || FAIL=1
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ -n "$SAN" ]; then
+  for tool in memcheck racecheck synccheck; do
+    echo "== compute-sanitizer --tool $tool"
+    timeout 50 "$SAN" --tool "$tool" --error-exitcode 1 "$PY" scripts/cuda_sanitize.py 2>&1 | tail -4 || FAIL=1
+  done
+fi
 echo "== GPU benchmark"
-"$PY" scripts/bench_gpu.py
+"$PY" scripts/bench_gpu.py || FAIL=1
+exit $FAIL

@@ -38,7 +38,7 @@ so=$(ls gtopk_mpi/_C.*.so 2>/dev/null | head -1 || true)
 want="cuda=${GTOPK_MPI_WITH_CUDA:-auto}"
 if [ -z "$so" ] || [ "$(cat .venv/.gtopk-build 2>/dev/null)" != "$want" ] \
    || [ -n "$(find csrc setup.py pyproject.toml -newer "$so" -type f 2>/dev/null | head -1)" ] \
-   || ! "$VPY" -c "import gtopk_mpi._C" 2>/dev/null; then
+   || ! "$VPY" -c "import gtopk_mpi._C, gtopk_mpi._cuda_emu" 2>/dev/null; then
   "$VPY" -m pip install -q --no-build-isolation -e .
   echo "$want" > .venv/.gtopk-build
 fi

@@ -1,0 +1,556 @@
+// The GPU selection, merge and scatter: kernels and the host code that sequences them.
+//
+// Written once against simt.h (the SIMT primitives) and a Backend (memory, launches,
+// copies), so that kernels.cu runs this code on a GPU and csrc/emu runs the very same
+// code on the CPU's SIMT emulator for the tests. Semantics are the CPU path's exactly:
+// top-k by magnitude key, NaN above inf, ties to the lower index, indices ascending;
+// nothing that decides a value depends on the order of atomics or of blocks, so results
+// are deterministic and equal to the CPU's bit for bit.
+//
+// Selection of k of m (k < m), m >= 16 * 65536 and k small enough for a sample:
+//   1. SampleThreshold (1 block): the rank-th largest key of the same 1024 x 64 sample
+//      the CPU uses (select_plan.h) by block radix select; t stays on the device.
+//   2. FilterTiles (m / 4096 blocks): one pass; each block keeps, in index order, the
+//      indices with key >= t of its 4096-element tile (ballot + popc per warp, a scan of
+//      the 128 warp counts: warp-aggregated, order-preserving compaction). The fused
+//      error-feedback form reads x and r, writes r = r + x and ranks that, in the same pass.
+//   3. ScanTiles (1 block) + GatherCandidates (a warp per tile): the candidates packed in
+//      index order with their values; abandoned when more than the plan's cap.
+//   4. FinishTopk (1 block): radix select of the k-th key on the candidates only, then
+//      keys above it and the first (lowest-index) ties, written in index order.
+//   One status word comes back to the host; if the sample misled (fewer than k or more
+//   than cap candidates), an exact threshold from a 2048-bucket histogram of all keys
+//   replaces it and steps 2-4 run again (also the path for short inputs).
+// Merge (1 block): merge-path union of the two index-ascending sets (sums at equal
+// indices), then FinishTopk's radix select and ordered write on the union.
+#pragma once
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+
+#include "../select_plan.h"
+#include "num.h"
+#include "simt.h"
+
+namespace gtopk_cuda {
+
+using u64 = unsigned long long;
+
+constexpr unsigned kTileThreads = 256;  // FilterTiles / GatherCandidates blocks: 8 warps
+constexpr unsigned kTileItems = 16;     // elements per thread in a tile
+constexpr size_t kTile = size_t{kTileThreads} * kTileItems;
+constexpr unsigned kTileWarps = kTileThreads / simt::kWarp;
+constexpr unsigned kBlockThreads = 1024;  // the single-block kernels
+constexpr unsigned kStreamThreads = 256;  // grid-stride kernels
+constexpr int kRadixBits = 11;            // digit width of the radix select (as radix.h)
+constexpr unsigned kRadixBuckets = 1u << kRadixBits;
+
+// Device-side state of one selection or merge; `status` comes back to the host.
+template <class U>
+struct State {
+  U t;           // candidate threshold (a magnitude key)
+  u64 total;     // candidates found (selection) / entries written (merge)
+  u64 hist_count;  // elements >= t when t came from the histogram
+  int status;    // 0 done, 1 the sample misled, 2/3 first/second merge input not ascending
+};
+
+// ---- block-level routines (every thread of the block calls them) --------------------
+
+// Exclusive prefix sum of v over the block's threads, in thread order; *total gets the sum.
+GTOPK_DEV u64 block_exclusive_scan(u64 v, u64* total) {
+  struct ScanShared {
+    u64 warp_sum[32];
+  };
+  ScanShared& sh = simt::shared<ScanShared>();
+  const unsigned tid = simt::thread_idx(), lane = tid % simt::kWarp, warp = tid / simt::kWarp;
+  const unsigned nwarps = simt::block_dim() / simt::kWarp;
+  u64 incl = v;
+  for (unsigned d = 1; d < simt::kWarp; d *= 2) {
+    const u64 y = simt::shfl_up(incl, d);
+    if (lane >= d) incl += y;
+  }
+  if (lane == simt::kWarp - 1) sh.warp_sum[warp] = incl;
+  simt::sync();
+  if (warp == 0) {
+    u64 s = lane < nwarps ? sh.warp_sum[lane] : 0;
+    for (unsigned d = 1; d < simt::kWarp; d *= 2) {
+      const u64 y = simt::shfl_up(s, d);
+      if (lane >= d) s += y;
+    }
+    sh.warp_sum[lane] = s;  // inclusive over warps
+  }
+  simt::sync();
+  const u64 base = warp > 0 ? sh.warp_sum[warp - 1] : 0;
+  *total = sh.warp_sum[nwarps - 1];
+  simt::sync();  // warp_sum may be reused by the next call
+  return base + incl - v;
+}
+
+template <class U>
+struct Kth {
+  U key;      // the k-th largest key
+  u64 ties;   // keys equal to it that belong to the top k (>= 1)
+};
+
+// k-th largest magnitude key of vals[0..n) (1 <= k <= n): radix select, most significant
+// 11-bit digit first, the same digits and bucket walk (histogram_bucket) as radix.h.
+template <class T>
+GTOPK_DEV Kth<key_of<T>> block_kth(const T* vals, u64 n, u64 k) {
+  using U = key_of<T>;
+  struct KthShared {
+    u64 hist[kRadixBuckets];
+    U prefix, mask;
+    u64 want;
+  };
+  KthShared& sh = simt::shared<KthShared>();
+  const unsigned tid = simt::thread_idx(), nt = simt::block_dim();
+  if (tid == 0) {
+    sh.prefix = 0;
+    sh.mask = 0;
+    sh.want = k;
+  }
+  for (int shift = Num<T>::kBits - kRadixBits;; shift -= kRadixBits) {
+    const int s = shift < 0 ? 0 : shift;
+    const int width = shift < 0 ? kRadixBits + shift : kRadixBits;
+    const U dmask = static_cast<U>((1u << width) - 1);
+    for (unsigned b = tid; b < kRadixBuckets; b += nt) sh.hist[b] = 0;
+    simt::sync();
+    const U prefix = sh.prefix, pmask = sh.mask;
+    for (u64 j = tid; j < n; j += nt) {
+      const U key = mag_key<T>(vals[j]);
+      if ((key & pmask) == prefix) simt::atomic_add(&sh.hist[(key >> s) & dmask], 1ull);
+    }
+    simt::sync();
+    if (tid == 0) {
+      size_t above = 0;
+      const size_t b = gtopk::histogram_bucket(sh.hist, size_t{dmask} + 1, static_cast<size_t>(sh.want), &above);
+      sh.want -= above;
+      sh.prefix = static_cast<U>(sh.prefix | (static_cast<U>(b) << s));
+      sh.mask = static_cast<U>(sh.mask | (dmask << s));
+    }
+    simt::sync();
+    if (s == 0) break;
+  }
+  const Kth<U> out{sh.prefix, sh.want};
+  simt::sync();  // sh may be reused by the next call
+  return out;
+}
+
+// Top k of (idx, val)[0..n), n > k, given in ascending index order: keys above the k-th,
+// then the lowest-index ties, written to out in index order.
+template <class T, class I>
+GTOPK_DEV void block_finish(const I* idx, const T* val, u64 n, u64 k, I* out_idx, T* out_val) {
+  using U = key_of<T>;
+  const Kth<U> kth = block_kth<T>(val, n, k);
+  const unsigned tid = simt::thread_idx(), nt = simt::block_dim();
+  const u64 chunk = (n + nt - 1) / nt;
+  const u64 lo = std::min<u64>(n, tid * chunk), hi = std::min<u64>(n, lo + chunk);
+  u64 greater = 0, equal = 0;
+  for (u64 j = lo; j < hi; ++j) {
+    const U key = mag_key<T>(val[j]);
+    greater += key > kth.key;
+    equal += key == kth.key;
+  }
+  u64 equal_total = 0, written_total = 0;
+  const u64 equal_before = block_exclusive_scan(equal, &equal_total);
+  const u64 take = equal_before >= kth.ties ? 0 : std::min<u64>(equal, kth.ties - equal_before);
+  u64 pos = block_exclusive_scan(greater + take, &written_total);
+  u64 taken = 0;
+  for (u64 j = lo; j < hi; ++j) {
+    const U key = mag_key<T>(val[j]);
+    const bool tie = key == kth.key;
+    if (key > kth.key || (tie && taken < take)) {
+      taken += tie;
+      out_idx[pos] = idx[j];
+      out_val[pos] = val[j];
+      ++pos;
+    }
+  }
+}
+
+// How many of a's entries come first among the first d of the merged order (a first on ties).
+template <class I>
+GTOPK_DEV u64 merge_path(const I* a, u64 na, const I* b, u64 nb, u64 d) {
+  u64 lo = d > nb ? d - nb : 0, hi = d < na ? d : na;
+  while (lo < hi) {
+    const u64 mid = (lo + hi) / 2;
+    if (a[mid] <= b[d - mid - 1]) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+// ---- kernels: structs whose static run() is one thread's body ------------------------
+// kMaxThreads: the block size it is launched with (the launch bound of its CUDA kernel).
+
+template <class T, class I>
+struct AllOfIt {  // k >= m: every index (and in the fused form r = r + x first)
+  static constexpr unsigned kMaxThreads = kStreamThreads;
+  GTOPK_DEV static void run(const T* x, T* r, u64 m, I* out_idx, T* out_val) {
+    for (u64 i = simt::block_idx() * u64{simt::block_dim()} + simt::thread_idx(); i < m;
+         i += u64{simt::grid_dim()} * simt::block_dim()) {
+      T v = x[i];
+      if (r != nullptr) {
+        v = Num<T>::add(r[i], v);
+        r[i] = v;
+      }
+      out_idx[i] = static_cast<I>(i);
+      out_val[i] = v;
+    }
+  }
+};
+
+template <class T>
+struct AddInPlace {  // r = r + x
+  static constexpr unsigned kMaxThreads = kStreamThreads;
+  GTOPK_DEV static void run(const T* x, T* r, u64 m) {
+    for (u64 i = simt::block_idx() * u64{simt::block_dim()} + simt::thread_idx(); i < m;
+         i += u64{simt::grid_dim()} * simt::block_dim())
+      r[i] = Num<T>::add(r[i], x[i]);
+  }
+};
+
+template <class T>
+struct SampleThreshold {  // 1 block of kBlockThreads; r != nullptr: rank r + x (r not written)
+  static constexpr unsigned kMaxThreads = kBlockThreads;
+  GTOPK_DEV static void run(const T* x, const T* r, u64 m, u64 rank, T* sample, State<key_of<T>>* st) {
+    for (u64 j = simt::thread_idx(); j < gtopk::kSampleSize; j += simt::block_dim()) {
+      const u64 i = gtopk::sample_block_start(m, j / gtopk::kSampleBlockLen) + j % gtopk::kSampleBlockLen;
+      sample[j] = r != nullptr ? Num<T>::add(r[i], x[i]) : x[i];
+    }
+    simt::sync();
+    const Kth<key_of<T>> kth = block_kth<T>(sample, gtopk::kSampleSize, rank);
+    if (simt::thread_idx() == 0) st->t = kth.key;
+  }
+};
+
+template <class T, class I, bool kFused>
+struct FilterTiles {  // m / kTile blocks of kTileThreads
+  static constexpr unsigned kMaxThreads = kTileThreads;
+  GTOPK_DEV static void run(const T* x, T* r, u64 m, const State<key_of<T>>* st, I* tile_cand, unsigned* tile_count) {
+    struct FilterShared {
+      unsigned offset[kTileItems * kTileWarps];  // (item, warp) in index order
+      unsigned total;
+    };
+    FilterShared& sh = simt::shared<FilterShared>();
+    const key_of<T> t = st->t;
+    const unsigned tid = simt::thread_idx(), lane = tid % simt::kWarp, warp = tid / simt::kWarp;
+    const u64 base = u64{simt::block_idx()} * kTile;
+    T v[kTileItems];
+    for (unsigned j = 0; j < kTileItems; ++j) {  // all loads first: memory-level parallelism
+      const u64 i = base + u64{j} * kTileThreads + tid;
+      if (i < m) v[j] = kFused ? Num<T>::add(r[i], x[i]) : x[i];
+    }
+    unsigned ballots[kTileItems];
+    for (unsigned j = 0; j < kTileItems; ++j) {
+      const u64 i = base + u64{j} * kTileThreads + tid;
+      bool keep = false;
+      if (i < m) {
+        if (kFused) r[i] = v[j];
+        keep = raw_key<T>(v[j]) >= t;  // exact for any t <= the NaN key
+      }
+      ballots[j] = simt::ballot(keep);
+      if (lane == 0) sh.offset[j * kTileWarps + warp] = static_cast<unsigned>(simt::popc(ballots[j]));
+    }
+    simt::sync();
+    if (warp == 0) {  // exclusive scan of the 128 warp counts, 4 per lane
+      constexpr unsigned kPer = kTileItems * kTileWarps / simt::kWarp;
+      unsigned c[kPer], sum = 0;
+      for (unsigned q = 0; q < kPer; ++q) sum += c[q] = sh.offset[lane * kPer + q];
+      u64 incl = sum;
+      for (unsigned d = 1; d < simt::kWarp; d *= 2) {
+        const u64 y = simt::shfl_up(incl, d);
+        if (lane >= d) incl += y;
+      }
+      unsigned run_sum = static_cast<unsigned>(incl) - sum;
+      for (unsigned q = 0; q < kPer; ++q) {
+        sh.offset[lane * kPer + q] = run_sum;
+        run_sum += c[q];
+      }
+      if (lane == simt::kWarp - 1) sh.total = run_sum;
+    }
+    simt::sync();
+    const unsigned below = (1u << lane) - 1u;
+    for (unsigned j = 0; j < kTileItems; ++j) {
+      if ((ballots[j] >> lane) & 1u) {
+        const unsigned o = sh.offset[j * kTileWarps + warp] + static_cast<unsigned>(simt::popc(ballots[j] & below));
+        tile_cand[base + o] = static_cast<I>(base + u64{j} * kTileThreads + tid);
+      }
+    }
+    if (tid == 0) tile_count[simt::block_idx()] = sh.total;
+  }
+};
+
+template <class U>
+struct ScanTiles {  // 1 block of kBlockThreads: tile_off = exclusive scan of tile_count
+  static constexpr unsigned kMaxThreads = kBlockThreads;
+  GTOPK_DEV static void run(const unsigned* tile_count, u64 ntiles, u64* tile_off, State<U>* st) {
+    const unsigned tid = simt::thread_idx(), nt = simt::block_dim();
+    const u64 chunk = (ntiles + nt - 1) / nt;
+    const u64 lo = std::min<u64>(ntiles, tid * chunk), hi = std::min<u64>(ntiles, lo + chunk);
+    u64 sum = 0;
+    for (u64 b = lo; b < hi; ++b) sum += tile_count[b];
+    u64 total = 0;
+    u64 off = block_exclusive_scan(sum, &total);
+    for (u64 b = lo; b < hi; ++b) {
+      tile_off[b] = off;
+      off += tile_count[b];
+    }
+    if (tid == 0) st->total = total;
+  }
+};
+
+template <class T, class I>
+struct GatherCandidates {  // a warp per tile, kTileThreads per block; nothing when > cap
+  static constexpr unsigned kMaxThreads = kTileThreads;
+  GTOPK_DEV static void run(const I* tile_cand, const unsigned* tile_count, const u64* tile_off, u64 ntiles,
+                            const T* a, u64 cap, const State<key_of<T>>* st, I* cand_idx, T* cand_val) {
+    if (st->total > cap) return;
+    const u64 tile = u64{simt::block_idx()} * kTileWarps + simt::thread_idx() / simt::kWarp;
+    if (tile >= ntiles) return;
+    const u64 off = tile_off[tile];
+    for (unsigned q = simt::thread_idx() % simt::kWarp; q < tile_count[tile]; q += simt::kWarp) {
+      const I i = tile_cand[tile * kTile + q];
+      cand_idx[off + q] = i;
+      cand_val[off + q] = a[i];
+    }
+  }
+};
+
+template <class T, class I>
+struct FinishTopk {  // 1 block of kBlockThreads
+  static constexpr unsigned kMaxThreads = kBlockThreads;
+  GTOPK_DEV static void run(const I* cand_idx, const T* cand_val, u64 k, u64 cap, State<key_of<T>>* st, I* out_idx,
+                            T* out_val) {
+    const u64 n = st->total;
+    if (n < k || n > cap) {
+      if (simt::thread_idx() == 0) st->status = 1;
+      return;
+    }
+    block_finish<T, I>(cand_idx, cand_val, n, k, out_idx, out_val);
+    if (simt::thread_idx() == 0) st->status = 0;
+  }
+};
+
+template <class T>
+struct Histogram {  // grid-stride; hist (kRadixBuckets) zeroed by the caller
+  static constexpr unsigned kMaxThreads = kStreamThreads;
+  GTOPK_DEV static void run(const T* a, u64 m, u64* hist) {
+    struct HistShared {
+      unsigned h[kRadixBuckets];
+    };
+    HistShared& sh = simt::shared<HistShared>();
+    constexpr int kShift = Num<T>::kBits - kRadixBits;
+    const unsigned tid = simt::thread_idx(), nt = simt::block_dim();
+    for (unsigned b = tid; b < kRadixBuckets; b += nt) sh.h[b] = 0;
+    simt::sync();
+    for (u64 i = simt::block_idx() * u64{nt} + tid; i < m; i += u64{simt::grid_dim()} * nt)
+      simt::atomic_add(&sh.h[mag_key<T>(a[i]) >> kShift], 1u);
+    simt::sync();
+    for (unsigned b = tid; b < kRadixBuckets; b += nt)
+      if (sh.h[b] != 0) simt::atomic_add(&hist[b], u64{sh.h[b]});
+  }
+};
+
+template <class T>
+struct HistogramThreshold {  // thread 0 of 1 warp: t = lower edge of the bucket holding the k-th key
+  static constexpr unsigned kMaxThreads = simt::kWarp;
+  GTOPK_DEV static void run(const u64* hist, u64 k, State<key_of<T>>* st) {
+    if (simt::thread_idx() != 0) return;
+    constexpr int kShift = Num<T>::kBits - kRadixBits;
+    size_t above = 0;
+    const size_t b = gtopk::histogram_bucket(hist, kRadixBuckets, static_cast<size_t>(k), &above);
+    st->t = static_cast<key_of<T>>(static_cast<key_of<T>>(b) << kShift);
+    st->hist_count = above + hist[b];
+  }
+};
+
+template <class T, class I>
+struct MergeTopk {  // 1 block of kBlockThreads; union scratch ui/uv of na + nb entries
+  static constexpr unsigned kMaxThreads = kBlockThreads;
+  GTOPK_DEV static void run(const I* ia, const T* va, u64 na, const I* ib, const T* vb, u64 nb, u64 k, I* ui, T* uv,
+                            I* out_idx, T* out_val, State<key_of<T>>* st) {
+    const unsigned tid = simt::thread_idx(), nt = simt::block_dim();
+    bool bad_a = false, bad_b = false;
+    for (u64 j = tid; j + 1 < na; j += nt) bad_a |= !(ia[j] < ia[j + 1]);
+    for (u64 j = tid; j + 1 < nb; j += nt) bad_b |= !(ib[j] < ib[j + 1]);
+    bad_a = simt::sync_or(bad_a);
+    bad_b = simt::sync_or(bad_b);
+    if (bad_a || bad_b) {
+      if (tid == 0) st->status = bad_a ? 2 : 3;
+      return;
+    }
+    const u64 n = na + nb, chunk = (n + nt - 1) / nt;
+    const u64 d0 = std::min<u64>(n, tid * chunk), d1 = std::min<u64>(n, d0 + chunk);
+    const u64 i0 = merge_path<I>(ia, na, ib, nb, d0);
+    u64 count = 0;
+    {
+      u64 i = i0, j = d0 - i0;
+      for (u64 d = d0; d < d1; ++d) {
+        if (i < na && (j >= nb || ia[i] <= ib[j])) {
+          ++count, ++i;
+        } else {
+          count += !(i > 0 && ia[i - 1] == ib[j]);  // equal to an a entry: summed there
+          ++j;
+        }
+      }
+    }
+    u64 nu = 0;
+    u64 pos = block_exclusive_scan(count, &nu);
+    const bool direct = nu <= k;
+    I* wi = direct ? out_idx : ui;
+    T* wv = direct ? out_val : uv;
+    {
+      u64 i = i0, j = d0 - i0;
+      for (u64 d = d0; d < d1; ++d) {
+        if (i < na && (j >= nb || ia[i] <= ib[j])) {
+          wi[pos] = ia[i];
+          wv[pos] = j < nb && ib[j] == ia[i] ? merge_sum<T>(va[i], vb[j]) : va[i];
+          ++pos, ++i;
+        } else {
+          if (!(i > 0 && ia[i - 1] == ib[j])) {
+            wi[pos] = ib[j];
+            wv[pos] = vb[j];
+            ++pos;
+          }
+          ++j;
+        }
+      }
+    }
+    if (!direct) {
+      simt::sync();  // the union is written (global memory, visible to the block after the barrier)
+      block_finish<T, I>(ui, uv, nu, k, out_idx, out_val);
+    }
+    if (tid == 0) {
+      st->total = direct ? nu : k;
+      st->status = 0;
+    }
+  }
+};
+
+template <class T, class I>
+struct Scatter {  // dense[idx[j]] = val[j]
+  static constexpr unsigned kMaxThreads = kStreamThreads;
+  GTOPK_DEV static void run(const I* idx, const T* val, u64 n, T* dense) {
+    for (u64 j = simt::block_idx() * u64{simt::block_dim()} + simt::thread_idx(); j < n;
+         j += u64{simt::grid_dim()} * simt::block_dim())
+      dense[idx[j]] = val[j];
+  }
+};
+
+template <class T, class I>
+struct ZeroAt {  // residual[idx[j]] = 0
+  static constexpr unsigned kMaxThreads = kStreamThreads;
+  GTOPK_DEV static void run(const I* idx, u64 n, T* residual) {
+    for (u64 j = simt::block_idx() * u64{simt::block_dim()} + simt::thread_idx(); j < n;
+         j += u64{simt::grid_dim()} * simt::block_dim())
+      residual[idx[j]] = Num<T>::from_bits(0);
+  }
+};
+
+// ---- host side: the sequence of launches ---------------------------------------------
+// Backend: alloc<X>(n) (scratch, freed with the backend), zero(p, bytes), launch<K>(grid,
+// block, args...) (K::run on every thread, in stream order; block <= K::kMaxThreads),
+// to_host(dst, src, bytes) (waits for the launches before it).
+
+inline unsigned grid_for(u64 n) {
+  const u64 blocks = (n + kStreamThreads - 1) / kStreamThreads;
+  return static_cast<unsigned>(std::clamp<u64>(blocks, 1, 4096));
+}
+
+// Candidates >= st->t, packed in index order, then the top k of them. Returns false (and
+// leaves outputs unspecified) when there are fewer than k or more than cap.
+template <class B, class T, class I>
+bool filter_and_finish(B& be, const T* x, T* r, u64 m, u64 k, u64 cap, State<key_of<T>>* st, I* out_idx,
+                       T* out_val) {
+  const u64 ntiles = (m + kTile - 1) / kTile;
+  I* tile_cand = be.template alloc<I>(m);
+  unsigned* tile_count = be.template alloc<unsigned>(ntiles);
+  u64* tile_off = be.template alloc<u64>(ntiles);
+  I* cand_idx = be.template alloc<I>(cap);
+  T* cand_val = be.template alloc<T>(cap);
+  const unsigned grid = static_cast<unsigned>(ntiles);
+  if (r != nullptr) {
+    be.template launch<FilterTiles<T, I, true>>(grid, kTileThreads, x, r, m, st, tile_cand, tile_count);
+  } else {
+    be.template launch<FilterTiles<T, I, false>>(grid, kTileThreads, x, r, m, st, tile_cand, tile_count);
+  }
+  be.template launch<ScanTiles<key_of<T>>>(1, kBlockThreads, tile_count, ntiles, tile_off, st);
+  const T* a = r != nullptr ? r : x;  // the ranked values, once the pass is done
+  be.template launch<GatherCandidates<T, I>>(static_cast<unsigned>((ntiles + kTileWarps - 1) / kTileWarps),
+                                             kTileThreads, tile_cand, tile_count, tile_off, ntiles, a, cap, st,
+                                             cand_idx, cand_val);
+  be.template launch<FinishTopk<T, I>>(1, kBlockThreads, cand_idx, cand_val, k, cap, st, out_idx, out_val);
+  State<key_of<T>> h{};
+  be.to_host(&h, st, sizeof h);
+  return h.status == 0;
+}
+
+// Top-min(k, m) of x, or of r + x when r != nullptr (r then holds r + x everywhere).
+template <class B, class T, class I>
+void select_topk(B& be, const T* x, T* r, u64 m, u64 k, I* out_idx, T* out_val) {
+  using U = key_of<T>;
+  if (k < 1) throw std::invalid_argument("k must be >= 1");
+  if (m == 0) return;
+  if (k >= m) {
+    be.template launch<AllOfIt<T, I>>(grid_for(m), kStreamThreads, x, r, m, out_idx, out_val);
+    return;
+  }
+  State<U>* st = be.template alloc<State<U>>(1);
+  be.zero(st, sizeof(State<U>));
+  const gtopk::SamplePlan plan = gtopk::plan_sample(m, k);
+  if (plan.use_sample) {
+    T* sample = be.template alloc<T>(gtopk::kSampleSize);
+    be.template launch<SampleThreshold<T>>(1, kBlockThreads, x, r, m, static_cast<u64>(plan.rank), sample, st);
+    const u64 cap = std::min<u64>(plan.cap, m);
+    if (filter_and_finish<B, T, I>(be, x, r, m, k, cap, st, out_idx, out_val)) return;
+  } else if (r != nullptr) {
+    be.template launch<AddInPlace<T>>(grid_for(m), kStreamThreads, x, r, m);
+  }
+  // The sample misled, or there was none: an exact bucket threshold over every key.
+  const T* a = r != nullptr ? r : x;
+  u64* hist = be.template alloc<u64>(kRadixBuckets);
+  be.zero(hist, kRadixBuckets * sizeof(u64));
+  be.template launch<Histogram<T>>(std::min<unsigned>(grid_for(m), 1024), kStreamThreads, a, m, hist);
+  be.template launch<HistogramThreshold<T>>(1, simt::kWarp, hist, k, st);
+  State<U> h{};
+  be.to_host(&h, st, sizeof h);
+  if (!filter_and_finish<B, T, I>(be, a, static_cast<T*>(nullptr), m, k, h.hist_count, st, out_idx, out_val))
+    throw std::logic_error("gtopk CUDA: the exact threshold did not yield k candidates");
+}
+
+// Union of two index-ascending sets (sums at equal indices), then top-k. Returns the
+// entries written: min(k, |union|).
+template <class B, class T, class I>
+u64 merge_topk(B& be, const I* ia, const T* va, u64 na, const I* ib, const T* vb, u64 nb, u64 k, I* out_idx,
+               T* out_val) {
+  using U = key_of<T>;
+  if (k < 1) throw std::invalid_argument("k must be >= 1");
+  if (na + nb == 0) return 0;
+  State<U>* st = be.template alloc<State<U>>(1);
+  be.zero(st, sizeof(State<U>));
+  I* ui = be.template alloc<I>(na + nb);
+  T* uv = be.template alloc<T>(na + nb);
+  be.template launch<MergeTopk<T, I>>(1, kBlockThreads, ia, va, na, ib, vb, nb, k, ui, uv, out_idx, out_val, st);
+  State<U> h{};
+  be.to_host(&h, st, sizeof h);
+  if (h.status == 2) throw std::invalid_argument("first indices must be strictly ascending");
+  if (h.status == 3) throw std::invalid_argument("second indices must be strictly ascending");
+  return h.total;
+}
+
+template <class B, class T, class I>
+void scatter(B& be, const I* idx, const T* val, u64 n, T* dense) {
+  if (n > 0) be.template launch<Scatter<T, I>>(grid_for(n), kStreamThreads, idx, val, n, dense);
+}
+
+template <class B, class T, class I>
+void zero_at(B& be, const I* idx, u64 n, T* residual) {
+  if (n > 0) be.template launch<ZeroAt<T, I>>(grid_for(n), kStreamThreads, idx, n, residual);
+}
+
+}  // namespace gtopk_cuda
