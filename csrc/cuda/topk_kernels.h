@@ -95,11 +95,12 @@ struct Kth {
 
 // k-th largest magnitude key of vals[0..n) (1 <= k <= n): radix select, most significant
 // 11-bit digit first, the same digits and bucket walk (histogram_bucket) as radix.h.
-template <class T>
-GTOPK_DEV Kth<key_of<T>> block_kth(const T* vals, u64 n, u64 k) {
+// C counts a bucket: 32-bit shared atomics are the fast ones, so unsigned unless n >= 2^32.
+template <class T, class C>
+GTOPK_DEV Kth<key_of<T>> block_kth_counted(const T* vals, u64 n, u64 k) {
   using U = key_of<T>;
   struct KthShared {
-    u64 hist[kRadixBuckets];
+    C hist[kRadixBuckets];
     U prefix, mask;
     u64 want;
   };
@@ -119,7 +120,7 @@ GTOPK_DEV Kth<key_of<T>> block_kth(const T* vals, u64 n, u64 k) {
     const U prefix = sh.prefix, pmask = sh.mask;
     for (u64 j = tid; j < n; j += nt) {
       const U key = mag_key<T>(vals[j]);
-      if ((key & pmask) == prefix) simt::atomic_add(&sh.hist[(key >> s) & dmask], 1ull);
+      if ((key & pmask) == prefix) simt::atomic_add(&sh.hist[(key >> s) & dmask], C{1});
     }
     simt::sync();
     if (tid == 0) {
@@ -135,6 +136,11 @@ GTOPK_DEV Kth<key_of<T>> block_kth(const T* vals, u64 n, u64 k) {
   const Kth<U> out{sh.prefix, sh.want};
   simt::sync();  // sh may be reused by the next call
   return out;
+}
+
+template <class T>
+GTOPK_DEV Kth<key_of<T>> block_kth(const T* vals, u64 n, u64 k) {
+  return n >> 32 == 0 ? block_kth_counted<T, unsigned>(vals, n, k) : block_kth_counted<T, u64>(vals, n, k);
 }
 
 // Top k of (idx, val)[0..n), n > k, given in ascending index order: keys above the k-th,
