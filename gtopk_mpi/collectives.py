@@ -142,21 +142,38 @@ def dense_allreduce(x: np.ndarray, average: bool = False, comm: MPI.Comm | None 
     x: contiguous 1-D float16/32/64 or int32/64 array, same length and dtype on every
     rank. Returns a new array; ``average`` divides by the number of ranks (integer
     dtypes: floor division). ``comm``: default the communicator given to init().
+    A torch CUDA tensor (or CuPy array) takes the GPU path (gtopk_mpi.cuda).
     """
     comm = comm if comm is not None else runtime.comm()
+    if on_device(x):
+        from . import cuda
+
+        return cuda.dense_allreduce(x, average=average, comm=comm)
     err = _local_error(comm, lambda: check_vector(x, dtypes=DENSE_DTYPES))
-    header = wire.make_header(seq=runtime.next_sequence(comm), m=len(x) if err is None else -1, k=0, count=0,
-                              rank=comm.Get_rank(), dtype=x.dtype if err is None else None,
-                              average=average, values="merged", error=err.code if err else 0)
-    _agree(comm, "dense_allreduce", header, err)
+    agree_dense(comm, len(x) if err is None else -1, x.dtype if err is None else None, average, err)
     out = np.array(x, copy=True)
     allreduce_inplace(comm, out)
-    if average:
-        if out.dtype.kind == "i":
-            out //= comm.Get_size()
-        else:
-            out = _scale_average(out, comm.Get_size())
-    return out
+    return average_dense(out, comm.Get_size()) if average else out
+
+
+def on_device(x: object) -> bool:
+    """True for a torch CUDA tensor or a CuPy array (the GPU path takes those)."""
+    return not isinstance(x, np.ndarray) and (getattr(x, "is_cuda", False) or hasattr(x, "__cuda_array_interface__"))
+
+
+def agree_dense(comm: MPI.Comm, m: int, dtype: np.dtype | None, average: bool, err: wire.Error | None) -> None:
+    """The header agreement of dense_allreduce (raises the same error on every rank)."""
+    header = wire.make_header(seq=runtime.next_sequence(comm), m=m, k=0, count=0, rank=comm.Get_rank(), dtype=dtype,
+                              average=average, values="merged", error=err.code if err else 0)
+    _agree(comm, "dense_allreduce", header, err)
+
+
+def average_dense(out: np.ndarray, p: int) -> np.ndarray:
+    """A dense sum divided by p: floor division for integers, else rounded once."""
+    if out.dtype.kind == "i":
+        out //= p
+        return out
+    return _scale_average(out, p)
 
 
 def _local_error(comm: MPI.Comm, check) -> wire.Error | None:
@@ -191,18 +208,33 @@ def topk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = 
     Returns the union of all ranks' k-sets (up to P*k entries) with values summed.
     With ``residual`` the selection runs on residual + x and residual keeps what
     was not selected (all selected entries are sent, so those become zero).
+    A torch CUDA tensor (or CuPy array) takes the GPU path (gtopk_mpi.cuda).
     """
     comm = comm if comm is not None else runtime.comm()
+    if on_device(x):
+        from . import cuda
+
+        return cuda.topk_allreduce(x, k=k, density=density, average=average, residual=residual, comm=comm,
+                                   align=align)
     stats = CommStats()
     t_start = time.perf_counter()
     err, kk = _validate_sparse(comm, x, k, density, residual, "merged")
-    if err is None:
-        idx, val = _select(x, kk, residual)
+    idx, val = _select(x, kk, residual) if err is None else (None, None)
     stats.select_s = time.perf_counter() - t_start
+    res = topk_exchange(comm, idx, val, len(x) if err is None else -1, kk, err, average, stats, align, t_start)
+    if residual is not None:
+        residual[idx] = 0
+    return res
+
+
+def topk_exchange(comm: MPI.Comm, idx: np.ndarray | None, val: np.ndarray | None, m: int, k: int,
+                  err: wire.Error | None, average: bool, stats: CommStats, align: bool, t_start: float) -> SparseResult:
+    """The communication of topk_allreduce over an already selected k-set (host arrays):
+    header agreement, Allgather, a fixed pairwise tree of exact unions, averaging."""
     _align(comm, align, stats)
-    header = wire.make_header(seq=runtime.next_sequence(comm), m=len(x) if err is None else -1, k=kk,
-                              count=0, rank=comm.Get_rank(), dtype=_dtype_or_none(x, err),
-                              average=average, values="merged", error=err.code if err else 0)
+    header = wire.make_header(seq=runtime.next_sequence(comm), m=m, k=k, count=0, rank=comm.Get_rank(),
+                              dtype=val.dtype if err is None else None, average=average, values="merged",
+                              error=err.code if err else 0)
     t0 = time.perf_counter()
     _agree(comm, "topk_allreduce", header, err)
     p = comm.Get_size()
@@ -223,21 +255,15 @@ def topk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = 
             nxt.append(parts[-1])
         parts = nxt
     g_idx, g_val = parts[0]
-    if residual is not None:
-        residual[idx] = 0
     if average:
         g_val = _scale_average(g_val, p)
     stats.merge_s = time.perf_counter() - t0
     stats.total_s = time.perf_counter() - t_start
-    return SparseResult(g_idx, g_val, len(x), stats, carried=idx)
+    return SparseResult(g_idx, g_val, m, stats, carried=idx)
 
 
 # --------------------------------------------------------------------------------------
 # gTop-k butterfly
-
-
-def _dtype_or_none(x: object, err: wire.Error | None) -> np.dtype | None:
-    return x.dtype if err is None else None  # type: ignore[attr-defined]
 
 
 def _validate_sparse(comm: MPI.Comm, x: np.ndarray, k: int | None, density: float | None, residual: np.ndarray | None,
@@ -499,7 +525,7 @@ def gtopk_allreduce(x: np.ndarray, k: int | None = None, density: float | None =
     network, not slower ranks' selection (that wait goes to ``stats.skew_s``).
     """
     comm = comm if comm is not None else runtime.comm()
-    if not isinstance(x, np.ndarray) and (getattr(x, "is_cuda", False) or hasattr(x, "__cuda_array_interface__")):
+    if on_device(x):
         from . import cuda  # device arrays: selection on the GPU, only k pairs cross PCIe
 
         return cuda.gtopk_allreduce(x, k=k, density=density, average=average, residual=residual, values=values,

@@ -3,8 +3,10 @@ collectives for torch CUDA tensors (CuPy arrays are converted with DLPack).
 
 Same semantics as the CPU path (exactly k entries, NaN first, ties to the lower index,
 indices ascending; merge symmetric and bit-identical to the CPU merge). Kernels run on
-the caller's current stream. In the collectives only the k (index, value) pairs cross
-PCIe: device -> host -> MPI, then the result back to the device.
+the caller's current stream. In the sparse collectives only the k (index, value) pairs
+cross PCIe: device -> pinned host memory -> MPI, then the result back to the device. The
+dense allreduce stages through pinned memory too, or with GTOPK_MPI_CUDA_AWARE=1 hands the
+device buffer to a CUDA-aware MPI.
 
 Built when setup.py finds a CUDA toolkit (GTOPK_MPI_WITH_CUDA=auto|1); ``available()``
 says whether this build has it and a GPU is usable.
@@ -12,9 +14,11 @@ says whether this build has it and a GPU is usable.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
+from mpi4py import MPI
 
 from . import _C, collectives, runtime, wire
 from .selection import resolve_k
@@ -38,6 +42,144 @@ def available() -> bool:
     return torch.cuda.is_available()
 
 
+# -- where the kernels run -----------------------------------------------------------------
+
+class _Cuda:
+    """The CUDA build of csrc/cuda/topk_kernels.h on CUDA tensors, on the current stream;
+    host copies through pinned memory."""
+
+    wants = "a CUDA tensor"
+
+    def usable(self) -> None:
+        if not built():
+            raise RuntimeError("gtopk_mpi was built without CUDA (GTOPK_MPI_WITH_CUDA=0 or no toolkit found)")
+
+    def accepts(self, t) -> bool:
+        return bool(t.is_cuda)
+
+    @staticmethod
+    def _stream(t) -> int:
+        import torch
+
+        return torch.cuda.current_stream(t.device).cuda_stream
+
+    def select(self, code: int, x, residual, k: int, out_idx, out_val) -> None:
+        import torch
+
+        _C.cuda_select_topk(code, x.data_ptr(), 0 if residual is None else residual.data_ptr(), x.numel(), k,
+                            out_idx.dtype == torch.int64, out_idx.data_ptr(), out_val.data_ptr(), self._stream(x))
+
+    def merge(self, code: int, ia, va, ib, vb, k: int, out_idx, out_val) -> int:
+        import torch
+
+        return _C.cuda_merge_topk(code, ia.dtype == torch.int64, ia.data_ptr(), va.data_ptr(), ia.numel(),
+                                  ib.data_ptr(), vb.data_ptr(), ib.numel(), k, out_idx.data_ptr(),
+                                  out_val.data_ptr(), self._stream(va))
+
+    def scatter(self, code: int, idx, val, out) -> None:
+        import torch
+
+        _C.cuda_scatter(code, idx.dtype == torch.int64, idx.data_ptr(), val.data_ptr(), idx.numel(), out.data_ptr(),
+                        self._stream(val))
+
+    def zero_at(self, code: int, idx, residual) -> None:
+        import torch
+
+        _C.cuda_zero_at(code, idx.dtype == torch.int64, idx.data_ptr(), idx.numel(), residual.data_ptr(),
+                        self._stream(residual))
+
+    def to_host(self, t) -> np.ndarray:
+        import torch
+
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        torch.cuda.current_stream(t.device).synchronize()
+        return host.numpy()
+
+    def to_device(self, a: np.ndarray, device):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a)).pin_memory().to(device, non_blocking=True)
+
+    def synchronize(self, t) -> None:
+        import torch
+
+        torch.cuda.current_stream(t.device).synchronize()
+
+
+class _Emulated(_Cuda):
+    """The same kernels and launch sequence on the CPU's SIMT emulator (gtopk_mpi._cuda_emu),
+    on CPU tensors standing in for device memory: this module's code checked without a GPU."""
+
+    wants = "a CPU tensor (the emulated device)"
+
+    def usable(self) -> None:
+        pass
+
+    def accepts(self, t) -> bool:
+        return t.device.type == "cpu"
+
+    @staticmethod
+    def _np(t) -> np.ndarray:
+        import torch
+
+        return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
+
+    def select(self, code: int, x, residual, k: int, out_idx, out_val) -> None:
+        import torch
+
+        from . import _cuda_emu
+
+        idx, val = _cuda_emu.select_topk(self._np(x), k, None if residual is None else self._np(residual),
+                                         bf16=code == DTYPE_CODES["bfloat16"], idx64=out_idx.dtype == torch.int64)
+        out_idx.numpy()[:] = idx
+        self._np(out_val)[:] = val
+
+    def merge(self, code: int, ia, va, ib, vb, k: int, out_idx, out_val) -> int:
+        import torch
+
+        from . import _cuda_emu
+
+        if ia.dtype != torch.int32:
+            raise ValueError("the emulated merge takes int32 indices")
+        idx, val = _cuda_emu.merge_topk(ia.numpy(), self._np(va), ib.numpy(), self._np(vb), k,
+                                        bf16=code == DTYPE_CODES["bfloat16"])
+        out_idx.numpy()[: idx.size] = idx
+        self._np(out_val)[: idx.size] = val
+        return int(idx.size)
+
+    def scatter(self, code: int, idx, val, out) -> None:
+        from . import _cuda_emu
+
+        _cuda_emu.scatter(idx.numpy(), self._np(val), self._np(out), bf16=code == DTYPE_CODES["bfloat16"])
+
+    def zero_at(self, code: int, idx, residual) -> None:
+        from . import _cuda_emu
+
+        _cuda_emu.zero_at(idx.numpy(), self._np(residual), bf16=code == DTYPE_CODES["bfloat16"])
+
+    def to_host(self, t) -> np.ndarray:
+        return t.numpy().copy()
+
+    def to_device(self, a: np.ndarray, device):
+        import torch
+
+        return torch.from_numpy(np.array(a, copy=True))
+
+    def synchronize(self, t) -> None:
+        pass
+
+
+_device: _Cuda = _Cuda()
+
+
+def use_emulator(on: bool = True) -> None:
+    """Tests: run this module on CPU tensors with the kernels on the SIMT emulator (True),
+    or on CUDA tensors with the CUDA build (False, the default)."""
+    global _device
+    _device = _Emulated() if on else _Cuda()
+
+
 def _torch(x):
     """A torch tensor view of x (torch CUDA tensor, or CuPy array through DLPack)."""
     import torch
@@ -50,10 +192,10 @@ def _torch(x):
 
 
 def _check(x, name: str = "x") -> int:
-    if not built():
-        raise RuntimeError("gtopk_mpi was built without CUDA (GTOPK_MPI_WITH_CUDA=0 or no toolkit found)")
-    if not x.is_cuda:
-        raise ValueError(f"{name} must be a CUDA tensor")
+    """The kernels' dtype code of x, or ValueError naming what is wrong with it."""
+    _device.usable()
+    if not _device.accepts(x):
+        raise ValueError(f"{name} must be {_device.wants}")
     if x.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(x.shape)}")
     if not x.is_contiguous():
@@ -64,10 +206,13 @@ def _check(x, name: str = "x") -> int:
     return code
 
 
-def _stream(x) -> int:
+def _check_indices(idx, val, name: str) -> None:
     import torch
 
-    return torch.cuda.current_stream(x.device).cuda_stream
+    if idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1 or not idx.is_contiguous():
+        raise ValueError(f"{name} indices must be a contiguous 1-D int32 or int64 tensor")
+    if idx.device != val.device or idx.numel() != val.numel():
+        raise ValueError(f"{name} indices must match its values (device and length)")
 
 
 def select_topk(x, k: int, residual=None):
@@ -83,13 +228,14 @@ def select_topk(x, k: int, residual=None):
         residual = _torch(residual)
         if _check(residual, "residual") != code or residual.shape != x.shape or residual.device != x.device:
             raise ValueError("residual must match x (shape, dtype, device)")
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     m = x.numel()
     idx64 = m > np.iinfo(np.int32).max
     n = min(int(k), m)
     out_idx = torch.empty(n, dtype=torch.int64 if idx64 else torch.int32, device=x.device)
     out_val = torch.empty(n, dtype=x.dtype, device=x.device)
-    _C.cuda_select_topk(code, x.data_ptr(), 0 if residual is None else residual.data_ptr(), m, int(k), idx64,
-                        out_idx.data_ptr(), out_val.data_ptr(), _stream(x))
+    _device.select(code, x, residual, int(k), out_idx, out_val)
     return out_idx, out_val
 
 
@@ -101,14 +247,16 @@ def merge_topk(idx_a, val_a, idx_b, val_b, k: int):
     code = _check(val_a, "val_a")
     if _check(val_b, "val_b") != code:
         raise ValueError("val_a and val_b differ in dtype")
-    if idx_a.dtype != idx_b.dtype or idx_a.dtype not in (torch.int32, torch.int64):
+    _check_indices(idx_a, val_a, "first")
+    _check_indices(idx_b, val_b, "second")
+    if idx_a.dtype != idx_b.dtype:
         raise ValueError("indices must both be int32 or both int64")
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     cap = min(int(k), idx_a.numel() + idx_b.numel())
     out_idx = torch.empty(cap, dtype=idx_a.dtype, device=val_a.device)
     out_val = torch.empty(cap, dtype=val_a.dtype, device=val_a.device)
-    n = _C.cuda_merge_topk(code, idx_a.dtype == torch.int64, idx_a.data_ptr(), val_a.data_ptr(), idx_a.numel(),
-                           idx_b.data_ptr(), val_b.data_ptr(), idx_b.numel(), int(k), out_idx.data_ptr(),
-                           out_val.data_ptr(), _stream(val_a))
+    n = _device.merge(code, idx_a, val_a, idx_b, val_b, int(k), out_idx, out_val)
     return out_idx[:n], out_val[:n]
 
 
@@ -117,31 +265,90 @@ def to_dense(idx, val, m: int):
     import torch
 
     idx, val = _torch(idx), _torch(val)
+    code = _check(val, "val")
+    _check_indices(idx, val, "the")
     out = torch.zeros(m, dtype=val.dtype, device=val.device)
-    _C.cuda_scatter(_check(val, "val"), idx.dtype == torch.int64, idx.data_ptr(), val.data_ptr(), idx.numel(),
-                    out.data_ptr(), _stream(val))
+    _device.scatter(code, idx, val, out)
     return out
 
 
-def gtopk_allreduce(x, k: int | None = None, density: float | None = None, average: bool = False,
-                    residual=None, values: str = "merged", comm=None):
-    """gtopk_allreduce for a 1-D CUDA tensor (float16 or float32): selection and the
-    residual pass on the GPU, the k pairs through host memory and MPI, the result back.
+# -- the collectives on device arrays --------------------------------------------------
 
-    Returns a SparseResult whose ``indices``/``values`` are CUDA tensors on x's device
-    (``stats`` as on the CPU path).
+def cuda_aware() -> bool:
+    """GTOPK_MPI_CUDA_AWARE=1: dense_allreduce hands the device buffer straight to MPI,
+    which must then be CUDA-aware; otherwise data crosses PCIe through pinned host memory."""
+    return os.environ.get("GTOPK_MPI_CUDA_AWARE", "0") == "1"
+
+
+def to_host(t) -> np.ndarray:
+    """A CUDA tensor's contents as a NumPy array, copied through pinned (page-locked) memory."""
+    return _device.to_host(t)
+
+
+def to_device(a: np.ndarray, device):
+    """A NumPy array as a tensor on ``device``, copied from pinned memory."""
+    return _device.to_device(a, device)
+
+
+def _numpy_dtype(t) -> np.dtype | None:
+    import torch
+
+    names = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64", torch.int32: "int32",
+             torch.int64: "int64"}
+    return np.dtype(names[t.dtype]) if t.dtype in names else None
+
+
+def dense_allreduce(x, average: bool = False, comm=None):
+    """dense_allreduce for a 1-D CUDA tensor (or CuPy array): MPI_Allreduce of a pinned
+    host copy, or of the device buffer itself with GTOPK_MPI_CUDA_AWARE=1. Same dtypes and
+    results as the CPU path (float16 summed in float32, rounded once); returned on x's device.
     """
     import torch
 
     comm = comm if comm is not None else runtime.comm()
-    t_start = time.perf_counter()
-    stats = collectives.CommStats()
     x = _torch(x)
+    dtype = None
+
+    def check() -> None:
+        nonlocal dtype
+        if not _device.accepts(x):
+            raise ValueError(f"x must be {_device.wants}")
+        if x.dim() != 1 or not x.is_contiguous():
+            raise ValueError(f"x must be 1-D and contiguous, got shape {tuple(x.shape)}")
+        dtype = _numpy_dtype(x)
+        if dtype is None:
+            raise ValueError(f"x has unsupported dtype {x.dtype} (supported: float16, float32, float64, int32, "
+                             "int64)")
+
+    err = collectives._local_error(comm, check)
+    collectives.agree_dense(comm, x.numel() if err is None else -1, dtype, average, err)
+    p = comm.Get_size()
+    if not cuda_aware():
+        host = to_host(x)  # a copy: x is not changed
+        collectives.allreduce_inplace(comm, host)
+        return to_device(collectives.average_dense(host, p) if average else host, x.device)
+    out = x.float() if x.dtype == torch.float16 else x.clone()
+    _device.synchronize(x)  # MPI reads the buffer outside torch's stream order
+    comm.Allreduce(MPI.IN_PLACE, out)
+    out = out.to(x.dtype)
+    if average:
+        if not x.dtype.is_floating_point:
+            return torch.div(out, p, rounding_mode="floor")
+        return (out.float() / p).to(x.dtype) if x.dtype == torch.float16 else out / p
+    return out
+
+
+def _select_on_device(comm, x, k, density, residual, values: str):
+    """Validate on this rank, then select on the GPU; the k pairs come back through pinned
+    memory. Returns (error or None, k, host indices, host values, x as a tensor, residual)."""
+    import torch
+
     err, kk = None, 0
     try:
+        x = _torch(x)
         _check(x)
         if x.dtype == torch.bfloat16:
-            raise ValueError("x has unsupported dtype torch.bfloat16 for the collective (MPI has no bfloat16 sum)")
+            raise ValueError("x has unsupported dtype torch.bfloat16 for the collectives (MPI has no bfloat16 sum)")
         if values not in wire.VALUE_MODES:
             raise ValueError(f"values must be 'merged' or 'exact', got {values!r}")
         kk = resolve_k(x.numel(), k, density)
@@ -151,22 +358,59 @@ def gtopk_allreduce(x, k: int | None = None, density: float | None = None, avera
                 raise ValueError("residual must match x (shape, dtype, device)")
     except ValueError as e:
         err = wire.Error(wire.ERROR_VALUE, f"rank {comm.Get_rank()}: {e}")
-    idx = val = None
-    if err is None:
-        d_idx, d_val = select_topk(x, kk, residual)
-        idx, val = d_idx.cpu().numpy(), d_val.cpu().numpy()   # only the k pairs leave the device
+    if err is not None:
+        return err, kk, None, None, x, residual
+    d_idx, d_val = select_topk(x, kk, residual)
+    return None, kk, to_host(d_idx), to_host(d_val), x, residual   # only the k pairs leave the device
+
+
+def _zero_at(residual, ids: np.ndarray) -> None:
+    if ids.size:
+        _device.zero_at(_check(residual, "residual"), to_device(ids, residual.device), residual)
+
+
+def _on_device(res: collectives.SparseResult, device) -> collectives.SparseResult:
+    return collectives.SparseResult(to_device(res.indices, device), to_device(res.values, device), res.size,
+                                    res.stats, carried=res.carried)
+
+
+def topk_allreduce(x, k: int | None = None, density: float | None = None, average: bool = False,
+                   residual=None, comm=None, align: bool = False):
+    """topk_allreduce for a 1-D CUDA tensor (float16 or float32): selection (fused with the
+    residual) on the GPU, the k pairs through pinned host memory, Allgather and the unions
+    as on the CPU path; the result on x's device (``carried`` stays a host array)."""
+    comm = comm if comm is not None else runtime.comm()
+    t_start = time.perf_counter()
+    stats = collectives.CommStats()
+    err, kk, idx, val, x, residual = _select_on_device(comm, x, k, density, residual, "merged")
+    stats.select_s = time.perf_counter() - t_start
+    res = collectives.topk_exchange(comm, idx, val, x.numel() if err is None else -1, kk, err, average, stats,
+                                    align, t_start)
+    if residual is not None:
+        _zero_at(residual, idx)
+    return _on_device(res, x.device)
+
+
+def gtopk_allreduce(x, k: int | None = None, density: float | None = None, average: bool = False,
+                    residual=None, values: str = "merged", comm=None, align: bool = False):
+    """gtopk_allreduce for a 1-D CUDA tensor (float16 or float32): selection and the
+    residual pass on the GPU, the k pairs through pinned host memory and MPI, the result
+    back on x's device (``carried`` stays a host array; ``stats`` as on the CPU path).
+    """
+    import torch
+
+    comm = comm if comm is not None else runtime.comm()
+    t_start = time.perf_counter()
+    stats = collectives.CommStats()
+    err, kk, idx, val, x, residual = _select_on_device(comm, x, k, density, residual, values)
     stats.select_s = time.perf_counter() - t_start
     bf = collectives.make_butterfly(comm, idx, val, x.numel() if err is None else -1, kk, err, average, values,
-                                    stats)
+                                    stats, align)
     acc = residual if residual is not None else x
 
     def acc_at(ids: np.ndarray) -> np.ndarray:
-        return acc[torch.from_numpy(ids).to(acc.device, torch.int64)].cpu().numpy()
+        return to_host(acc[to_device(ids, acc.device).to(torch.int64)])
 
-    def zero_at(ids: np.ndarray) -> None:
-        residual[torch.from_numpy(ids).to(residual.device, torch.int64)] = 0
-
-    res = collectives.finish_gtopk(bf, values, average, t_start, acc_at, zero_at if residual is not None else None)
-    dev = x.device
-    return collectives.SparseResult(torch.from_numpy(res.indices).to(dev), torch.from_numpy(res.values).to(dev),
-                                    res.size, res.stats, carried=res.carried)
+    res = collectives.finish_gtopk(bf, values, average, t_start, acc_at,
+                                   (lambda ids: _zero_at(residual, ids)) if residual is not None else None)
+    return _on_device(res, x.device)

@@ -1,29 +1,113 @@
-"""Run by tests/test_cuda.py under mpiexec -n 2 on one GPU: the collective on CUDA tensors
-equals the CPU collective on the same data, and the residual conserves gradient mass."""
+"""Run by tests/test_cuda.py under mpiexec -n 2: the collectives of gtopk_mpi.cuda equal the
+CPU collectives on the same data (gTop-k merged and exact, Top-k, dense), the residuals
+conserve gradient mass, and bad input raises on every rank instead of hanging.
 
+On one GPU (both ranks share it): CUDA tensors, through the package's dispatch, plus the
+torch front end. With GTOPK_CUDA_EMULATE=1 (no GPU): CPU tensors stand in for device memory
+and the kernels run on the SIMT emulator (cuda.use_emulator), so everything in
+gtopk_mpi/cuda.py but the CUDA runtime calls is exercised, GTOPK_MPI_CUDA_AWARE=1's device
+buffers handed to MPI included. GTOPK_TEST_CUDA_AWARE=1 adds that on a GPU (CUDA-aware MPI
+required)."""
+
+import os
 import sys
 
 import numpy as np
 import torch
 
 import gtopk_mpi as g
+from gtopk_mpi import cuda
+
+EMULATED = os.environ.get("GTOPK_CUDA_EMULATE") == "1"
+if EMULATED:
+    cuda.use_emulator()
+G = cuda if EMULATED else g  # the collectives under test (g dispatches CUDA tensors to cuda)
+DEV = "cpu" if EMULATED else "cuda"
 
 g.init()
 r, p = g.rank(), g.size()
-m, k = 1_000_000, 1_000
-res_gpu = torch.zeros(m, device="cuda")
-res_cpu = np.zeros(m, np.float32)
-for step in range(5):
+comm = g.runtime.comm()
+m, k = 1_100_000, 1_100  # above 16 x the selection's sample: the sampled path
+
+
+def dev(t: torch.Tensor) -> torch.Tensor:
+    return t.clone() if EMULATED else t.cuda()
+
+
+def same(a, b) -> bool:
+    a = a.cpu().numpy() if isinstance(a, torch.Tensor) else a
+    return a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def total(*parts) -> float:
+    return comm.allreduce(float(sum(t.double().sum().item() for t in parts)))
+
+
+res_gpu, res_cpu = torch.zeros(m, device=DEV), np.zeros(m, np.float32)
+tres_gpu, tres_cpu = torch.zeros(m, device=DEV), np.zeros(m, np.float32)
+for step in range(3):
     x = torch.randn(m, generator=torch.Generator().manual_seed(100 * step + r))
-    before = g.runtime.comm().allreduce(float((res_gpu.double().sum() + x.double().sum()).item()))
-    a = g.gtopk_allreduce(x.cuda(), k=k, residual=res_gpu)
+    before = total(res_gpu, x)
+    a = G.gtopk_allreduce(dev(x), k=k, residual=res_gpu)
     b = g.gtopk_allreduce(x.numpy(), k=k, residual=res_cpu)
-    assert a.indices.is_cuda and np.array_equal(a.indices.cpu().numpy(), b.indices)
-    assert np.array_equal(a.values.cpu().numpy(), b.values)
-    assert np.array_equal(res_gpu.cpu().numpy(), res_cpu)
-    after = g.runtime.comm().allreduce(float(res_gpu.double().sum().item())) + float(a.values.double().sum())
+    assert a.indices.device.type == DEV and same(a.indices, b.indices) and same(a.values, b.values)
+    assert same(res_gpu, res_cpu)
+    after = total(res_gpu) + float(a.values.double().sum())
     assert abs(after - before) < 1e-2 * (1 + abs(before)), (after, before)
-    assert torch.equal(a.to_dense().cpu(), torch.from_numpy(b.to_dense()))
+    assert same(a.to_dense(), b.to_dense())
+
+    a = G.gtopk_allreduce(dev(x), k=k, values="exact", average=True)
+    b = g.gtopk_allreduce(x.numpy(), k=k, values="exact", average=True)
+    assert same(a.indices, b.indices) and same(a.values, b.values)
+
+    a = G.topk_allreduce(dev(x), k=k, residual=tres_gpu, average=True)
+    b = g.topk_allreduce(x.numpy(), k=k, residual=tres_cpu, average=True)
+    assert a.values.device.type == DEV and same(a.indices, b.indices) and same(a.values, b.values)
+    assert same(tres_gpu, tres_cpu)
+
+    for dtype in (torch.float32, torch.float16, torch.int64):
+        xd = (x * 100).to(dtype)
+        assert same(G.dense_allreduce(dev(xd), average=True), g.dense_allreduce(xd.numpy(), average=True))
+
+for fn in (G.gtopk_allreduce, G.topk_allreduce):  # one rank's bad input: the same error everywhere
+    bad = torch.ones(m, device=DEV, dtype=torch.bfloat16 if r == 1 else torch.float32)
+    try:
+        fn(bad, k=k)
+        raise AssertionError("no error")
+    except ValueError as e:
+        assert "rank 1" in str(e) and "bfloat16" in str(e), e
+
+if EMULATED or os.environ.get("GTOPK_TEST_CUDA_AWARE") == "1":
+    os.environ["GTOPK_MPI_CUDA_AWARE"] = "1"
+    x = torch.randn(m, generator=torch.Generator().manual_seed(r))
+    for dtype in (torch.float32, torch.float16, torch.int64):
+        xd = (x * 100).to(dtype)
+        assert same(cuda.dense_allreduce(dev(xd), average=True), g.dense_allreduce(xd.numpy(), average=True))
+    del os.environ["GTOPK_MPI_CUDA_AWARE"]
+
+if not EMULATED:  # the torch front end on CUDA tensors: same results as on the CPU
+    import gtopk_mpi.torch as hvd
+
+    hvd.init()
+    t = torch.randn(50_000, generator=torch.Generator().manual_seed(7 + r))
+    for comp in (hvd.Compression.gtopk(density=0.01), hvd.Compression.topk(density=0.01)):
+        on_gpu = hvd.allreduce(t.cuda(), compression=comp, name=f"gpu.{comp.algorithm}")
+        on_cpu = hvd.allreduce(t, compression=comp, name=f"cpu.{comp.algorithm}")
+        assert on_gpu.is_cuda and same(on_gpu, on_cpu.numpy()), comp.algorithm
+    model = torch.nn.Linear(100, 10).cuda()
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                   named_parameters=model.named_parameters(),
+                                   compression=hvd.Compression.gtopk(density=0.05))
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(32, 100, device="cuda")).square().mean().backward()
+        opt.step()
+    flat = torch.cat([q.detach().reshape(-1) for q in model.parameters()]).cpu().numpy()
+    everyone = comm.allgather(flat)
+    assert all(np.array_equal(everyone[0].view(np.uint32), f.view(np.uint32)) for f in everyone)
+    hvd.shutdown()
+
 if r == 0:
     print("CUDA COLLECTIVE OK")
 g.shutdown()

@@ -18,6 +18,7 @@ from gtopk_mpi import _C, merge_topk, select_topk, select_topk_ef
 from gtopk_mpi import _cuda_emu as emu
 
 import reference as ref
+from mpi_launch import run
 
 LARGE = 1_100_000  # above 16 x the 65,536-key sample: the sampled-threshold path
 SAMPLE_PATH = 5  # launches: threshold, filter, scan, gather, finish
@@ -244,3 +245,11 @@ def test_fuzz_merge(data, dtype, k):
     got = emu.merge_topk(*a, *b, k)
     assert same(got, ref.merge(a, b, k, dtype))
     assert same(emu.merge_topk(*b, *a, k), got)
+
+
+# ------------------------------------------------------------------ the collectives (gtopk_mpi/cuda.py)
+
+def test_cuda_collectives_on_the_emulator_two_ranks():
+    """gtopk_mpi/cuda.py's collectives on the emulated device equal the CPU collectives."""
+    proc = run(2, ["tests/cuda_collective_check.py"], timeout=240, env={"GTOPK_CUDA_EMULATE": "1"})
+    assert proc.returncode == 0 and "CUDA COLLECTIVE OK" in proc.stdout, proc.stdout + proc.stderr

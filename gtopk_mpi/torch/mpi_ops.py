@@ -267,11 +267,10 @@ def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, p
 
     def run(comm: MPI.Comm, reqs: list[Request]) -> torch.Tensor:
         x = _scale(snapshot, prescale)
-        if on_gpu:
-            if compression.algorithm != "gtopk":
-                raise ValueError("Compression.topk is not available for CUDA tensors; use Compression.gtopk")
-            res = collectives.gtopk_allreduce(x.reshape(-1).contiguous(), density=compression.density,
-                                              values=compression.values, residual=residual, comm=comm)
+        if on_gpu:  # the collectives take the GPU path for CUDA tensors
+            fn = collectives.gtopk_allreduce if compression.algorithm == "gtopk" else collectives.topk_allreduce
+            kwargs = {"values": compression.values} if compression.algorithm == "gtopk" else {}
+            res = fn(x.reshape(-1).contiguous(), density=compression.density, residual=residual, comm=comm, **kwargs)
             y = res.to_dense().reshape(shape)
         elif sparse:
             flat = _numpy(x.contiguous())

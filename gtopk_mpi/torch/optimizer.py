@@ -240,9 +240,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 bucket.velocity.mul_(self._momentum).add_(x)
                 x = bucket.velocity
             if x.is_cuda:  # selection and residual on the GPU; only the k pairs cross PCIe
-                if comp.algorithm != "gtopk":
-                    raise ValueError("Compression.topk is not available for CUDA tensors; use Compression.gtopk")
-                res = collectives.gtopk_allreduce(x, k=k, residual=bucket.residual, values=comp.values, comm=comm)
+                if comp.algorithm == "gtopk":
+                    res = collectives.gtopk_allreduce(x, k=k, residual=bucket.residual, values=comp.values, comm=comm)
+                else:
+                    res = collectives.topk_allreduce(x, k=k, residual=bucket.residual, comm=comm)
                 dense = res.to_dense()
             else:
                 arr, residual = x.contiguous().numpy(), bucket.residual.numpy()
