@@ -87,7 +87,7 @@ class SparseResult:
 
     @property
     def nnz(self) -> int:
-        return int(self.indices.size)
+        return len(self.indices)
 
     @property
     def dtype(self) -> np.dtype:
@@ -197,6 +197,76 @@ def _agree(comm: MPI.Comm, op: str, header: np.ndarray, err: wire.Error | None) 
 
 
 # --------------------------------------------------------------------------------------
+# where a sparse collective's sets and messages live
+
+
+class HostSpace:
+    """Host memory: sets, messages and merges as NumPy arrays (the default).
+
+    The sparse collectives touch their data only through these methods, so the GPU path
+    (gtopk_mpi.cuda.DeviceSpace, GTOPK_MPI_CUDA_AWARE=1) can keep every set and message in
+    device memory and hand device buffers to a CUDA-aware MPI.
+    """
+
+    def empty(self, nbytes: int) -> np.ndarray:
+        return np.empty(nbytes, np.uint8)
+
+    def empty_set(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32)
+
+    def numpy_dtype(self, val: np.ndarray) -> np.dtype:
+        return val.dtype
+
+    def ready(self, buf: np.ndarray) -> np.ndarray:
+        """buf, safe for MPI to read now."""
+        return buf
+
+    def pack(self, header: np.ndarray, *parts) -> np.ndarray:
+        return wire.pack(header, *parts)
+
+    def header(self, buf: np.ndarray) -> np.void:
+        return wire.unpack_header(buf)
+
+    def error_text(self, buf: np.ndarray) -> str:
+        return wire.error_text(buf)
+
+    def entries(self, buf: np.ndarray, count: int, idx_dtype, val_dtype):
+        return wire.unpack_entries(buf, count, idx_dtype, val_dtype)
+
+    def pack_entries(self, idx: np.ndarray, val: np.ndarray) -> np.ndarray:
+        return wire.pack_entries(idx, val)
+
+    def split_entries(self, buf: np.ndarray, count: int, idx_dtype, val_dtype):
+        return wire.split_entries(buf, count, idx_dtype, val_dtype)
+
+    def merge(self, ia, va, ib, vb, k: int):
+        return merge_topk(ia, va, ib, vb, k)
+
+    def survivors(self, mine: np.ndarray, kept: np.ndarray) -> np.ndarray:
+        return survivors(mine, kept)
+
+    def ones_mask(self, n: int) -> np.ndarray:
+        return np.ones(n, bool)
+
+    def mask_bytes(self, mask: np.ndarray) -> np.ndarray:
+        return mask.view(np.uint8)
+
+    def bytes_mask(self, tail: np.ndarray) -> np.ndarray:
+        return tail.view(bool)
+
+    def allreduce(self, comm: MPI.Comm, vals: np.ndarray) -> np.ndarray:
+        vals = np.ascontiguousarray(vals)
+        allreduce_inplace(comm, vals)
+        return vals
+
+    def scale_average(self, vals: np.ndarray, p: int) -> np.ndarray:
+        return _scale_average(vals, p)
+
+
+HOST = HostSpace()
+
+
+# --------------------------------------------------------------------------------------
 # allgather Top-k baseline
 
 
@@ -228,35 +298,36 @@ def topk_allreduce(x: np.ndarray, k: int | None = None, density: float | None = 
 
 
 def topk_exchange(comm: MPI.Comm, idx: np.ndarray | None, val: np.ndarray | None, m: int, k: int,
-                  err: wire.Error | None, average: bool, stats: CommStats, align: bool, t_start: float) -> SparseResult:
-    """The communication of topk_allreduce over an already selected k-set (host arrays):
+                  err: wire.Error | None, average: bool, stats: CommStats, align: bool, t_start: float,
+                  space: HostSpace = HOST) -> SparseResult:
+    """The communication of topk_allreduce over an already selected k-set (in ``space``):
     header agreement, Allgather, a fixed pairwise tree of exact unions, averaging."""
     _align(comm, align, stats)
     header = wire.make_header(seq=runtime.next_sequence(comm), m=m, k=k, count=0, rank=comm.Get_rank(),
-                              dtype=val.dtype if err is None else None, average=average, values="merged",
-                              error=err.code if err else 0)
+                              dtype=space.numpy_dtype(val) if err is None else None, average=average,
+                              values="merged", error=err.code if err else 0)
     t0 = time.perf_counter()
     _agree(comm, "topk_allreduce", header, err)
     p = comm.Get_size()
-    payload = wire.pack_entries(idx, val)
-    gathered = np.empty(p * payload.size, np.uint8)
+    payload = space.ready(space.pack_entries(idx, val))
+    size = int(payload.nbytes)
+    gathered = space.empty(p * size)
     comm.Allgather([payload, MPI.BYTE], [gathered, MPI.BYTE])
     stats.comm_s = time.perf_counter() - t0
-    stats.bytes_sent = stats.bytes_received = (p - 1) * payload.size
+    stats.bytes_sent = stats.bytes_received = (p - 1) * size
     stats.messages_sent = p - 1
     t0 = time.perf_counter()
-    parts = [wire.split_entries(chunk, idx.size, idx.dtype, val.dtype)
-             for chunk in gathered.reshape(p, payload.size)]
-    n = idx.size
+    n = len(idx)
+    parts = [space.split_entries(gathered[r * size : (r + 1) * size], n, idx.dtype, val.dtype) for r in range(p)]
     # pairwise tree of exact unions (k = total): a fixed order, so identical on every rank
     while len(parts) > 1:
-        nxt = [merge_topk(*parts[i], *parts[i + 1], max(1, p * n)) for i in range(0, len(parts) - 1, 2)]
+        nxt = [space.merge(*parts[i], *parts[i + 1], max(1, p * n)) for i in range(0, len(parts) - 1, 2)]
         if len(parts) % 2:
             nxt.append(parts[-1])
         parts = nxt
     g_idx, g_val = parts[0]
     if average:
-        g_val = _scale_average(g_val, p)
+        g_val = space.scale_average(g_val, p)
     stats.merge_s = time.perf_counter() - t0
     stats.total_s = time.perf_counter() - t_start
     return SparseResult(g_idx, g_val, m, stats, carried=idx)
@@ -321,15 +392,16 @@ class _Butterfly:
     """One rank's side of a gTop-k call: its current set (or error) and survivor masks."""
 
     def __init__(self, comm: MPI.Comm, header: np.ndarray, idx: np.ndarray, val: np.ndarray,
-                 err: wire.Error | None, stats: CommStats):
+                 err: wire.Error | None, stats: CommStats, space: HostSpace = HOST):
         self.comm = comm
+        self.space = space            # where the sets and messages live
         self.header = header          # this call's parameters (count is rewritten per message)
         self.idx, self.val = idx, val  # current set
         self.err = err
         self.stats = stats
         self.k = int(header["k"][0])
         self.own_idx, self.own_val = idx, val                        # this rank's entries
-        self.own_alive = np.ones(idx.size, bool)
+        self.own_alive = space.ones_mask(len(idx))
         self.folded_idx: np.ndarray | None = None                     # entries of the rank folded into us
         self.folded_alive: np.ndarray | None = None
 
@@ -340,10 +412,10 @@ class _Butterfly:
             text = self.err.text.encode("utf-8")
             h["error"] = self.err.code
             h["count"] = len(text)  # an error message's count is its text's length in bytes
-            return wire.pack(h, text)
-        h["count"] = self.idx.size
+            return self.space.ready(self.space.pack(h, text))
+        h["count"] = len(self.idx)
         parts = [self.idx, self.val] + ([tail] if tail is not None else [])
-        return wire.pack(h, *parts)
+        return self.space.ready(self.space.pack(h, *parts))
 
     def send(self, dest: int, buf: np.ndarray) -> None:
         t0 = time.perf_counter()
@@ -354,9 +426,9 @@ class _Butterfly:
         t0 = time.perf_counter()
         status = MPI.Status()
         msg = _probe(self.comm, source, status)
-        buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+        buf = self.space.empty(status.Get_count(MPI.BYTE))
         msg.Recv([buf, MPI.BYTE])
-        self.stats.bytes_received += buf.size
+        self.stats.bytes_received += int(buf.nbytes)
         self.stats.comm_s += time.perf_counter() - t0
         return buf
 
@@ -366,16 +438,16 @@ class _Butterfly:
         req = self.comm.Isend([out, MPI.BYTE], dest=partner, tag=TAG_GTOPK)
         status = MPI.Status()
         msg = _probe(self.comm, partner, status)
-        buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+        buf = self.space.empty(status.Get_count(MPI.BYTE))
         msg.Recv([buf, MPI.BYTE])
         _complete(req)
-        self.stats.bytes_received += buf.size
+        self.stats.bytes_received += int(buf.nbytes)
         self._count_sent(out, t0)
         return buf
 
     def _count_sent(self, buf: np.ndarray, t0: float) -> None:
         self.stats.comm_s += time.perf_counter() - t0
-        self.stats.bytes_sent += buf.size
+        self.stats.bytes_sent += int(buf.nbytes)
         self.stats.messages_sent += 1
 
     # -- merging --------------------------------------------------------------------
@@ -385,17 +457,17 @@ class _Butterfly:
         Returns the partner's (indices, values) when both sides were valid.
         """
         t0 = time.perf_counter()
-        theirs = wire.unpack_header(buf)
+        theirs = self.space.header(buf)
         mine = self.header[0]
         result = None
         if theirs["error"]:
-            other = wire.Error(int(theirs["error"]), wire.error_text(buf))
+            other = wire.Error(int(theirs["error"]), self.space.error_text(buf))
             self.err = other if self.err is None else min(self.err, other)
         elif self.err is None:
             self.err = wire.first_mismatch(op, np.array([mine, theirs], dtype=wire.HEADER))
             if self.err is None:
-                t_idx, t_val, _ = wire.unpack_entries(buf, int(theirs["count"]), self.idx.dtype, self.val.dtype)
-                self.idx, self.val = merge_topk(self.idx, self.val, t_idx, t_val, self.k)
+                t_idx, t_val, _ = self.space.entries(buf, int(theirs["count"]), self.idx.dtype, self.val.dtype)
+                self.idx, self.val = self.space.merge(self.idx, self.val, t_idx, t_val, self.k)
                 result = (t_idx, t_val)
         if result is not None:
             self._track_survivors()
@@ -404,16 +476,16 @@ class _Butterfly:
 
     def _track_survivors(self) -> None:
         """After a merge: an entry dropped now stays out, even if its index returns later."""
-        self.own_alive &= survivors(self.own_idx, self.idx)
+        self.own_alive &= self.space.survivors(self.own_idx, self.idx)
         if self.folded_idx is not None:
-            self.folded_alive &= survivors(self.folded_idx, self.idx)
+            self.folded_alive &= self.space.survivors(self.folded_idx, self.idx)
 
     def fold_in(self, buf: np.ndarray, op: str) -> None:
         """Absorb the set of the rank folded into this one and track its survivors too."""
         theirs = self.absorb(buf, op)
         if theirs is not None:
             self.folded_idx = theirs[0]
-            self.folded_alive = survivors(theirs[0], self.idx)
+            self.folded_alive = self.space.survivors(theirs[0], self.idx)
 
 
 def _butterfly_rounds(bf: _Butterfly) -> None:
@@ -428,12 +500,12 @@ def _butterfly_rounds(bf: _Butterfly) -> None:
     if me >= p2:
         bf.send(me - p2, bf.message())
         buf = bf.recv(me - p2)
-        h = wire.unpack_header(buf)
+        h = bf.space.header(buf)
         if h["error"]:
-            bf.err = wire.Error(int(h["error"]), wire.error_text(buf))
+            bf.err = wire.Error(int(h["error"]), bf.space.error_text(buf))
         else:
-            bf.idx, bf.val, tail = wire.unpack_entries(buf, int(h["count"]), idx.dtype, val.dtype)
-            bf.own_alive = tail.view(bool)
+            bf.idx, bf.val, tail = bf.space.entries(buf, int(h["count"]), idx.dtype, val.dtype)
+            bf.own_alive = bf.space.bytes_mask(tail)
     else:
         if me + p2 < p:
             bf.fold_in(bf.recv(me + p2), "gtopk_allreduce")
@@ -442,7 +514,7 @@ def _butterfly_rounds(bf: _Butterfly) -> None:
             bf.absorb(bf.exchange(me ^ step), "gtopk_allreduce")
             step <<= 1
         if me + p2 < p:
-            tail = bf.folded_alive.view(np.uint8) if bf.folded_alive is not None else None
+            tail = bf.space.mask_bytes(bf.folded_alive) if bf.folded_alive is not None else None
             bf.send(me + p2, bf.message(tail))
 
 
@@ -463,27 +535,28 @@ def _begin_sparse(comm: MPI.Comm, x: np.ndarray, k: int | None, density: float |
 
 def make_butterfly(comm: MPI.Comm, idx: np.ndarray | None, val: np.ndarray | None, m: int, k: int,
                    err: wire.Error | None, average: bool, values: str, stats: CommStats,
-                   align: bool = False) -> _Butterfly:
-    """One rank's side of a sparse collective over an already selected k-set (host arrays).
+                   align: bool = False, space: HostSpace = HOST) -> _Butterfly:
+    """One rank's side of a sparse collective over an already selected k-set (in ``space``).
 
     Used by the NumPy collectives and by the CUDA path (which selects on the device and
-    hands over the k pairs). With ``err`` the rank takes part with an empty set.
+    hands over the k pairs, in host or device memory). With ``err`` the rank takes part
+    with an empty set.
     """
     seq = runtime.next_sequence(comm)
     if err is not None:
-        idx, val, dtype = np.zeros(0, np.int32), np.zeros(0, np.float32), None
+        (idx, val), dtype = space.empty_set(), None
     else:
-        dtype = val.dtype
+        dtype = space.numpy_dtype(val)
     _align(comm, align, stats)
-    header = wire.make_header(seq=seq, m=m, k=k, count=idx.size, rank=comm.Get_rank(), dtype=dtype,
+    header = wire.make_header(seq=seq, m=m, k=k, count=len(idx), rank=comm.Get_rank(), dtype=dtype,
                               average=average, values=values, error=0)
-    return _Butterfly(comm, header, idx, val, err, stats)
+    return _Butterfly(comm, header, idx, val, err, stats, space)
 
 
 def finish_gtopk(bf: _Butterfly, values: str, average: bool, t_start: float, acc_at, zero_at) -> SparseResult:
     """Run the butterfly, then exact values, the residual update and averaging.
 
-    acc_at(indices) -> host array: this rank's accumulated gradient at those indices
+    acc_at(indices) -> array (in bf.space): this rank's accumulated gradient at those indices
     (for values="exact"); zero_at(indices): clear the residual there (None: no residual).
     """
     _butterfly_rounds(bf)
@@ -493,17 +566,17 @@ def finish_gtopk(bf: _Butterfly, values: str, average: bool, t_start: float, acc
         _raise(bf.err)
     g_idx, g_val = bf.idx, bf.val
     if values == "exact":
-        g_val = np.ascontiguousarray(acc_at(g_idx))
+        g_val = acc_at(g_idx)
         t0 = time.perf_counter()
-        allreduce_inplace(bf.comm, g_val)
+        g_val = bf.space.allreduce(bf.comm, g_val)
         stats.comm_s += time.perf_counter() - t0
-        stats.allreduce_bytes = g_val.nbytes
+        stats.allreduce_bytes = int(g_val.nbytes)
     t0 = time.perf_counter()
     carried = g_idx if values == "exact" else bf.own_idx[bf.own_alive]
     if zero_at is not None:
         zero_at(carried)
     if average:
-        g_val = _scale_average(g_val, bf.comm.Get_size())
+        g_val = bf.space.scale_average(g_val, bf.comm.Get_size())
     stats.merge_s += time.perf_counter() - t0
     stats.total_s = time.perf_counter() - t_start
     return SparseResult(g_idx, g_val, m, stats, carried=carried)

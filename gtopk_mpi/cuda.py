@@ -275,8 +275,8 @@ def to_dense(idx, val, m: int):
 # -- the collectives on device arrays --------------------------------------------------
 
 def cuda_aware() -> bool:
-    """GTOPK_MPI_CUDA_AWARE=1: dense_allreduce hands the device buffer straight to MPI,
-    which must then be CUDA-aware; otherwise data crosses PCIe through pinned host memory."""
+    """GTOPK_MPI_CUDA_AWARE=1: the collectives hand device buffers straight to MPI, which
+    must then be CUDA-aware; otherwise data crosses PCIe through pinned host memory."""
     return os.environ.get("GTOPK_MPI_CUDA_AWARE", "0") == "1"
 
 
@@ -338,9 +338,104 @@ def dense_allreduce(x, average: bool = False, comm=None):
     return out
 
 
-def _select_on_device(comm, x, k, density, residual, values: str):
-    """Validate on this rank, then select on the GPU; the k pairs come back through pinned
-    memory. Returns (error or None, k, host indices, host values, x as a tensor, residual)."""
+class DeviceSpace(collectives.HostSpace):
+    """Sets and messages of the sparse collectives in device memory (GTOPK_MPI_CUDA_AWARE=1):
+    packed and unpacked by torch on the device, merged by the GPU merge, handed to a
+    CUDA-aware MPI as device buffers; only the 40-byte headers (and error texts) are read
+    on the host."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def empty(self, nbytes: int):
+        import torch
+
+        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+
+    def empty_set(self):
+        import torch
+
+        return (torch.zeros(0, dtype=torch.int32, device=self.device),
+                torch.zeros(0, dtype=torch.float32, device=self.device))
+
+    def numpy_dtype(self, val) -> np.dtype:
+        return _numpy_dtype(val)
+
+    def ready(self, buf):
+        _device.synchronize(buf)  # MPI reads device memory outside torch's stream order
+        return buf
+
+    def pack(self, header: np.ndarray, *parts):
+        import torch
+
+        chunks = [to_device(header.view(np.uint8), self.device)]
+        for part in parts:
+            if isinstance(part, bytes):
+                chunks.append(to_device(np.frombuffer(part, np.uint8), self.device))
+            else:
+                chunks.append(part.contiguous().view(torch.uint8))
+        return torch.cat(chunks)
+
+    def header(self, buf) -> np.void:
+        return wire.unpack_header(to_host(buf[: wire.HEADER.itemsize]))
+
+    def error_text(self, buf) -> str:
+        return wire.error_text(to_host(buf))
+
+    def entries(self, buf, count: int, idx_dtype, val_dtype):
+        body = buf[wire.HEADER.itemsize :]
+        idx, val = self.split_entries(body, count, idx_dtype, val_dtype)
+        return idx, val, body[(idx.element_size() + val.element_size()) * count :]
+
+    def pack_entries(self, idx, val):
+        import torch
+
+        return torch.cat([idx.view(torch.uint8), val.view(torch.uint8)])
+
+    def split_entries(self, buf, count: int, idx_dtype, val_dtype):
+        ni = count * idx_dtype.itemsize
+        return buf[:ni].view(idx_dtype), buf[ni : ni + count * val_dtype.itemsize].view(val_dtype)
+
+    def merge(self, ia, va, ib, vb, k: int):
+        return merge_topk(ia, va, ib, vb, k)
+
+    def survivors(self, mine, kept):
+        import torch
+
+        return torch.isin(mine, kept)
+
+    def ones_mask(self, n: int):
+        import torch
+
+        return torch.ones(n, dtype=torch.bool, device=self.device)
+
+    def mask_bytes(self, mask):
+        import torch
+
+        return mask.view(torch.uint8)
+
+    def bytes_mask(self, tail):
+        import torch
+
+        return tail.view(torch.bool)
+
+    def allreduce(self, comm, vals):
+        import torch
+
+        wide = vals.float() if vals.dtype == torch.float16 else vals.clone()
+        comm.Allreduce(MPI.IN_PLACE, self.ready(wide))
+        return wide.to(vals.dtype)
+
+    def scale_average(self, vals, p: int):
+        import torch
+
+        return (vals.float() / p).to(vals.dtype) if vals.dtype == torch.float16 else vals / p
+
+
+def _select_on_device(comm, x, k, density, residual, values: str, keep_on_device: bool):
+    """Validate on this rank, then select on the GPU. Returns (error or None, k, indices,
+    values, x as a tensor, residual): the k pairs copied to the host through pinned memory,
+    or left on the device (keep_on_device)."""
     import torch
 
     err, kk = None, 0
@@ -361,15 +456,22 @@ def _select_on_device(comm, x, k, density, residual, values: str):
     if err is not None:
         return err, kk, None, None, x, residual
     d_idx, d_val = select_topk(x, kk, residual)
+    if keep_on_device:
+        return None, kk, d_idx, d_val, x, residual
     return None, kk, to_host(d_idx), to_host(d_val), x, residual   # only the k pairs leave the device
 
 
-def _zero_at(residual, ids: np.ndarray) -> None:
-    if ids.size:
-        _device.zero_at(_check(residual, "residual"), to_device(ids, residual.device), residual)
+def _zero_at(residual, ids) -> None:
+    """residual[ids] = 0; ids a host array or a tensor on residual's device."""
+    if len(ids):
+        if isinstance(ids, np.ndarray):
+            ids = to_device(ids, residual.device)
+        _device.zero_at(_check(residual, "residual"), ids, residual)
 
 
 def _on_device(res: collectives.SparseResult, device) -> collectives.SparseResult:
+    if not isinstance(res.values, np.ndarray):
+        return res  # already there (DeviceSpace)
     return collectives.SparseResult(to_device(res.indices, device), to_device(res.values, device), res.size,
                                     res.stats, carried=res.carried)
 
@@ -377,15 +479,18 @@ def _on_device(res: collectives.SparseResult, device) -> collectives.SparseResul
 def topk_allreduce(x, k: int | None = None, density: float | None = None, average: bool = False,
                    residual=None, comm=None, align: bool = False):
     """topk_allreduce for a 1-D CUDA tensor (float16 or float32): selection (fused with the
-    residual) on the GPU, the k pairs through pinned host memory, Allgather and the unions
-    as on the CPU path; the result on x's device (``carried`` stays a host array)."""
+    residual) on the GPU, the k pairs through pinned host memory (device buffers with
+    GTOPK_MPI_CUDA_AWARE=1), Allgather and the unions as on the CPU path; the result on
+    x's device."""
     comm = comm if comm is not None else runtime.comm()
     t_start = time.perf_counter()
     stats = collectives.CommStats()
-    err, kk, idx, val, x, residual = _select_on_device(comm, x, k, density, residual, "merged")
+    aware = cuda_aware()
+    err, kk, idx, val, x, residual = _select_on_device(comm, x, k, density, residual, "merged", aware)
     stats.select_s = time.perf_counter() - t_start
+    space = DeviceSpace(x.device) if aware and err is None else collectives.HOST
     res = collectives.topk_exchange(comm, idx, val, x.numel() if err is None else -1, kk, err, average, stats,
-                                    align, t_start)
+                                    align, t_start, space)
     if residual is not None:
         _zero_at(residual, idx)
     return _on_device(res, x.device)
@@ -394,22 +499,27 @@ def topk_allreduce(x, k: int | None = None, density: float | None = None, averag
 def gtopk_allreduce(x, k: int | None = None, density: float | None = None, average: bool = False,
                     residual=None, values: str = "merged", comm=None, align: bool = False):
     """gtopk_allreduce for a 1-D CUDA tensor (float16 or float32): selection and the
-    residual pass on the GPU, the k pairs through pinned host memory and MPI, the result
-    back on x's device (``carried`` stays a host array; ``stats`` as on the CPU path).
+    residual pass on the GPU, the k pairs through pinned host memory and MPI (with
+    GTOPK_MPI_CUDA_AWARE=1 the whole butterfly in device memory: device buffers to MPI,
+    merges on the GPU), the result on x's device (``stats`` as on the CPU path).
     """
     import torch
 
     comm = comm if comm is not None else runtime.comm()
     t_start = time.perf_counter()
     stats = collectives.CommStats()
-    err, kk, idx, val, x, residual = _select_on_device(comm, x, k, density, residual, values)
+    aware = cuda_aware()
+    err, kk, idx, val, x, residual = _select_on_device(comm, x, k, density, residual, values, aware)
     stats.select_s = time.perf_counter() - t_start
+    space = DeviceSpace(x.device) if aware and err is None else collectives.HOST
     bf = collectives.make_butterfly(comm, idx, val, x.numel() if err is None else -1, kk, err, average, values,
-                                    stats, align)
+                                    stats, align, space)
     acc = residual if residual is not None else x
 
-    def acc_at(ids: np.ndarray) -> np.ndarray:
-        return to_host(acc[to_device(ids, acc.device).to(torch.int64)])
+    def acc_at(ids):
+        if isinstance(ids, np.ndarray):
+            return to_host(acc[to_device(ids, acc.device).to(torch.int64)])
+        return acc[ids.to(torch.int64)]
 
     res = collectives.finish_gtopk(bf, values, average, t_start, acc_at,
                                    (lambda ids: _zero_at(residual, ids)) if residual is not None else None)

@@ -27,7 +27,8 @@ DEV = "cpu" if EMULATED else "cuda"
 g.init()
 r, p = g.rank(), g.size()
 comm = g.runtime.comm()
-m, k = 1_100_000, 1_100  # above 16 x the selection's sample: the sampled path
+m = int(os.environ.get("GTOPK_CHECK_M", 1_100_000))  # default above 16 x the selection's sample
+k = max(1, m // 1000)
 
 
 def dev(t: torch.Tensor) -> torch.Tensor:
@@ -37,6 +38,23 @@ def dev(t: torch.Tensor) -> torch.Tensor:
 def same(a, b) -> bool:
     a = a.cpu().numpy() if isinstance(a, torch.Tensor) else a
     return a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def check_dense(x: torch.Tensor, fn) -> None:
+    for dtype in (torch.float32, torch.float16, torch.int64):
+        xd = (x * 100).to(dtype)
+        assert same(fn(dev(xd), average=True), g.dense_allreduce(xd.numpy(), average=True)), dtype
+
+
+def check_bad_input_raises_everywhere(fns) -> None:
+    """One rank's bad input: the same error on every rank, no hang."""
+    for fn in fns:
+        bad = torch.ones(m, device=DEV, dtype=torch.bfloat16 if r == p - 1 else torch.float32)
+        try:
+            fn(bad, k=k)
+            raise AssertionError("no error")
+        except ValueError as e:
+            assert f"rank {p - 1}" in str(e) and "bfloat16" in str(e), e
 
 
 def total(*parts) -> float:
@@ -64,25 +82,27 @@ for step in range(3):
     b = g.topk_allreduce(x.numpy(), k=k, residual=tres_cpu, average=True)
     assert a.values.device.type == DEV and same(a.indices, b.indices) and same(a.values, b.values)
     assert same(tres_gpu, tres_cpu)
+    check_dense(x, G.dense_allreduce)
+check_bad_input_raises_everywhere((G.gtopk_allreduce, G.topk_allreduce))
 
-    for dtype in (torch.float32, torch.float16, torch.int64):
-        xd = (x * 100).to(dtype)
-        assert same(G.dense_allreduce(dev(xd), average=True), g.dense_allreduce(xd.numpy(), average=True))
-
-for fn in (G.gtopk_allreduce, G.topk_allreduce):  # one rank's bad input: the same error everywhere
-    bad = torch.ones(m, device=DEV, dtype=torch.bfloat16 if r == 1 else torch.float32)
-    try:
-        fn(bad, k=k)
-        raise AssertionError("no error")
-    except ValueError as e:
-        assert "rank 1" in str(e) and "bfloat16" in str(e), e
-
-if EMULATED or os.environ.get("GTOPK_TEST_CUDA_AWARE") == "1":
+if EMULATED or os.environ.get("GTOPK_TEST_CUDA_AWARE") == "1":  # device buffers straight to MPI
     os.environ["GTOPK_MPI_CUDA_AWARE"] = "1"
-    x = torch.randn(m, generator=torch.Generator().manual_seed(r))
-    for dtype in (torch.float32, torch.float16, torch.int64):
-        xd = (x * 100).to(dtype)
-        assert same(cuda.dense_allreduce(dev(xd), average=True), g.dense_allreduce(xd.numpy(), average=True))
+    res_gpu, res_cpu = torch.zeros(m, device=DEV), np.zeros(m, np.float32)
+    tres_gpu, tres_cpu = torch.zeros(m, device=DEV), np.zeros(m, np.float32)
+    for step in range(2):
+        x = torch.randn(m, generator=torch.Generator().manual_seed(1000 * step + r))
+        a = cuda.gtopk_allreduce(dev(x), k=k, residual=res_gpu, average=True)
+        b = g.gtopk_allreduce(x.numpy(), k=k, residual=res_cpu, average=True)
+        assert a.values.device.type == DEV and same(a.indices, b.indices) and same(a.values, b.values)
+        assert same(res_gpu, res_cpu) and same(a.carried, b.carried)
+        a = cuda.gtopk_allreduce(dev(x).half(), k=k, values="exact")
+        b = g.gtopk_allreduce(x.numpy().astype(np.float16), k=k, values="exact")
+        assert same(a.indices, b.indices) and same(a.values, b.values)
+        a = cuda.topk_allreduce(dev(x), k=k, residual=tres_gpu)
+        b = g.topk_allreduce(x.numpy(), k=k, residual=tres_cpu)
+        assert same(a.indices, b.indices) and same(a.values, b.values) and same(tres_gpu, tres_cpu)
+        check_dense(x, cuda.dense_allreduce)
+    check_bad_input_raises_everywhere((cuda.gtopk_allreduce, cuda.topk_allreduce))
     del os.environ["GTOPK_MPI_CUDA_AWARE"]
 
 if not EMULATED:  # the torch front end on CUDA tensors: same results as on the CPU

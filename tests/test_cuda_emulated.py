@@ -249,7 +249,10 @@ def test_fuzz_merge(data, dtype, k):
 
 # ------------------------------------------------------------------ the collectives (gtopk_mpi/cuda.py)
 
-def test_cuda_collectives_on_the_emulator_two_ranks():
-    """gtopk_mpi/cuda.py's collectives on the emulated device equal the CPU collectives."""
-    proc = run(2, ["tests/cuda_collective_check.py"], timeout=240, env={"GTOPK_CUDA_EMULATE": "1"})
+@pytest.mark.parametrize("ranks,m", [(2, LARGE), (3, 200_000)])  # 3: a rank folds in and out
+def test_cuda_collectives_on_the_emulator(ranks, m):
+    """gtopk_mpi/cuda.py's collectives on the emulated device equal the CPU collectives, with
+    the k pairs staged through host memory and with device buffers handed to MPI."""
+    proc = run(ranks, ["tests/cuda_collective_check.py"], timeout=300,
+               env={"GTOPK_CUDA_EMULATE": "1", "GTOPK_CHECK_M": str(m)})
     assert proc.returncode == 0 and "CUDA COLLECTIVE OK" in proc.stdout, proc.stdout + proc.stderr
