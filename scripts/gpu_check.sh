@@ -25,16 +25,37 @@ echo "== build (sm_$ARCH)"
 GTOPK_MPI_WITH_CUDA=1 GTOPK_CUDA_ARCHS=$ARCH "$PY" setup.py build_ext --inplace -j 8 > /tmp/gtopk_build.log 2>&1 \
   || { tail -40 /tmp/gtopk_build.log; exit 1; }
 "$PY" -c "import gtopk_mpi.cuda as c; assert c.available(), 'CUDA build or GPU missing'; print('cuda available')"
-echo "== GPU tests"
+declare -a SUMMARY=()
 FAIL=0   # every step runs (one device session may be all there is); the exit status says if any failed
-"$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_kernels.py || FAIL=1
+step() {  # step NAME TIMEOUT_S CMD...: run, keep the log's tail, record ok / FAILED / timed out
+  local name=$1 limit=$2 rc=0
+  shift 2
+  echo "== $name"
+  timeout "$limit" "$@" > "/tmp/gtopk_step.log" 2>&1 || rc=$?
+  tail -n 40 /tmp/gtopk_step.log
+  case $rc in
+    0) SUMMARY+=("$name|ok") ;;
+    124) SUMMARY+=("$name|timed out after ${limit}s"); FAIL=1 ;;
+    *) SUMMARY+=("$name|FAILED (exit $rc)"); FAIL=1 ;;
+  esac
+}
+step "GPU tests (pytest tests/test_cuda.py tests/test_kernels.py)" 150 \
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_kernels.py
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$SAN" ]; then
   for tool in memcheck racecheck synccheck; do
-    echo "== compute-sanitizer --tool $tool"
-    timeout 50 "$SAN" --tool "$tool" --error-exitcode 1 "$PY" scripts/cuda_sanitize.py 2>&1 | tail -4 || FAIL=1
+    step "compute-sanitizer --tool $tool (scripts/cuda_sanitize.py)" 50 \
+      "$SAN" --tool "$tool" --error-exitcode 1 "$PY" scripts/cuda_sanitize.py
   done
+else
+  SUMMARY+=("compute-sanitizer|not found")
 fi
-echo "== GPU benchmark"
-"$PY" scripts/bench_gpu.py || FAIL=1
+step "GPU benchmark (scripts/bench_gpu.py)" 90 "$PY" scripts/bench_gpu.py
+cp /tmp/gtopk_step.log /tmp/gtopk_bench.log
+echo
+echo "== summary: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo GPU)"
+for row in "${SUMMARY[@]}"; do
+  printf '  %-64s %s\n' "${row%%|*}" "${row#*|}"
+done
+grep -E "^GPU:|^  (torch|gtopk|one read|select|fused|merge)" /tmp/gtopk_bench.log 2>/dev/null || true
 exit $FAIL

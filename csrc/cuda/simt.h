@@ -11,6 +11,7 @@
 
 #if defined(__CUDACC__)
 #define GTOPK_DEV __device__ __forceinline__
+#define GTOPK_UNROLL _Pragma("unroll")
 
 namespace simt {
 constexpr unsigned kWarp = 32;
@@ -37,6 +38,7 @@ __device__ S& shared() {
 #else  // host build: the emulator
 #include <typeinfo>
 #define GTOPK_DEV inline
+#define GTOPK_UNROLL
 
 namespace simt {
 constexpr unsigned kWarp = 32;

@@ -44,6 +44,9 @@ constexpr unsigned kTileWarps = kTileThreads / simt::kWarp;
 constexpr unsigned kBlockThreads = 1024;  // the single-block kernels
 constexpr unsigned kStreamThreads = 256;  // grid-stride kernels
 constexpr int kRadixBits = 11;            // digit width of the radix select (as radix.h)
+// Loads a thread issues before using any of them in the one-block loops: a single block
+// has too few warps to hide memory latency one load at a time.
+constexpr unsigned kBatch = 8;
 constexpr unsigned kRadixBuckets = 1u << kRadixBits;
 
 // Device-side state of one selection or merge; `status` comes back to the host.
@@ -118,9 +121,17 @@ GTOPK_DEV Kth<key_of<T>> block_kth_counted(const T* vals, u64 n, u64 k) {
     for (unsigned b = tid; b < kRadixBuckets; b += nt) sh.hist[b] = 0;
     simt::sync();
     const U prefix = sh.prefix, pmask = sh.mask;
-    for (u64 j = tid; j < n; j += nt) {
-      const U key = mag_key<T>(vals[j]);
-      if ((key & pmask) == prefix) simt::atomic_add(&sh.hist[(key >> s) & dmask], C{1});
+    for (u64 base = tid; base < n; base += u64{nt} * kBatch) {
+      U keys[kBatch];
+      GTOPK_UNROLL
+      for (unsigned q = 0; q < kBatch; ++q) {
+        const u64 j = base + u64{q} * nt;
+        keys[q] = j < n ? mag_key<T>(vals[j]) : U{0};
+      }
+      GTOPK_UNROLL
+      for (unsigned q = 0; q < kBatch; ++q)
+        if (base + u64{q} * nt < n && (keys[q] & pmask) == prefix)
+          simt::atomic_add(&sh.hist[(keys[q] >> s) & dmask], C{1});
     }
     simt::sync();
     if (tid == 0) {
@@ -153,24 +164,43 @@ GTOPK_DEV void block_finish(const I* idx, const T* val, u64 n, u64 k, I* out_idx
   const u64 chunk = (n + nt - 1) / nt;
   const u64 lo = std::min<u64>(n, tid * chunk), hi = std::min<u64>(n, lo + chunk);
   u64 greater = 0, equal = 0;
-  for (u64 j = lo; j < hi; ++j) {
-    const U key = mag_key<T>(val[j]);
-    greater += key > kth.key;
-    equal += key == kth.key;
+  for (u64 j0 = lo; j0 < hi; j0 += kBatch) {
+    U keys[kBatch];
+    GTOPK_UNROLL
+    for (unsigned q = 0; q < kBatch; ++q) keys[q] = j0 + q < hi ? mag_key<T>(val[j0 + q]) : U{0};
+    GTOPK_UNROLL
+    for (unsigned q = 0; q < kBatch; ++q) {
+      const bool in = j0 + q < hi;
+      greater += in && keys[q] > kth.key;
+      equal += in && keys[q] == kth.key;
+    }
   }
   u64 equal_total = 0, written_total = 0;
   const u64 equal_before = block_exclusive_scan(equal, &equal_total);
   const u64 take = equal_before >= kth.ties ? 0 : std::min<u64>(equal, kth.ties - equal_before);
   u64 pos = block_exclusive_scan(greater + take, &written_total);
   u64 taken = 0;
-  for (u64 j = lo; j < hi; ++j) {
-    const U key = mag_key<T>(val[j]);
-    const bool tie = key == kth.key;
-    if (key > kth.key || (tie && taken < take)) {
-      taken += tie;
-      out_idx[pos] = idx[j];
-      out_val[pos] = val[j];
-      ++pos;
+  for (u64 j0 = lo; j0 < hi; j0 += kBatch) {
+    T v[kBatch];
+    I at[kBatch];
+    GTOPK_UNROLL
+    for (unsigned q = 0; q < kBatch; ++q) {
+      if (j0 + q < hi) {
+        v[q] = val[j0 + q];
+        at[q] = idx[j0 + q];
+      }
+    }
+    GTOPK_UNROLL
+    for (unsigned q = 0; q < kBatch; ++q) {
+      if (j0 + q >= hi) break;
+      const U key = mag_key<T>(v[q]);
+      const bool tie = key == kth.key;
+      if (key > kth.key || (tie && taken < take)) {
+        taken += tie;
+        out_idx[pos] = at[q];
+        out_val[pos] = v[q];
+        ++pos;
+      }
     }
   }
 }
@@ -224,9 +254,19 @@ template <class T>
 struct SampleThreshold {  // 1 block of kBlockThreads; r != nullptr: rank r + x (r not written)
   static constexpr unsigned kMaxThreads = kBlockThreads;
   GTOPK_DEV static void run(const T* x, const T* r, u64 m, u64 rank, T* sample, State<key_of<T>>* st) {
-    for (u64 j = simt::thread_idx(); j < gtopk::kSampleSize; j += simt::block_dim()) {
-      const u64 i = gtopk::sample_block_start(m, j / gtopk::kSampleBlockLen) + j % gtopk::kSampleBlockLen;
-      sample[j] = r != nullptr ? Num<T>::add(r[i], x[i]) : x[i];
+    const unsigned nt = simt::block_dim();
+    for (u64 base = simt::thread_idx(); base < gtopk::kSampleSize; base += u64{nt} * kBatch) {
+      T v[kBatch];
+      GTOPK_UNROLL
+      for (unsigned q = 0; q < kBatch; ++q) {
+        const u64 j = base + u64{q} * nt;
+        if (j >= gtopk::kSampleSize) break;
+        const u64 i = gtopk::sample_block_start(m, j / gtopk::kSampleBlockLen) + j % gtopk::kSampleBlockLen;
+        v[q] = r != nullptr ? Num<T>::add(r[i], x[i]) : x[i];
+      }
+      GTOPK_UNROLL
+      for (unsigned q = 0; q < kBatch; ++q)
+        if (base + u64{q} * nt < gtopk::kSampleSize) sample[base + u64{q} * nt] = v[q];
     }
     simt::sync();
     const Kth<key_of<T>> kth = block_kth<T>(sample, gtopk::kSampleSize, rank);
