@@ -8,6 +8,12 @@ model, the CUDA runtime calls of kernels.cu) and speed; tests/test_cuda.py does,
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -18,7 +24,7 @@ from gtopk_mpi import _C, merge_topk, select_topk, select_topk_ef
 from gtopk_mpi import _cuda_emu as emu
 
 import reference as ref
-from mpi_launch import run
+from mpi_launch import ROOT, run
 
 LARGE = 1_100_000  # above 16 x the 65,536-key sample: the sampled-threshold path
 SAMPLE_PATH = 5  # launches: threshold, filter, scan, gather, finish
@@ -256,3 +262,15 @@ def test_cuda_collectives_on_the_emulator(ranks, m):
     proc = run(ranks, ["tests/cuda_collective_check.py"], timeout=300,
                env={"GTOPK_CUDA_EMULATE": "1", "GTOPK_CHECK_M": str(m)})
     assert proc.returncode == 0 and "CUDA COLLECTIVE OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+def test_emulated_kernels_stay_in_bounds_under_valgrind():
+    proc = subprocess.run(["valgrind", "--max-stackframe=2000000", "-q", sys.executable, "tests/emu_memcheck.py"],
+                          cwd=ROOT, env={**os.environ, "PYTHONMALLOC": "malloc"}, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0 and "MEMCHECK RUN OK" in proc.stdout, proc.stdout + proc.stderr
+    # valgrind's reports are blocks of "==pid==" lines; keep those that reach into our module
+    blocks = re.split(r"==\d+== \n", proc.stderr)
+    ours = [b for b in blocks if "_cuda_emu" in b and ("Invalid" in b or "uninitialised" in b)]
+    assert not ours, "\n".join(ours)
