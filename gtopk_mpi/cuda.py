@@ -63,30 +63,37 @@ class _Cuda:
 
         return torch.cuda.current_stream(t.device).cuda_stream
 
+    # Each call runs with the tensor's device current (the kernels launch on the current
+    # device, on that device's current torch stream).
     def select(self, code: int, x, residual, k: int, out_idx, out_val) -> None:
         import torch
 
-        _C.cuda_select_topk(code, x.data_ptr(), 0 if residual is None else residual.data_ptr(), x.numel(), k,
-                            out_idx.dtype == torch.int64, out_idx.data_ptr(), out_val.data_ptr(), self._stream(x))
+        with torch.cuda.device(x.device):
+            _C.cuda_select_topk(code, x.data_ptr(), 0 if residual is None else residual.data_ptr(), x.numel(), k,
+                                out_idx.dtype == torch.int64, out_idx.data_ptr(), out_val.data_ptr(),
+                                self._stream(x))
 
     def merge(self, code: int, ia, va, ib, vb, k: int, out_idx, out_val) -> int:
         import torch
 
-        return _C.cuda_merge_topk(code, ia.dtype == torch.int64, ia.data_ptr(), va.data_ptr(), ia.numel(),
-                                  ib.data_ptr(), vb.data_ptr(), ib.numel(), k, out_idx.data_ptr(),
-                                  out_val.data_ptr(), self._stream(va))
+        with torch.cuda.device(va.device):
+            return _C.cuda_merge_topk(code, ia.dtype == torch.int64, ia.data_ptr(), va.data_ptr(), ia.numel(),
+                                      ib.data_ptr(), vb.data_ptr(), ib.numel(), k, out_idx.data_ptr(),
+                                      out_val.data_ptr(), self._stream(va))
 
     def scatter(self, code: int, idx, val, out) -> None:
         import torch
 
-        _C.cuda_scatter(code, idx.dtype == torch.int64, idx.data_ptr(), val.data_ptr(), idx.numel(), out.data_ptr(),
-                        self._stream(val))
+        with torch.cuda.device(val.device):
+            _C.cuda_scatter(code, idx.dtype == torch.int64, idx.data_ptr(), val.data_ptr(), idx.numel(),
+                            out.data_ptr(), self._stream(val))
 
     def zero_at(self, code: int, idx, residual) -> None:
         import torch
 
-        _C.cuda_zero_at(code, idx.dtype == torch.int64, idx.data_ptr(), idx.numel(), residual.data_ptr(),
-                        self._stream(residual))
+        with torch.cuda.device(residual.device):
+            _C.cuda_zero_at(code, idx.dtype == torch.int64, idx.data_ptr(), idx.numel(), residual.data_ptr(),
+                            self._stream(residual))
 
     def to_host(self, t) -> np.ndarray:
         import torch
@@ -191,6 +198,17 @@ def _torch(x):
     raise ValueError(f"expected a torch CUDA tensor or a CuPy array, got {type(x).__name__}")
 
 
+def _like(original, t):
+    """t as the caller's array type: a CuPy array when ``original`` was one (zero-copy, DLPack)."""
+    import torch
+
+    if original is None or isinstance(original, torch.Tensor):
+        return t
+    import cupy
+
+    return cupy.from_dlpack(t)
+
+
 def _check(x, name: str = "x") -> int:
     """The kernels' dtype code of x, or ValueError naming what is wrong with it."""
     _device.usable()
@@ -218,11 +236,11 @@ def _check_indices(idx, val, name: str) -> None:
 def select_topk(x, k: int, residual=None):
     """Top-min(k, m) of 1-D CUDA ``x`` (or of residual + x, residual updated in place).
 
-    Returns (indices int32/int64 ascending, values) on x's device.
+    Returns (indices int32/int64 ascending, values) on x's device (CuPy arrays for CuPy input).
     """
     import torch
 
-    x = _torch(x)
+    given, x = x, _torch(x)
     code = _check(x)
     if residual is not None:
         residual = _torch(residual)
@@ -236,13 +254,14 @@ def select_topk(x, k: int, residual=None):
     out_idx = torch.empty(n, dtype=torch.int64 if idx64 else torch.int32, device=x.device)
     out_val = torch.empty(n, dtype=x.dtype, device=x.device)
     _device.select(code, x, residual, int(k), out_idx, out_val)
-    return out_idx, out_val
+    return _like(given, out_idx), _like(given, out_val)
 
 
 def merge_topk(idx_a, val_a, idx_b, val_b, k: int):
     """Union of two index-ascending CUDA sets, summed at equal indices, then top-k."""
     import torch
 
+    given = val_a
     idx_a, val_a, idx_b, val_b = (_torch(t) for t in (idx_a, val_a, idx_b, val_b))
     code = _check(val_a, "val_a")
     if _check(val_b, "val_b") != code:
@@ -257,19 +276,19 @@ def merge_topk(idx_a, val_a, idx_b, val_b, k: int):
     out_idx = torch.empty(cap, dtype=idx_a.dtype, device=val_a.device)
     out_val = torch.empty(cap, dtype=val_a.dtype, device=val_a.device)
     n = _device.merge(code, idx_a, val_a, idx_b, val_b, int(k), out_idx, out_val)
-    return out_idx[:n], out_val[:n]
+    return _like(given, out_idx[:n]), _like(given, out_val[:n])
 
 
 def to_dense(idx, val, m: int):
     """Dense CUDA vector of length m with val at idx (zeros elsewhere)."""
     import torch
 
-    idx, val = _torch(idx), _torch(val)
+    given, idx, val = val, _torch(idx), _torch(val)
     code = _check(val, "val")
     _check_indices(idx, val, "the")
     out = torch.zeros(m, dtype=val.dtype, device=val.device)
     _device.scatter(code, idx, val, out)
-    return out
+    return _like(given, out)
 
 
 # -- the collectives on device arrays --------------------------------------------------
@@ -306,11 +325,11 @@ def dense_allreduce(x, average: bool = False, comm=None):
     import torch
 
     comm = comm if comm is not None else runtime.comm()
-    x = _torch(x)
-    dtype = None
+    given, dtype = x, None
 
     def check() -> None:
-        nonlocal dtype
+        nonlocal x, dtype
+        x = _torch(x)
         if not _device.accepts(x):
             raise ValueError(f"x must be {_device.wants}")
         if x.dim() != 1 or not x.is_contiguous():
@@ -326,16 +345,17 @@ def dense_allreduce(x, average: bool = False, comm=None):
     if not cuda_aware():
         host = to_host(x)  # a copy: x is not changed
         collectives.allreduce_inplace(comm, host)
-        return to_device(collectives.average_dense(host, p) if average else host, x.device)
+        return _like(given, to_device(collectives.average_dense(host, p) if average else host, x.device))
     out = x.float() if x.dtype == torch.float16 else x.clone()
     _device.synchronize(x)  # MPI reads the buffer outside torch's stream order
     comm.Allreduce(MPI.IN_PLACE, out)
     out = out.to(x.dtype)
     if average:
         if not x.dtype.is_floating_point:
-            return torch.div(out, p, rounding_mode="floor")
-        return (out.float() / p).to(x.dtype) if x.dtype == torch.float16 else out / p
-    return out
+            out = torch.div(out, p, rounding_mode="floor")
+        else:
+            out = (out.float() / p).to(x.dtype) if x.dtype == torch.float16 else out / p
+    return _like(given, out)
 
 
 class DeviceSpace(collectives.HostSpace):
@@ -469,11 +489,13 @@ def _zero_at(residual, ids) -> None:
         _device.zero_at(_check(residual, "residual"), ids, residual)
 
 
-def _on_device(res: collectives.SparseResult, device) -> collectives.SparseResult:
-    if not isinstance(res.values, np.ndarray):
-        return res  # already there (DeviceSpace)
-    return collectives.SparseResult(to_device(res.indices, device), to_device(res.values, device), res.size,
-                                    res.stats, carried=res.carried)
+def _on_device(res: collectives.SparseResult, device, given) -> collectives.SparseResult:
+    """The result on x's device, as the caller's array type (torch, or CuPy for CuPy input)."""
+    if isinstance(res.values, np.ndarray):
+        idx, val = to_device(res.indices, device), to_device(res.values, device)
+    else:
+        idx, val = res.indices, res.values  # already there (DeviceSpace)
+    return collectives.SparseResult(_like(given, idx), _like(given, val), res.size, res.stats, carried=res.carried)
 
 
 def topk_allreduce(x, k: int | None = None, density: float | None = None, average: bool = False,
@@ -486,6 +508,7 @@ def topk_allreduce(x, k: int | None = None, density: float | None = None, averag
     t_start = time.perf_counter()
     stats = collectives.CommStats()
     aware = cuda_aware()
+    given = x
     err, kk, idx, val, x, residual = _select_on_device(comm, x, k, density, residual, "merged", aware)
     stats.select_s = time.perf_counter() - t_start
     space = DeviceSpace(x.device) if aware and err is None else collectives.HOST
@@ -493,7 +516,7 @@ def topk_allreduce(x, k: int | None = None, density: float | None = None, averag
                                     align, t_start, space)
     if residual is not None:
         _zero_at(residual, idx)
-    return _on_device(res, x.device)
+    return _on_device(res, x.device, given)
 
 
 def gtopk_allreduce(x, k: int | None = None, density: float | None = None, average: bool = False,
@@ -509,6 +532,7 @@ def gtopk_allreduce(x, k: int | None = None, density: float | None = None, avera
     t_start = time.perf_counter()
     stats = collectives.CommStats()
     aware = cuda_aware()
+    given = x
     err, kk, idx, val, x, residual = _select_on_device(comm, x, k, density, residual, values, aware)
     stats.select_s = time.perf_counter() - t_start
     space = DeviceSpace(x.device) if aware and err is None else collectives.HOST
@@ -523,4 +547,4 @@ def gtopk_allreduce(x, k: int | None = None, density: float | None = None, avera
 
     res = collectives.finish_gtopk(bf, values, average, t_start, acc_at,
                                    (lambda ids: _zero_at(residual, ids)) if residual is not None else None)
-    return _on_device(res, x.device)
+    return _on_device(res, x.device, given)

@@ -105,6 +105,19 @@ if EMULATED or os.environ.get("GTOPK_TEST_CUDA_AWARE") == "1":  # device buffers
     check_bad_input_raises_everywhere((cuda.gtopk_allreduce, cuda.topk_allreduce))
     del os.environ["GTOPK_MPI_CUDA_AWARE"]
 
+if not EMULATED:  # CuPy arrays in, CuPy arrays out
+    try:
+        import cupy
+    except ImportError:
+        cupy = None
+    if cupy is not None:
+        x = torch.randn(m, generator=torch.Generator().manual_seed(5 + r)).numpy()
+        a = g.gtopk_allreduce(cupy.asarray(x), k=k)
+        b = g.gtopk_allreduce(x, k=k)
+        assert isinstance(a.values, cupy.ndarray) and same(cupy.asnumpy(a.indices), b.indices)
+        assert same(cupy.asnumpy(a.values), b.values) and same(cupy.asnumpy(a.to_dense()), b.to_dense())
+        assert same(cupy.asnumpy(g.dense_allreduce(cupy.asarray(x))), g.dense_allreduce(x))
+
 if not EMULATED:  # the torch front end on CUDA tensors: same results as on the CPU
     import gtopk_mpi.torch as hvd
 

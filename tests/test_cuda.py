@@ -96,6 +96,23 @@ def test_merge_matches_cpu_and_is_symmetric(dtype):
 
 
 @gpu
+def test_cupy_arrays_in_and_out():
+    cupy = pytest.importorskip("cupy")
+    x = cupy.asarray(make("ties", 2_000_000, torch.float32).cpu().numpy())
+    idx, val = cuda.select_topk(x, 2000)
+    assert isinstance(idx, cupy.ndarray) and isinstance(val, cupy.ndarray)
+    c_idx, c_val = gtopk_mpi.select_topk(cupy.asnumpy(x), 2000)
+    assert np.array_equal(cupy.asnumpy(idx), c_idx) and np.array_equal(cupy.asnumpy(val), c_val)
+    r = cupy.ones_like(x)
+    cuda.select_topk(x, 2000, residual=r)  # r += x in place, through the DLPack view
+    assert np.array_equal(cupy.asnumpy(r), cupy.asnumpy(x) + np.float32(1))
+    dense = cuda.to_dense(idx, val, x.size)
+    want = np.zeros(x.size, np.float32)
+    want[c_idx] = c_val
+    assert isinstance(dense, cupy.ndarray) and np.array_equal(cupy.asnumpy(dense), want)
+
+
+@gpu
 def test_collective_on_two_ranks_sharing_one_gpu():
     proc = run(2, ["tests/cuda_collective_check.py"], timeout=240)
     assert proc.returncode == 0 and "CUDA COLLECTIVE OK" in proc.stdout, proc.stdout + proc.stderr
