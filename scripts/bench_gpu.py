@@ -11,6 +11,7 @@ merge of two k-sets.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 
 import torch
@@ -31,6 +32,30 @@ def timed(fn, repeats: int = 20) -> float:
         b.synchronize()
         times.append(a.elapsed_time(b))
     return statistics.median(times)
+
+
+def kernel_breakdown(fns: dict, repeats: int = 10) -> None:
+    """Per-kernel device time of each operation (torch.profiler), to see where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for label, fn in fns.items():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(repeats):
+                fn()
+            torch.cuda.synchronize()
+        rows = []
+        for ev in prof.key_averages():
+            us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+            if us <= 0:
+                continue
+            found = re.search(r"kernel_entry<gtopk_cuda::(\w+)<([^<>]*)>", ev.key)
+            name = f"{found.group(1)}<{found.group(2)}>" if found else ev.key[:60]
+            rows.append((us / repeats, ev.count / repeats, name))
+        print(f"  {label}: device time per call by kernel")
+        for us, calls, name in sorted(rows, reverse=True)[:8]:
+            print(f"    {us:9.1f} us  x{calls:4.1f}  {name}")
 
 
 def main() -> None:
@@ -61,6 +86,9 @@ def main() -> None:
     fused, merge = rows["gtopk select_topk, fused residual"], rows["gtopk merge_topk of two k-sets"]
     print(f"  fused / plain selection            {fused / sel:8.2f}x   (target <= 2x)")
     print(f"  merge                              {merge * 1e3:8.1f} us (target <= 50 us)")
+    kernel_breakdown({"select_topk": lambda: cuda.select_topk(x, k),
+                      "select_topk, fused residual": lambda: cuda.select_topk(x, k, residual=r),
+                      "merge_topk": lambda: cuda.merge_topk(*a, *b, k)})
 
 
 if __name__ == "__main__":
