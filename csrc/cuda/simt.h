@@ -24,7 +24,9 @@ GTOPK_DEV bool sync_or(bool p) { return __syncthreads_or(p) != 0; }
 GTOPK_DEV unsigned ballot(bool p) { return __ballot_sync(0xffffffffu, p); }
 GTOPK_DEV unsigned long long shfl_up(unsigned long long v, unsigned d) { return __shfl_up_sync(0xffffffffu, v, d); }
 GTOPK_DEV unsigned long long shfl(unsigned long long v, unsigned src) { return __shfl_sync(0xffffffffu, v, src); }
+GTOPK_DEV unsigned match_any(unsigned v) { return __match_any_sync(0xffffffffu, v); }
 GTOPK_DEV int popc(unsigned v) { return __popc(v); }
+GTOPK_DEV unsigned lowest_lane(unsigned mask) { return static_cast<unsigned>(__ffs(mask) - 1); }
 GTOPK_DEV void atomic_add(unsigned* p, unsigned v) { atomicAdd(p, v); }
 GTOPK_DEV void atomic_add(unsigned long long* p, unsigned long long v) { atomicAdd(p, v); }
 // One instance per type S in each block's shared memory.
@@ -51,7 +53,9 @@ bool sync_or(bool p);
 unsigned ballot(bool p);
 unsigned long long shfl_up(unsigned long long v, unsigned d);
 unsigned long long shfl(unsigned long long v, unsigned src);
+unsigned match_any(unsigned v);  // mask of the lanes whose v equals this lane's
 inline int popc(unsigned v) { return __builtin_popcount(v); }
+inline unsigned lowest_lane(unsigned mask) { return static_cast<unsigned>(__builtin_ffs(static_cast<int>(mask)) - 1); }
 // coroutines never interleave inside a call: a plain add is atomic here
 inline void atomic_add(unsigned* p, unsigned v) { *p += v; }
 inline void atomic_add(unsigned long long* p, unsigned long long v) { *p += v; }

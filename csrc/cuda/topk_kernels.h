@@ -121,17 +121,25 @@ GTOPK_DEV Kth<key_of<T>> block_kth_counted(const T* vals, u64 n, u64 k) {
     for (unsigned b = tid; b < kRadixBuckets; b += nt) sh.hist[b] = 0;
     simt::sync();
     const U prefix = sh.prefix, pmask = sh.mask;
-    for (u64 base = tid; base < n; base += u64{nt} * kBatch) {
+    // Whole warps go round the loop together (the bound is the warp's first lane's), so the
+    // lanes can combine equal buckets (match_any) and one atomic per bucket and warp lands:
+    // the first digit of near-equal magnitudes falls in a handful of buckets.
+    const unsigned lane = tid % simt::kWarp;
+    for (u64 base = tid - lane; base < n; base += u64{nt} * kBatch) {
       U keys[kBatch];
       GTOPK_UNROLL
       for (unsigned q = 0; q < kBatch; ++q) {
-        const u64 j = base + u64{q} * nt;
+        const u64 j = base + lane + u64{q} * nt;
         keys[q] = j < n ? mag_key<T>(vals[j]) : U{0};
       }
       GTOPK_UNROLL
-      for (unsigned q = 0; q < kBatch; ++q)
-        if (base + u64{q} * nt < n && (keys[q] & pmask) == prefix)
-          simt::atomic_add(&sh.hist[(keys[q] >> s) & dmask], C{1});
+      for (unsigned q = 0; q < kBatch; ++q) {
+        const bool counted = base + lane + u64{q} * nt < n && (keys[q] & pmask) == prefix;
+        const unsigned bucket = counted ? static_cast<unsigned>((keys[q] >> s) & dmask) : kRadixBuckets;
+        const unsigned peers = simt::match_any(bucket);
+        if (counted && simt::lowest_lane(peers) == lane)
+          simt::atomic_add(&sh.hist[bucket], static_cast<C>(simt::popc(peers)));
+      }
     }
     simt::sync();
     if (tid == 0) {

@@ -19,7 +19,7 @@
 namespace simt_emu {
 namespace {
 
-enum class Op { kNone, kSync, kSyncOr, kBallot, kShflUp, kShfl };
+enum class Op { kNone, kSync, kSyncOr, kBallot, kShflUp, kShfl, kMatchAny };
 enum class St { kReady, kBarrier, kWarp, kDone };
 
 const char* op_name(Op op) {
@@ -29,6 +29,7 @@ const char* op_name(Op op) {
     case Op::kBallot: return "__ballot_sync";
     case Op::kShflUp: return "__shfl_up_sync";
     case Op::kShfl: return "__shfl_sync";
+    case Op::kMatchAny: return "__match_any_sync";
     default: return "nothing";
   }
 }
@@ -86,12 +87,12 @@ unsigned long long wait(St st, Op op, unsigned long long arg, unsigned long long
 }
 
 std::string describe(const Launch& L) {
-  size_t counts[4][6] = {};
+  size_t counts[4][7] = {};
   for (const Fiber& f : L.fibers) ++counts[static_cast<int>(f.st)][static_cast<int>(f.op)];
   std::string s = "block " + std::to_string(L.bidx) + ":";
   const char* states[] = {"ready", "waiting", "waiting", "exited"};
   for (int st = 0; st < 4; ++st)
-    for (int op = 0; op < 6; ++op)
+    for (int op = 0; op < 7; ++op)
       if (counts[st][op] != 0)
         s += " " + std::to_string(counts[st][op]) + " " + states[st] +
              (st == 3 ? "" : std::string(" at ") + op_name(static_cast<Op>(op))) + ";";
@@ -122,6 +123,12 @@ bool resolve_warps(Launch& L) {
         }
         case Op::kShflUp: out[l] = l >= lanes[l].arg2 ? lanes[l - lanes[l].arg2].arg : lanes[l].arg; break;
         case Op::kShfl: out[l] = lanes[lanes[l].arg2 % simt::kWarp].arg; break;
+        case Op::kMatchAny: {
+          unsigned peers = 0;
+          for (unsigned q = 0; q < simt::kWarp; ++q) peers |= (lanes[q].arg == lanes[l].arg ? 1u : 0u) << q;
+          out[l] = peers;
+          break;
+        }
         default: throw std::logic_error("not a warp collective");
       }
     }
@@ -223,6 +230,9 @@ unsigned long long shfl_up(unsigned long long v, unsigned d) {
 }
 unsigned long long shfl(unsigned long long v, unsigned src) {
   return simt_emu::wait(simt_emu::St::kWarp, simt_emu::Op::kShfl, v, src);
+}
+unsigned match_any(unsigned v) {
+  return static_cast<unsigned>(simt_emu::wait(simt_emu::St::kWarp, simt_emu::Op::kMatchAny, v));
 }
 void* shared_storage(const std::type_info& type, size_t bytes, size_t align) {
   auto& slot = simt_emu::cur().shared[std::type_index(type)];
