@@ -77,9 +77,19 @@ class BuildExt(build_ext):
             ext.extra_objects.append(str(obj))
         ext.define_macros.append(("GTOPK_WITH_CUDA", "1"))
         ext.include_dirs.append(str(home / "include"))
-        lib = home / "lib64" if (home / "lib64").exists() else home / "lib"
-        ext.library_dirs.append(str(lib))
-        ext.libraries.extend(["cudart_static", "rt", "dl", "pthread"])
+        libdirs = [d for d in (home / "lib64", home / "lib", home / "targets" / "x86_64-linux" / "lib") if d.is_dir()]
+        static = next((d for d in libdirs if (d / "libcudart_static.a").exists()), None)
+        if static is not None:  # the module then imports on machines without a driver
+            ext.library_dirs.append(str(static))
+            ext.libraries.extend(["cudart_static", "rt", "dl", "pthread"])
+            return
+        shared = next((d for d in libdirs if any(d.glob("libcudart.so*"))), None)
+        if shared is None:
+            sys.exit(f"gtopk_mpi: no libcudart_static.a or libcudart.so under {home}")
+        print(f"gtopk_mpi: no libcudart_static.a under {home}; linking libcudart.so from {shared}")
+        ext.library_dirs.append(str(shared))
+        ext.runtime_library_dirs.append(str(shared))
+        ext.libraries.append("cudart")
 
 
 def openmp_flags() -> list[str]:

@@ -19,6 +19,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PATH=/tmp/gtopk_site/bin:$PATH
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+# the toolkit: $CUDA_HOME, else /usr/local/cuda (setup.py's rule), else the nvcc on PATH
+if [ -z "${CUDA_HOME:-}" ] && [ ! -x /usr/local/cuda/bin/nvcc ] && command -v nvcc >/dev/null; then
+  CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+  export CUDA_HOME
+fi
+echo "CUDA toolkit: ${CUDA_HOME:-/usr/local/cuda}"
 ARCH=$("$PY" -c "import torch; a, b = torch.cuda.get_device_capability(); print(f'{a}{b}')")
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 echo "== build (sm_$ARCH)"
