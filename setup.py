@@ -1,8 +1,8 @@
 """Build gtopk_mpi and its native extensions gtopk_mpi._C and gtopk_mpi._cuda_emu.
 
 C++17 + pybind11 + OpenMP for the CPU kernels. CUDA sources (csrc/cuda/*.cu) are
-compiled with nvcc and linked with the static CUDA runtime according to
-GTOPK_MPI_WITH_CUDA:
+compiled with nvcc and linked with the static CUDA runtime (libcudart.so where the toolkit
+has none) according to GTOPK_MPI_WITH_CUDA:
 
 * ``auto`` (default): when a toolkit is found through $CUDA_HOME or /usr/local/cuda;
 * ``1``: required (the build fails without a toolkit);
