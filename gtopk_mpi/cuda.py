@@ -14,6 +14,8 @@ says whether this build has it and a GPU is usable.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import time
 
@@ -209,6 +211,26 @@ def _like(original, t):
     return cupy.from_dlpack(t)
 
 
+def _on_callers_stream(fn):
+    """Run fn with torch's current stream set to CuPy's current one when its first argument
+    is a CuPy array, so the kernels (and torch's allocations) follow the caller's stream."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        first = args[0] if args else None
+        if first is None or not hasattr(first, "__cuda_array_interface__") or hasattr(first, "data_ptr"):
+            return fn(*args, **kwargs)
+        import cupy
+        import torch
+
+        ptr = cupy.cuda.get_current_stream().ptr
+        ctx = torch.cuda.stream(torch.cuda.ExternalStream(ptr)) if ptr else contextlib.nullcontext()
+        with ctx:  # ptr 0: CuPy's null stream, the legacy default stream, torch's default too
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _check(x, name: str = "x") -> int:
     """The kernels' dtype code of x, or ValueError naming what is wrong with it."""
     _device.usable()
@@ -233,6 +255,7 @@ def _check_indices(idx, val, name: str) -> None:
         raise ValueError(f"{name} indices must match its values (device and length)")
 
 
+@_on_callers_stream
 def select_topk(x, k: int, residual=None):
     """Top-min(k, m) of 1-D CUDA ``x`` (or of residual + x, residual updated in place).
 
@@ -257,6 +280,7 @@ def select_topk(x, k: int, residual=None):
     return _like(given, out_idx), _like(given, out_val)
 
 
+@_on_callers_stream
 def merge_topk(idx_a, val_a, idx_b, val_b, k: int):
     """Union of two index-ascending CUDA sets, summed at equal indices, then top-k."""
     import torch
@@ -279,6 +303,7 @@ def merge_topk(idx_a, val_a, idx_b, val_b, k: int):
     return _like(given, out_idx[:n]), _like(given, out_val[:n])
 
 
+@_on_callers_stream
 def to_dense(idx, val, m: int):
     """Dense CUDA vector of length m with val at idx (zeros elsewhere)."""
     import torch
@@ -317,6 +342,7 @@ def _numpy_dtype(t) -> np.dtype | None:
     return np.dtype(names[t.dtype]) if t.dtype in names else None
 
 
+@_on_callers_stream
 def dense_allreduce(x, average: bool = False, comm=None):
     """dense_allreduce for a 1-D CUDA tensor (or CuPy array): MPI_Allreduce of a pinned
     host copy, or of the device buffer itself with GTOPK_MPI_CUDA_AWARE=1. Same dtypes and
@@ -498,6 +524,7 @@ def _on_device(res: collectives.SparseResult, device, given) -> collectives.Spar
     return collectives.SparseResult(_like(given, idx), _like(given, val), res.size, res.stats, carried=res.carried)
 
 
+@_on_callers_stream
 def topk_allreduce(x, k: int | None = None, density: float | None = None, average: bool = False,
                    residual=None, comm=None, align: bool = False):
     """topk_allreduce for a 1-D CUDA tensor (float16 or float32): selection (fused with the
@@ -519,6 +546,7 @@ def topk_allreduce(x, k: int | None = None, density: float | None = None, averag
     return _on_device(res, x.device, given)
 
 
+@_on_callers_stream
 def gtopk_allreduce(x, k: int | None = None, density: float | None = None, average: bool = False,
                     residual=None, values: str = "merged", comm=None, align: bool = False):
     """gtopk_allreduce for a 1-D CUDA tensor (float16 or float32): selection and the

@@ -99,7 +99,9 @@ def test_merge_matches_cpu_and_is_symmetric(dtype):
 def test_cupy_arrays_in_and_out():
     cupy = pytest.importorskip("cupy")
     x = cupy.asarray(make("ties", 2_000_000, torch.float32).cpu().numpy())
-    idx, val = cuda.select_topk(x, 2000)
+    with cupy.cuda.Stream(non_blocking=True) as stream:  # the kernels follow CuPy's current stream
+        idx, val = cuda.select_topk(x, 2000)
+        stream.synchronize()
     assert isinstance(idx, cupy.ndarray) and isinstance(val, cupy.ndarray)
     c_idx, c_val = gtopk_mpi.select_topk(cupy.asnumpy(x), 2000)
     assert np.array_equal(cupy.asnumpy(idx), c_idx) and np.array_equal(cupy.asnumpy(val), c_val)
