@@ -14,10 +14,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/gtopk_site .whl/*.whl
-  export PYTHONPATH=/tmp/gtopk_site
-  export PATH=/tmp/gtopk_site/bin:$PATH
+  # --prefix, not --target: --target drops the wheel's lib/ (libmpi.so), which mpi4py loads
+  # (where under the prefix depends on the Python's install scheme: find them)
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --prefix /tmp/gtopk_mpich .whl/*.whl
+  MPICH_BIN=$(dirname "$(find /tmp/gtopk_mpich -name mpiexec -type f | head -1)")
+  MPICH_LIB=$(dirname "$(find /tmp/gtopk_mpich -name 'libmpi.so.12' | head -1)")
+  export PATH=$MPICH_BIN:$PATH
+  export LD_LIBRARY_PATH=$MPICH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
+"$PY" -c "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])" \
+  || { echo "mpi4py cannot load an MPI library (carry the mpich wheel in .whl/, see above)"; exit 1; }
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 # the toolkit: $CUDA_HOME, else /usr/local/cuda (setup.py's rule), else the nvcc on PATH
 if [ -z "${CUDA_HOME:-}" ] && [ ! -x /usr/local/cuda/bin/nvcc ] && command -v nvcc >/dev/null; then
