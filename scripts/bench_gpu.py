@@ -86,9 +86,12 @@ def main() -> None:
     fused, merge = rows["gtopk select_topk, fused residual"], rows["gtopk merge_topk of two k-sets"]
     print(f"  fused / plain selection            {fused / sel:8.2f}x   (target <= 2x)")
     print(f"  merge                              {merge * 1e3:8.1f} us (target <= 50 us)")
-    kernel_breakdown({"select_topk": lambda: cuda.select_topk(x, k),
-                      "select_topk, fused residual": lambda: cuda.select_topk(x, k, residual=r),
-                      "merge_topk": lambda: cuda.merge_topk(*a, *b, k)})
+    try:  # the profiler needs CUPTI, which a sandboxed GPU may not offer
+        kernel_breakdown({"select_topk": lambda: cuda.select_topk(x, k),
+                          "select_topk, fused residual": lambda: cuda.select_topk(x, k, residual=r),
+                          "merge_topk": lambda: cuda.merge_topk(*a, *b, k)})
+    except Exception as e:  # noqa: BLE001 - the figures above stand without it
+        print(f"  (per-kernel breakdown unavailable: {type(e).__name__}: {e})")
 
 
 if __name__ == "__main__":
