@@ -96,6 +96,22 @@ def test_merge_matches_cpu_and_is_symmetric(dtype):
 
 
 @gpu
+@pytest.mark.parametrize("case", ["normal", "ties", "sample_overestimates"])
+def test_gpu_equals_the_emulator(case):
+    """The emulator (tests/test_cuda_emulated.py) stands for the GPU only if they agree."""
+    from gtopk_mpi import _cuda_emu
+
+    m, k = 1_100_000, 1_100
+    x = make(case, m, torch.float32)
+    r = torch.randn(m, generator=torch.Generator().manual_seed(3)).cuda()
+    r_emu = r.cpu().numpy().copy()
+    idx, val = cuda.select_topk(x, k, residual=r)
+    e_idx, e_val = _cuda_emu.select_topk(x.cpu().numpy(), k, residual=r_emu)
+    assert np.array_equal(idx.cpu().numpy(), e_idx) and np.array_equal(val.cpu().numpy(), e_val)
+    assert np.array_equal(r.cpu().numpy(), r_emu)
+
+
+@gpu
 def test_cupy_arrays_in_and_out():
     cupy = pytest.importorskip("cupy")
     x = cupy.asarray(make("ties", 2_000_000, torch.float32).cpu().numpy())
