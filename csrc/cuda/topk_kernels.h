@@ -20,7 +20,9 @@
 //      keys above it and the first (lowest-index) ties, written in index order.
 //   One status word comes back to the host; if the sample misled (fewer than k or more
 //   than cap candidates), an exact threshold from a 2048-bucket histogram of all keys
-//   replaces it and steps 2-4 run again (also the path for short inputs).
+//   replaces it and steps 2-4 run again (also the path for short inputs). Inputs whose
+//   k-th key is shared by most elements (constant, or fewer than k nonzeros) leave most
+//   of m as candidates for FinishTopk's one block: exact, but far slower than one pass.
 // Merge (1 block): merge-path union of the two index-ascending sets (sums at equal
 // indices), then FinishTopk's radix select and ordered write on the union.
 #pragma once
