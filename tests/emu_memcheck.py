@@ -12,6 +12,7 @@ for m, k in [(5000, 50), (300, 299), (70, 3), (64, 64)]:
     emu.select_topk(x, k)
     emu.select_topk(x.astype(np.float16), k, idx64=True)
     emu.select_topk(x, k, residual=rng.standard_normal(m).astype(np.float32))
+    emu.select_topk(np.round(x), k, one_block_max=0)  # the finish on the whole grid
 a = (np.sort(rng.choice(3000, 500, replace=False)).astype(np.int32), rng.standard_normal(500).astype(np.float32))
 b = (np.sort(rng.choice(3000, 400, replace=False)).astype(np.int32), rng.standard_normal(400).astype(np.float32))
 for k in (1, 300, 899, 3000):

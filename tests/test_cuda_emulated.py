@@ -29,6 +29,7 @@ from mpi_launch import ROOT, run
 LARGE = 1_100_000  # above 16 x the 65,536-key sample: the sampled-threshold path
 SAMPLE_PATH = 5  # launches: threshold, filter, scan, gather, finish
 FALLBACK = SAMPLE_PATH + 6  # then histogram, its threshold, filter, scan, gather, finish
+WHOLE_GRID = FALLBACK - 1 + 10  # the finish for many candidates: start, 3 x (histogram, pick), 3 tile steps
 
 
 def to_bf16(x: np.ndarray) -> np.ndarray:
@@ -70,8 +71,8 @@ def same(got, want) -> bool:
     return np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
 
 
-PATHS = {"normal": SAMPLE_PATH, "ties": SAMPLE_PATH, "special": SAMPLE_PATH, "few_nonzero": FALLBACK,
-         "constant": FALLBACK, "sample_overestimates": FALLBACK, "sample_underestimates": FALLBACK}
+PATHS = {"normal": SAMPLE_PATH, "ties": SAMPLE_PATH, "special": SAMPLE_PATH, "few_nonzero": WHOLE_GRID,
+         "constant": WHOLE_GRID, "sample_overestimates": FALLBACK, "sample_underestimates": WHOLE_GRID}
 
 
 @pytest.mark.parametrize("case", list(PATHS))
@@ -99,6 +100,28 @@ def test_select_float16_and_bfloat16():
         idx, val = emu.select_topk(b, k, bf16=True)
         want_idx, _ = select_topk(from_bf16(b), k)  # bfloat16 -> float32 is exact and keeps the order
         assert np.array_equal(idx, want_idx) and np.array_equal(val, b[want_idx]), case
+
+
+@pytest.mark.parametrize("case", ["normal", "ties", "special", "few_nonzero", "constant"])
+def test_select_finishing_on_the_whole_grid(case):
+    """finish_many (grid-wide radix select, ordered write by tiles), reached with short inputs
+    by lowering the one-block limit to 0; three tiles' worth and more of candidates."""
+    m, k = 300_000, 3_000
+    x = make(case, m, k)
+    got = emu.select_topk(x, k, one_block_max=0)
+    assert emu.last_launches() == WHOLE_GRID - SAMPLE_PATH  # no sample at this length
+    assert same(got, select_topk(x, k))
+    if case == "ties":
+        h, b = x.astype(np.float16), to_bf16(x)
+        assert same(emu.select_topk(h, k, one_block_max=0, idx64=True), select_topk(h, k))
+        idx, val = emu.select_topk(b, k, bf16=True, one_block_max=0)
+        want, _ = select_topk(from_bf16(b), k)
+        assert np.array_equal(idx, want) and np.array_equal(val, b[want])
+    if case == "few_nonzero":  # and fused with a residual
+        r_emu = np.zeros(m, np.float32)
+        r_cpu = r_emu.copy()
+        assert same(emu.select_topk(x, k, residual=r_emu, one_block_max=0), select_topk_ef(r_cpu, x, k))
+        assert ref.same_bits(r_emu, r_cpu)
 
 
 def test_select_small_inputs_against_reference():

@@ -20,9 +20,10 @@
 //      keys above it and the first (lowest-index) ties, written in index order.
 //   One status word comes back to the host; if the sample misled (fewer than k or more
 //   than cap candidates), an exact threshold from a 2048-bucket histogram of all keys
-//   replaces it and steps 2-4 run again (also the path for short inputs). Inputs whose
-//   k-th key is shared by most elements (constant, or fewer than k nonzeros) leave most
-//   of m as candidates for FinishTopk's one block: exact, but far slower than one pass.
+//   replaces it and steps 2-4 run again (also the path for short inputs). Candidate
+//   sets too large for one block (inputs whose k-th key most elements share: constant,
+//   fewer than k nonzeros) finish on the whole GPU instead (finish_many: a grid-wide
+//   radix select, then an ordered write by tiles).
 // Merge (1 block): merge-path union of the two index-ascending sets (sums at equal
 // indices), then FinishTopk's radix select and ordered write on the union.
 #pragma once
@@ -230,6 +231,36 @@ GTOPK_DEV u64 merge_path(const I* a, u64 na, const I* b, u64 nb, u64 d) {
   return lo;
 }
 
+// Exclusive scan, in place, of a tile's kTileItems x kTileWarps per-(item, warp) counts,
+// in index order (item-major); returns the tile's total. Every thread of a kTileThreads
+// block calls it after writing its counts (the barriers are inside).
+GTOPK_DEV unsigned tile_exclusive_scan(unsigned* counts) {
+  struct TileTotal {
+    unsigned total;
+  };
+  TileTotal& sh = simt::shared<TileTotal>();
+  const unsigned lane = simt::thread_idx() % simt::kWarp, warp = simt::thread_idx() / simt::kWarp;
+  simt::sync();
+  if (warp == 0) {  // 128 counts, 4 per lane
+    constexpr unsigned kPer = kTileItems * kTileWarps / simt::kWarp;
+    unsigned c[kPer], sum = 0;
+    for (unsigned q = 0; q < kPer; ++q) sum += c[q] = counts[lane * kPer + q];
+    u64 incl = sum;
+    for (unsigned d = 1; d < simt::kWarp; d *= 2) {
+      const u64 y = simt::shfl_up(incl, d);
+      if (lane >= d) incl += y;
+    }
+    unsigned run_sum = static_cast<unsigned>(incl) - sum;
+    for (unsigned q = 0; q < kPer; ++q) {
+      counts[lane * kPer + q] = run_sum;
+      run_sum += c[q];
+    }
+    if (lane == simt::kWarp - 1) sh.total = run_sum;
+  }
+  simt::sync();
+  return sh.total;
+}
+
 // ---- kernels: structs whose static run() is one thread's body ------------------------
 // kMaxThreads: the block size it is launched with (the launch bound of its CUDA kernel).
 
@@ -290,7 +321,6 @@ struct FilterTiles {  // m / kTile blocks of kTileThreads
   GTOPK_DEV static void run(const T* x, T* r, u64 m, const State<key_of<T>>* st, I* tile_cand, unsigned* tile_count) {
     struct FilterShared {
       unsigned offset[kTileItems * kTileWarps];  // (item, warp) in index order
-      unsigned total;
     };
     FilterShared& sh = simt::shared<FilterShared>();
     const key_of<T> t = st->t;
@@ -312,24 +342,7 @@ struct FilterTiles {  // m / kTile blocks of kTileThreads
       ballots[j] = simt::ballot(keep);
       if (lane == 0) sh.offset[j * kTileWarps + warp] = static_cast<unsigned>(simt::popc(ballots[j]));
     }
-    simt::sync();
-    if (warp == 0) {  // exclusive scan of the 128 warp counts, 4 per lane
-      constexpr unsigned kPer = kTileItems * kTileWarps / simt::kWarp;
-      unsigned c[kPer], sum = 0;
-      for (unsigned q = 0; q < kPer; ++q) sum += c[q] = sh.offset[lane * kPer + q];
-      u64 incl = sum;
-      for (unsigned d = 1; d < simt::kWarp; d *= 2) {
-        const u64 y = simt::shfl_up(incl, d);
-        if (lane >= d) incl += y;
-      }
-      unsigned run_sum = static_cast<unsigned>(incl) - sum;
-      for (unsigned q = 0; q < kPer; ++q) {
-        sh.offset[lane * kPer + q] = run_sum;
-        run_sum += c[q];
-      }
-      if (lane == simt::kWarp - 1) sh.total = run_sum;
-    }
-    simt::sync();
+    const unsigned total = tile_exclusive_scan(sh.offset);
     const unsigned below = (1u << lane) - 1u;
     for (unsigned j = 0; j < kTileItems; ++j) {
       if ((ballots[j] >> lane) & 1u) {
@@ -337,7 +350,7 @@ struct FilterTiles {  // m / kTile blocks of kTileThreads
         tile_cand[base + o] = static_cast<I>(base + u64{j} * kTileThreads + tid);
       }
     }
-    if (tid == 0) tile_count[simt::block_idx()] = sh.total;
+    if (tid == 0) tile_count[simt::block_idx()] = total;
   }
 };
 
@@ -488,6 +501,180 @@ struct MergeTopk {  // 1 block of kBlockThreads; union scratch ui/uv of na + nb 
   }
 };
 
+// ---- the top k of many candidates: the same steps spread over the whole GPU ----------
+// For candidate sets too large for one block (inputs whose k-th key most elements share):
+// radix select with a grid-wide histogram per digit, then an ordered write by tiles.
+
+template <class U>
+struct KthState {  // radix select in progress: keys matching prefix under mask; want of them
+  U prefix, mask;
+  u64 want;
+};
+
+template <class U>
+struct KthStart {  // 1 warp: nothing fixed yet, want k
+  static constexpr unsigned kMaxThreads = simt::kWarp;
+  GTOPK_DEV static void run(KthState<U>* ks, u64 k) {
+    if (simt::thread_idx() == 0) *ks = KthState<U>{0, 0, k};
+  }
+};
+
+template <class T>
+struct RadixHistogram {  // grid-stride; counts one digit of the keys matching the prefix
+  static constexpr unsigned kMaxThreads = kStreamThreads;
+  GTOPK_DEV static void run(const T* vals, u64 n, const KthState<key_of<T>>* ks, int s, unsigned dmask, u64* hist) {
+    using U = key_of<T>;
+    struct RadixShared {
+      unsigned h[kRadixBuckets];
+    };
+    RadixShared& sh = simt::shared<RadixShared>();
+    const unsigned tid = simt::thread_idx(), nt = simt::block_dim(), lane = tid % simt::kWarp;
+    for (unsigned b = tid; b < kRadixBuckets; b += nt) sh.h[b] = 0;
+    simt::sync();
+    const U prefix = ks->prefix, pmask = ks->mask;
+    const u64 stride = u64{simt::grid_dim()} * nt;
+    for (u64 base = simt::block_idx() * u64{nt} + tid - lane; base < n; base += stride) {  // whole warps
+      const u64 j = base + lane;
+      const U key = j < n ? mag_key<T>(vals[j]) : U{0};
+      const bool counted = j < n && (key & pmask) == prefix;
+      const unsigned bucket = counted ? static_cast<unsigned>((key >> s) & dmask) : kRadixBuckets;
+      const unsigned peers = simt::match_any(bucket);
+      if (counted && simt::lowest_lane(peers) == lane) simt::atomic_add(&sh.h[bucket], unsigned(simt::popc(peers)));
+    }
+    simt::sync();
+    for (unsigned b = tid; b < kRadixBuckets; b += nt)
+      if (sh.h[b] != 0) simt::atomic_add(&hist[b], u64{sh.h[b]});
+  }
+};
+
+template <class U>
+struct RadixPick {  // 1 warp: fix this digit (histogram_bucket), clear the histogram
+  static constexpr unsigned kMaxThreads = simt::kWarp;
+  GTOPK_DEV static void run(u64* hist, int s, unsigned dmask, KthState<U>* ks) {
+    if (simt::thread_idx() == 0) {
+      size_t above = 0;
+      const size_t b = gtopk::histogram_bucket(hist, size_t{dmask} + 1, static_cast<size_t>(ks->want), &above);
+      ks->want -= above;
+      ks->prefix = static_cast<U>(ks->prefix | (static_cast<U>(b) << s));
+      ks->mask = static_cast<U>(ks->mask | (static_cast<U>(dmask) << s));
+    }
+    simt::sync();
+    for (unsigned b = simt::thread_idx(); b < kRadixBuckets; b += simt::block_dim()) hist[b] = 0;
+  }
+};
+
+template <class T>
+struct TileTies {  // a block per tile of candidates: how many keys above / equal to the k-th
+  static constexpr unsigned kMaxThreads = kTileThreads;
+  GTOPK_DEV static void run(const T* val, u64 n, const KthState<key_of<T>>* ks, unsigned* tile_greater,
+                            unsigned* tile_equal) {
+    struct TiesShared {
+      unsigned greater, equal;
+    };
+    TiesShared& sh = simt::shared<TiesShared>();
+    const unsigned tid = simt::thread_idx();
+    const key_of<T> kth = ks->prefix;
+    if (tid == 0) sh.greater = sh.equal = 0;
+    simt::sync();
+    const u64 base = u64{simt::block_idx()} * kTile;
+    unsigned greater = 0, equal = 0;
+    for (unsigned j = 0; j < kTileItems; ++j) {
+      const u64 i = base + u64{j} * kTileThreads + tid;
+      if (i < n) {
+        const key_of<T> key = mag_key<T>(val[i]);
+        greater += key > kth;
+        equal += key == kth;
+      }
+    }
+    simt::atomic_add(&sh.greater, greater);  // counts: any order gives the same sums
+    simt::atomic_add(&sh.equal, equal);
+    simt::sync();
+    if (tid == 0) {
+      tile_greater[simt::block_idx()] = sh.greater;
+      tile_equal[simt::block_idx()] = sh.equal;
+    }
+  }
+};
+
+template <class U>
+struct ScanTies {  // 1 block: ties before each tile, and where each tile's output starts
+  static constexpr unsigned kMaxThreads = kBlockThreads;
+  GTOPK_DEV static void run(const unsigned* tile_greater, const unsigned* tile_equal, u64 ntiles,
+                            const KthState<U>* ks, u64* eq_before, u64* out_off) {
+    const unsigned tid = simt::thread_idx(), nt = simt::block_dim();
+    const u64 want = ks->want, chunk = (ntiles + nt - 1) / nt;
+    const u64 lo = std::min<u64>(ntiles, tid * chunk), hi = std::min<u64>(ntiles, lo + chunk);
+    u64 equal = 0, total = 0;
+    for (u64 t = lo; t < hi; ++t) equal += tile_equal[t];
+    u64 ties = block_exclusive_scan(equal, &total);
+    u64 written = 0;
+    for (u64 t = lo; t < hi; ++t) {
+      const u64 take = ties >= want ? 0 : std::min<u64>(tile_equal[t], want - ties);
+      eq_before[t] = ties;
+      out_off[t] = tile_greater[t] + take;  // this tile's output count, for now
+      written += out_off[t];
+      ties += tile_equal[t];
+    }
+    u64 off = block_exclusive_scan(written, &total);
+    for (u64 t = lo; t < hi; ++t) {
+      const u64 count = out_off[t];
+      out_off[t] = off;
+      off += count;
+    }
+  }
+};
+
+template <class T, class I>
+struct TileWrite {  // a block per tile: keys above the k-th and the first ties, in index order
+  static constexpr unsigned kMaxThreads = kTileThreads;
+  GTOPK_DEV static void run(const I* idx, const T* val, u64 n, const KthState<key_of<T>>* ks, const u64* eq_before,
+                            const u64* out_off, I* out_idx, T* out_val) {
+    struct WriteShared {
+      unsigned ties[kTileItems * kTileWarps];
+      unsigned kept[kTileItems * kTileWarps];
+    };
+    WriteShared& sh = simt::shared<WriteShared>();
+    const unsigned tid = simt::thread_idx(), lane = tid % simt::kWarp, warp = tid / simt::kWarp;
+    const unsigned below = (1u << lane) - 1u;
+    const key_of<T> kth = ks->prefix;
+    const u64 want = ks->want, tile = simt::block_idx(), base = tile * kTile;
+    T v[kTileItems];
+    unsigned tie_ballot[kTileItems], keep_ballot[kTileItems];
+    for (unsigned j = 0; j < kTileItems; ++j) {
+      const u64 i = base + u64{j} * kTileThreads + tid;
+      if (i < n) v[j] = val[i];
+    }
+    for (unsigned j = 0; j < kTileItems; ++j) {
+      const u64 i = base + u64{j} * kTileThreads + tid;
+      tie_ballot[j] = simt::ballot(i < n && mag_key<T>(v[j]) == kth);
+      if (lane == 0) sh.ties[j * kTileWarps + warp] = static_cast<unsigned>(simt::popc(tie_ballot[j]));
+    }
+    tile_exclusive_scan(sh.ties);
+    for (unsigned j = 0; j < kTileItems; ++j) {
+      const u64 i = base + u64{j} * kTileThreads + tid;
+      bool keep = false;
+      if (i < n) {
+        const key_of<T> key = mag_key<T>(v[j]);
+        const u64 rank = eq_before[tile] + sh.ties[j * kTileWarps + warp] +
+                         static_cast<unsigned>(simt::popc(tie_ballot[j] & below));
+        keep = key > kth || (key == kth && rank < want);
+      }
+      keep_ballot[j] = simt::ballot(keep);
+      if (lane == 0) sh.kept[j * kTileWarps + warp] = static_cast<unsigned>(simt::popc(keep_ballot[j]));
+    }
+    tile_exclusive_scan(sh.kept);
+    for (unsigned j = 0; j < kTileItems; ++j) {
+      if ((keep_ballot[j] >> lane) & 1u) {
+        const u64 i = base + u64{j} * kTileThreads + tid;
+        const u64 pos = out_off[tile] + sh.kept[j * kTileWarps + warp] +
+                        static_cast<unsigned>(simt::popc(keep_ballot[j] & below));
+        out_idx[pos] = idx[i];
+        out_val[pos] = v[j];
+      }
+    }
+  }
+};
+
 template <class T, class I>
 struct Scatter {  // dense[idx[j]] = val[j]
   static constexpr unsigned kMaxThreads = kStreamThreads;
@@ -518,17 +705,15 @@ inline unsigned grid_for(u64 n) {
   return static_cast<unsigned>(std::clamp<u64>(blocks, 1, 4096));
 }
 
-// Candidates >= st->t, packed in index order, then the top k of them. Returns false (and
-// leaves outputs unspecified) when there are fewer than k or more than cap.
+// Candidates with key >= st->t (st->total of them), packed in index order into cand_idx /
+// cand_val (nothing when more than cap). In the fused form (r != nullptr) the same pass
+// leaves r = r + x.
 template <class B, class T, class I>
-bool filter_and_finish(B& be, const T* x, T* r, u64 m, u64 k, u64 cap, State<key_of<T>>* st, I* out_idx,
-                       T* out_val) {
+void filter_and_gather(B& be, const T* x, T* r, u64 m, u64 cap, State<key_of<T>>* st, I* cand_idx, T* cand_val) {
   const u64 ntiles = (m + kTile - 1) / kTile;
   I* tile_cand = be.template alloc<I>(m);
   unsigned* tile_count = be.template alloc<unsigned>(ntiles);
   u64* tile_off = be.template alloc<u64>(ntiles);
-  I* cand_idx = be.template alloc<I>(cap);
-  T* cand_val = be.template alloc<T>(cap);
   const unsigned grid = static_cast<unsigned>(ntiles);
   if (r != nullptr) {
     be.template launch<FilterTiles<T, I, true>>(grid, kTileThreads, x, r, m, st, tile_cand, tile_count);
@@ -540,15 +725,44 @@ bool filter_and_finish(B& be, const T* x, T* r, u64 m, u64 k, u64 cap, State<key
   be.template launch<GatherCandidates<T, I>>(static_cast<unsigned>((ntiles + kTileWarps - 1) / kTileWarps),
                                              kTileThreads, tile_cand, tile_count, tile_off, ntiles, a, cap, st,
                                              cand_idx, cand_val);
-  be.template launch<FinishTopk<T, I>>(1, kBlockThreads, cand_idx, cand_val, k, cap, st, out_idx, out_val);
-  State<key_of<T>> h{};
-  be.to_host(&h, st, sizeof h);
-  return h.status == 0;
 }
 
-// Top-min(k, m) of x, or of r + x when r != nullptr (r then holds r + x everywhere).
+// Top k of n candidates (index order) with the whole GPU: a grid-wide radix select, then
+// an ordered write by tiles. For n too large for FinishTopk's one block.
 template <class B, class T, class I>
-void select_topk(B& be, const T* x, T* r, u64 m, u64 k, I* out_idx, T* out_val) {
+void finish_many(B& be, const I* cand_idx, const T* cand_val, u64 n, u64 k, I* out_idx, T* out_val) {
+  using U = key_of<T>;
+  KthState<U>* ks = be.template alloc<KthState<U>>(1);
+  u64* hist = be.template alloc<u64>(kRadixBuckets);
+  be.zero(hist, kRadixBuckets * sizeof(u64));
+  be.template launch<KthStart<U>>(1, simt::kWarp, ks, k);
+  const unsigned grid = std::min<unsigned>(grid_for(n), 1024);
+  for (int shift = Num<T>::kBits - kRadixBits;; shift -= kRadixBits) {  // radix.h's digits
+    const int s = shift < 0 ? 0 : shift;
+    const unsigned dmask = (1u << (shift < 0 ? kRadixBits + shift : kRadixBits)) - 1u;
+    be.template launch<RadixHistogram<T>>(grid, kStreamThreads, cand_val, n, ks, s, dmask, hist);
+    be.template launch<RadixPick<U>>(1, simt::kWarp, hist, s, dmask, ks);
+    if (s == 0) break;
+  }
+  const u64 ntiles = (n + kTile - 1) / kTile;
+  unsigned* tile_greater = be.template alloc<unsigned>(ntiles);
+  unsigned* tile_equal = be.template alloc<unsigned>(ntiles);
+  u64* eq_before = be.template alloc<u64>(ntiles);
+  u64* out_off = be.template alloc<u64>(ntiles);
+  be.template launch<TileTies<T>>(static_cast<unsigned>(ntiles), kTileThreads, cand_val, n, ks, tile_greater,
+                                  tile_equal);
+  be.template launch<ScanTies<U>>(1, kBlockThreads, tile_greater, tile_equal, ntiles, ks, eq_before, out_off);
+  be.template launch<TileWrite<T, I>>(static_cast<unsigned>(ntiles), kTileThreads, cand_idx, cand_val, n, ks,
+                                      eq_before, out_off, out_idx, out_val);
+}
+
+// Candidates at most this many go to FinishTopk's one block; more to finish_many.
+constexpr u64 kOneBlockMax = u64{1} << 18;
+
+// Top-min(k, m) of x, or of r + x when r != nullptr (r then holds r + x everywhere).
+// one_block_max: see kOneBlockMax (tests lower it to reach finish_many with short inputs).
+template <class B, class T, class I>
+void select_topk(B& be, const T* x, T* r, u64 m, u64 k, I* out_idx, T* out_val, u64 one_block_max = kOneBlockMax) {
   using U = key_of<T>;
   if (k < 1) throw std::invalid_argument("k must be >= 1");
   if (m == 0) return;
@@ -559,11 +773,17 @@ void select_topk(B& be, const T* x, T* r, u64 m, u64 k, I* out_idx, T* out_val) 
   State<U>* st = be.template alloc<State<U>>(1);
   be.zero(st, sizeof(State<U>));
   const gtopk::SamplePlan plan = gtopk::plan_sample(m, k);
-  if (plan.use_sample) {
+  if (plan.use_sample) {  // the plan's cap (a few k) is well within one block's reach
     T* sample = be.template alloc<T>(gtopk::kSampleSize);
     be.template launch<SampleThreshold<T>>(1, kBlockThreads, x, r, m, static_cast<u64>(plan.rank), sample, st);
     const u64 cap = std::min<u64>(plan.cap, m);
-    if (filter_and_finish<B, T, I>(be, x, r, m, k, cap, st, out_idx, out_val)) return;
+    I* cand_idx = be.template alloc<I>(cap);
+    T* cand_val = be.template alloc<T>(cap);
+    filter_and_gather<B, T, I>(be, x, r, m, cap, st, cand_idx, cand_val);
+    be.template launch<FinishTopk<T, I>>(1, kBlockThreads, cand_idx, cand_val, k, cap, st, out_idx, out_val);
+    State<U> h{};
+    be.to_host(&h, st, sizeof h);
+    if (h.status == 0) return;
   } else if (r != nullptr) {
     be.template launch<AddInPlace<T>>(grid_for(m), kStreamThreads, x, r, m);
   }
@@ -575,8 +795,17 @@ void select_topk(B& be, const T* x, T* r, u64 m, u64 k, I* out_idx, T* out_val) 
   be.template launch<HistogramThreshold<T>>(1, simt::kWarp, hist, k, st);
   State<U> h{};
   be.to_host(&h, st, sizeof h);
-  if (!filter_and_finish<B, T, I>(be, a, static_cast<T*>(nullptr), m, k, h.hist_count, st, out_idx, out_val))
-    throw std::logic_error("gtopk CUDA: the exact threshold did not yield k candidates");
+  const u64 n = h.hist_count;  // exactly the keys >= t
+  I* cand_idx = be.template alloc<I>(n);
+  T* cand_val = be.template alloc<T>(n);
+  filter_and_gather<B, T, I>(be, a, static_cast<T*>(nullptr), m, n, st, cand_idx, cand_val);
+  if (n > one_block_max) {
+    finish_many<B, T, I>(be, cand_idx, cand_val, n, k, out_idx, out_val);
+    return;
+  }
+  be.template launch<FinishTopk<T, I>>(1, kBlockThreads, cand_idx, cand_val, k, n, st, out_idx, out_val);
+  be.to_host(&h, st, sizeof h);
+  if (h.status != 0) throw std::logic_error("gtopk CUDA: the exact threshold did not yield k candidates");
 }
 
 // Union of two index-ascending sets (sums at equal indices), then top-k. Returns the

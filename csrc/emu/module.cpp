@@ -78,7 +78,8 @@ auto with_type(Kind kind, F&& f) {
   }
 }
 
-py::tuple select_topk(py::array x, int64_t k, py::object residual, bool bf16, bool idx64, uint64_t seed) {
+py::tuple select_topk(py::array x, int64_t k, py::object residual, bool bf16, bool idx64, uint64_t seed,
+                      int64_t one_block_max) {
   check_1d(x, "x");
   const Kind kind = kind_of(x, bf16, "x");
   if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
@@ -99,12 +100,13 @@ py::tuple select_topk(py::array x, int64_t k, py::object residual, bool bf16, bo
     T* rp = has_r ? static_cast<T*>(r.mutable_data()) : nullptr;
     T* ov = static_cast<T*>(out_val.mutable_data());
     EmuBackend be(seed);
+    const u64 limit = one_block_max < 0 ? gtopk_cuda::kOneBlockMax : static_cast<u64>(one_block_max);
     if (idx64) {
       gtopk_cuda::select_topk<EmuBackend, T, int64_t>(be, xp, rp, m, static_cast<u64>(k),
-                                                       static_cast<int64_t*>(out_idx.mutable_data()), ov);
+                                                       static_cast<int64_t*>(out_idx.mutable_data()), ov, limit);
     } else {
       gtopk_cuda::select_topk<EmuBackend, T, int32_t>(be, xp, rp, m, static_cast<u64>(k),
-                                                       static_cast<int32_t*>(out_idx.mutable_data()), ov);
+                                                       static_cast<int32_t*>(out_idx.mutable_data()), ov, limit);
     }
     g_last_launches = be.launches();
     return 0;
@@ -174,8 +176,9 @@ void divergent_barrier() {
 PYBIND11_MODULE(_cuda_emu, mod) {
   mod.doc() = "The CUDA kernels of gtopk_mpi run by a CPU SIMT emulator (tests without a GPU)";
   mod.def("select_topk", &select_topk, py::arg("x"), py::arg("k"), py::arg("residual") = py::none(),
-          py::arg("bf16") = false, py::arg("idx64") = false, py::arg("seed") = 1,
-          "gtopk_mpi.cuda.select_topk's code on the emulator (residual updated in place).");
+          py::arg("bf16") = false, py::arg("idx64") = false, py::arg("seed") = 1, py::arg("one_block_max") = -1,
+          "gtopk_mpi.cuda.select_topk's code on the emulator (residual updated in place). one_block_max:\n"
+          "candidates beyond which the selection finishes on the whole grid (default: the library's).");
   mod.def("merge_topk", &merge_topk, py::arg("idx_a"), py::arg("val_a"), py::arg("idx_b"), py::arg("val_b"),
           py::arg("k"), py::arg("bf16") = false, py::arg("seed") = 1,
           "gtopk_mpi.cuda.merge_topk's code on the emulator (int32 indices).");
