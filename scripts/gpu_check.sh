@@ -34,7 +34,7 @@ echo "CUDA toolkit: ${CUDA_HOME:-/usr/local/cuda}"
 ARCH=$("$PY" -c "import torch; a, b = torch.cuda.get_device_capability(); print(f'{a}{b}')")
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 echo "== build (sm_$ARCH)"
-GTOPK_MPI_WITH_CUDA=1 GTOPK_CUDA_ARCHS=$ARCH "$PY" setup.py build_ext --inplace -j 8 > /tmp/gtopk_build.log 2>&1 \
+GTOPK_MPI_WITH_CUDA=1 GTOPK_CUDA_ARCHS=$ARCH timeout 300 "$PY" setup.py build_ext --inplace -j 8 > /tmp/gtopk_build.log 2>&1 \
   || { tail -40 /tmp/gtopk_build.log; exit 1; }
 "$PY" -c "import gtopk_mpi.cuda as c; assert c.available(), 'CUDA build or GPU missing'; print('cuda available')"
 declare -a SUMMARY=()
