@@ -15,8 +15,6 @@
 
 namespace gtopk {
 
-constexpr int kRadixBits = 11;
-
 template <class U>
 struct KthKey {
   U key;         // the k-th largest key
@@ -27,24 +25,17 @@ struct KthKey {
 template <class T>
 KthKey<key_t<T>> kth_largest_key(const key_t<T>* keys, size_t n, size_t k) {
   using U = key_t<T>;
-  U prefix = 0, prefix_mask = 0;
-  size_t want = k;  // rank of the answer among keys matching the prefix
+  RadixState<U> st{0, 0, k};
   std::vector<uint32_t> hist(size_t{1} << kRadixBits);
-  for (int shift = KeyTraits<T>::kBits - kRadixBits;; shift -= kRadixBits) {
-    const int s = shift < 0 ? 0 : shift;
-    const int width = shift < 0 ? kRadixBits + shift : kRadixBits;
-    const U digit_mask = static_cast<U>((U{1} << width) - 1);
+  for (int d = 0;; ++d) {
+    const RadixDigit dg = radix_digit(KeyTraits<T>::kBits, d);
     std::fill(hist.begin(), hist.end(), 0u);
     for (size_t j = 0; j < n; ++j) {
       const U key = keys[j];
-      if ((key & prefix_mask) == prefix) ++hist[(key >> s) & digit_mask];
+      if ((key & st.mask) == st.prefix) ++hist[(key >> dg.shift) & dg.mask];
     }
-    size_t above = 0;
-    const size_t b = histogram_bucket(hist.data(), size_t{digit_mask} + 1, want, &above);
-    want -= above;
-    prefix = static_cast<U>(prefix | (static_cast<U>(b) << s));
-    prefix_mask = static_cast<U>(prefix_mask | (static_cast<U>(digit_mask) << s));
-    if (s == 0) return {prefix, want};
+    radix_pick(hist.data(), dg, st);
+    if (dg.last) return {st.prefix, static_cast<size_t>(st.want)};
   }
 }
 

@@ -14,6 +14,7 @@ constexpr size_t kSampleBlocks = 1024;   // blocks spread evenly over the input
 constexpr size_t kSampleBlockLen = 64;   // contiguous elements per block
 constexpr size_t kSampleSize = kSampleBlocks * kSampleBlockLen;
 constexpr int kHistBits = 11;            // histogram fallback: top 11 key bits
+constexpr int kRadixBits = 11;           // digit width of the radix selects
 constexpr size_t kDirectMax = size_t{1} << 12;  // no sample: rank every element up to this length
 
 struct SamplePlan {
@@ -59,6 +60,42 @@ GTOPK_HD size_t histogram_bucket(const C* hist, size_t nbuckets, size_t k, size_
   }
   if (above != nullptr) *above = acc;
   return 0;
+}
+
+// ---- radix select of the k-th largest key, most significant digit first ----------------
+// Shared by the CPU (radix.h) and the GPU (csrc/cuda/topk_kernels.h): each pass histograms
+// one digit of the keys that share the prefix fixed so far, then radix_pick fixes that digit.
+
+// Digit d (0 = most significant) of keys with `bits` significant bits: the key bits
+// [shift, shift + width), width <= kRadixBits; `last` for the digit ending at bit 0.
+struct RadixDigit {
+  int shift;
+  unsigned mask;  // (1 << width) - 1
+  bool last;
+};
+
+GTOPK_HD RadixDigit radix_digit(int bits, int d) {
+  const int top = bits - kRadixBits * (d + 1);
+  const int width = top < 0 ? kRadixBits + top : kRadixBits;
+  return RadixDigit{top < 0 ? 0 : top, (1u << width) - 1u, top <= 0};
+}
+
+// The select so far: keys matching `prefix` under `mask` are in play; the answer is the
+// want-th largest of them (after the last digit: how many keys equal to it are in the top k).
+template <class U>
+struct RadixState {
+  U prefix, mask;
+  uint64_t want;
+};
+
+// Fix digit dg from the histogram of its values over the keys in play.
+template <class U, class C>
+GTOPK_HD void radix_pick(const C* hist, RadixDigit dg, RadixState<U>& st) {
+  size_t above = 0;
+  const size_t b = histogram_bucket(hist, size_t{dg.mask} + 1, static_cast<size_t>(st.want), &above);
+  st.want -= above;
+  st.prefix = static_cast<U>(st.prefix | (static_cast<U>(b) << dg.shift));
+  st.mask = static_cast<U>(st.mask | (static_cast<U>(dg.mask) << dg.shift));
 }
 
 }  // namespace gtopk

@@ -46,7 +46,7 @@ constexpr size_t kTile = size_t{kTileThreads} * kTileItems;
 constexpr unsigned kTileWarps = kTileThreads / simt::kWarp;
 constexpr unsigned kBlockThreads = 1024;  // the single-block kernels
 constexpr unsigned kStreamThreads = 256;  // grid-stride kernels
-constexpr int kRadixBits = 11;            // digit width of the radix select (as radix.h)
+using gtopk::kRadixBits;                  // the radix selects' digits: select_plan.h
 // Loads a thread issues before using any of them in the one-block loops: a single block
 // has too few warps to hide memory latency one load at a time.
 constexpr unsigned kBatch = 8;
@@ -99,35 +99,41 @@ struct Kth {
   u64 ties;   // keys equal to it that belong to the top k (>= 1)
 };
 
-// k-th largest magnitude key of vals[0..n) (1 <= k <= n): radix select, most significant
-// 11-bit digit first, the same digits and bucket walk (histogram_bucket) as radix.h.
+// Count one key in a shared histogram (bucket kRadixBuckets: none). All 32 lanes call it
+// together; lanes with the same bucket combine (match_any) into one atomic, which matters
+// because the top digit of near-equal magnitudes falls in a handful of buckets.
+template <class C>
+GTOPK_DEV void warp_count(C* hist, unsigned bucket) {
+  const unsigned peers = simt::match_any(bucket);
+  if (bucket < kRadixBuckets && simt::lowest_lane(peers) == simt::thread_idx() % simt::kWarp)
+    simt::atomic_add(&hist[bucket], static_cast<C>(simt::popc(peers)));
+}
+
+// The bucket of key for digit dg, or kRadixBuckets when the key is not in play.
+template <class U>
+GTOPK_DEV unsigned radix_bucket(U key, bool valid, gtopk::RadixDigit dg, const gtopk::RadixState<U>& st) {
+  return valid && (key & st.mask) == st.prefix ? static_cast<unsigned>((key >> dg.shift) & dg.mask) : kRadixBuckets;
+}
+
+// k-th largest magnitude key of vals[0..n) (1 <= k <= n): the radix select of select_plan.h
+// (radix_digit / radix_pick, as the CPU's radix.h) by one block.
 // C counts a bucket: 32-bit shared atomics are the fast ones, so unsigned unless n >= 2^32.
 template <class T, class C>
 GTOPK_DEV Kth<key_of<T>> block_kth_counted(const T* vals, u64 n, u64 k) {
   using U = key_of<T>;
   struct KthShared {
     C hist[kRadixBuckets];
-    U prefix, mask;
-    u64 want;
+    gtopk::RadixState<U> st;
   };
   KthShared& sh = simt::shared<KthShared>();
-  const unsigned tid = simt::thread_idx(), nt = simt::block_dim();
-  if (tid == 0) {
-    sh.prefix = 0;
-    sh.mask = 0;
-    sh.want = k;
-  }
-  for (int shift = Num<T>::kBits - kRadixBits;; shift -= kRadixBits) {
-    const int s = shift < 0 ? 0 : shift;
-    const int width = shift < 0 ? kRadixBits + shift : kRadixBits;
-    const U dmask = static_cast<U>((1u << width) - 1);
+  const unsigned tid = simt::thread_idx(), nt = simt::block_dim(), lane = tid % simt::kWarp;
+  if (tid == 0) sh.st = gtopk::RadixState<U>{0, 0, k};
+  for (int d = 0;; ++d) {
+    const gtopk::RadixDigit dg = gtopk::radix_digit(Num<T>::kBits, d);
     for (unsigned b = tid; b < kRadixBuckets; b += nt) sh.hist[b] = 0;
     simt::sync();
-    const U prefix = sh.prefix, pmask = sh.mask;
-    // Whole warps go round the loop together (the bound is the warp's first lane's), so the
-    // lanes can combine equal buckets (match_any) and one atomic per bucket and warp lands:
-    // the first digit of near-equal magnitudes falls in a handful of buckets.
-    const unsigned lane = tid % simt::kWarp;
+    const gtopk::RadixState<U> st = sh.st;
+    // whole warps go round the loop together (the bound is the warp's first lane's)
     for (u64 base = tid - lane; base < n; base += u64{nt} * kBatch) {
       U keys[kBatch];
       GTOPK_UNROLL
@@ -136,26 +142,15 @@ GTOPK_DEV Kth<key_of<T>> block_kth_counted(const T* vals, u64 n, u64 k) {
         keys[q] = j < n ? mag_key<T>(vals[j]) : U{0};
       }
       GTOPK_UNROLL
-      for (unsigned q = 0; q < kBatch; ++q) {
-        const bool counted = base + lane + u64{q} * nt < n && (keys[q] & pmask) == prefix;
-        const unsigned bucket = counted ? static_cast<unsigned>((keys[q] >> s) & dmask) : kRadixBuckets;
-        const unsigned peers = simt::match_any(bucket);
-        if (counted && simt::lowest_lane(peers) == lane)
-          simt::atomic_add(&sh.hist[bucket], static_cast<C>(simt::popc(peers)));
-      }
+      for (unsigned q = 0; q < kBatch; ++q)
+        warp_count(sh.hist, radix_bucket(keys[q], base + lane + u64{q} * nt < n, dg, st));
     }
     simt::sync();
-    if (tid == 0) {
-      size_t above = 0;
-      const size_t b = gtopk::histogram_bucket(sh.hist, size_t{dmask} + 1, static_cast<size_t>(sh.want), &above);
-      sh.want -= above;
-      sh.prefix = static_cast<U>(sh.prefix | (static_cast<U>(b) << s));
-      sh.mask = static_cast<U>(sh.mask | (dmask << s));
-    }
+    if (tid == 0) gtopk::radix_pick(sh.hist, dg, sh.st);
     simt::sync();
-    if (s == 0) break;
+    if (dg.last) break;
   }
-  const Kth<U> out{sh.prefix, sh.want};
+  const Kth<U> out{sh.st.prefix, sh.st.want};
   simt::sync();  // sh may be reused by the next call
   return out;
 }
@@ -406,34 +401,14 @@ struct FinishTopk {  // 1 block of kBlockThreads
 };
 
 template <class T>
-struct Histogram {  // grid-stride; hist (kRadixBuckets) zeroed by the caller
-  static constexpr unsigned kMaxThreads = kStreamThreads;
-  GTOPK_DEV static void run(const T* a, u64 m, u64* hist) {
-    struct HistShared {
-      unsigned h[kRadixBuckets];
-    };
-    HistShared& sh = simt::shared<HistShared>();
-    constexpr int kShift = Num<T>::kBits - kRadixBits;
-    const unsigned tid = simt::thread_idx(), nt = simt::block_dim();
-    for (unsigned b = tid; b < kRadixBuckets; b += nt) sh.h[b] = 0;
-    simt::sync();
-    for (u64 i = simt::block_idx() * u64{nt} + tid; i < m; i += u64{simt::grid_dim()} * nt)
-      simt::atomic_add(&sh.h[mag_key<T>(a[i]) >> kShift], 1u);
-    simt::sync();
-    for (unsigned b = tid; b < kRadixBuckets; b += nt)
-      if (sh.h[b] != 0) simt::atomic_add(&hist[b], u64{sh.h[b]});
-  }
-};
-
-template <class T>
-struct HistogramThreshold {  // thread 0 of 1 warp: t = lower edge of the bucket holding the k-th key
+struct HistogramThreshold {  // thread 0 of 1 warp: t = lower edge of the top-digit bucket holding the k-th key
   static constexpr unsigned kMaxThreads = simt::kWarp;
   GTOPK_DEV static void run(const u64* hist, u64 k, State<key_of<T>>* st) {
     if (simt::thread_idx() != 0) return;
-    constexpr int kShift = Num<T>::kBits - kRadixBits;
+    const int shift = gtopk::radix_digit(Num<T>::kBits, 0).shift;
     size_t above = 0;
     const size_t b = gtopk::histogram_bucket(hist, kRadixBuckets, static_cast<size_t>(k), &above);
-    st->t = static_cast<key_of<T>>(static_cast<key_of<T>>(b) << kShift);
+    st->t = static_cast<key_of<T>>(static_cast<key_of<T>>(b) << shift);
     st->hist_count = above + hist[b];
   }
 };
@@ -506,24 +481,18 @@ struct MergeTopk {  // 1 block of kBlockThreads; union scratch ui/uv of na + nb 
 // radix select with a grid-wide histogram per digit, then an ordered write by tiles.
 
 template <class U>
-struct KthState {  // radix select in progress: keys matching prefix under mask; want of them
-  U prefix, mask;
-  u64 want;
-};
-
-template <class U>
 struct KthStart {  // 1 warp: nothing fixed yet, want k
   static constexpr unsigned kMaxThreads = simt::kWarp;
-  GTOPK_DEV static void run(KthState<U>* ks, u64 k) {
-    if (simt::thread_idx() == 0) *ks = KthState<U>{0, 0, k};
+  GTOPK_DEV static void run(gtopk::RadixState<U>* rs, u64 k) {
+    if (simt::thread_idx() == 0) *rs = gtopk::RadixState<U>{0, 0, k};
   }
 };
 
 template <class T>
-struct RadixHistogram {  // grid-stride; counts one digit of the keys matching the prefix
+struct RadixHistogram {  // grid-stride; adds digit dg of the keys in play (*rs) to hist
   static constexpr unsigned kMaxThreads = kStreamThreads;
-  GTOPK_DEV static void run(const T* vals, u64 n, const KthState<key_of<T>>* ks, int s, unsigned dmask, u64* hist) {
-    using U = key_of<T>;
+  GTOPK_DEV static void run(const T* vals, u64 n, const gtopk::RadixState<key_of<T>>* rs, gtopk::RadixDigit dg,
+                            u64* hist) {
     struct RadixShared {
       unsigned h[kRadixBuckets];
     };
@@ -531,15 +500,11 @@ struct RadixHistogram {  // grid-stride; counts one digit of the keys matching t
     const unsigned tid = simt::thread_idx(), nt = simt::block_dim(), lane = tid % simt::kWarp;
     for (unsigned b = tid; b < kRadixBuckets; b += nt) sh.h[b] = 0;
     simt::sync();
-    const U prefix = ks->prefix, pmask = ks->mask;
+    const gtopk::RadixState<key_of<T>> st = *rs;
     const u64 stride = u64{simt::grid_dim()} * nt;
     for (u64 base = simt::block_idx() * u64{nt} + tid - lane; base < n; base += stride) {  // whole warps
       const u64 j = base + lane;
-      const U key = j < n ? mag_key<T>(vals[j]) : U{0};
-      const bool counted = j < n && (key & pmask) == prefix;
-      const unsigned bucket = counted ? static_cast<unsigned>((key >> s) & dmask) : kRadixBuckets;
-      const unsigned peers = simt::match_any(bucket);
-      if (counted && simt::lowest_lane(peers) == lane) simt::atomic_add(&sh.h[bucket], unsigned(simt::popc(peers)));
+      warp_count(sh.h, radix_bucket(j < n ? mag_key<T>(vals[j]) : key_of<T>{0}, j < n, dg, st));
     }
     simt::sync();
     for (unsigned b = tid; b < kRadixBuckets; b += nt)
@@ -548,16 +513,10 @@ struct RadixHistogram {  // grid-stride; counts one digit of the keys matching t
 };
 
 template <class U>
-struct RadixPick {  // 1 warp: fix this digit (histogram_bucket), clear the histogram
+struct RadixPick {  // 1 warp: fix digit dg (radix_pick), clear the histogram
   static constexpr unsigned kMaxThreads = simt::kWarp;
-  GTOPK_DEV static void run(u64* hist, int s, unsigned dmask, KthState<U>* ks) {
-    if (simt::thread_idx() == 0) {
-      size_t above = 0;
-      const size_t b = gtopk::histogram_bucket(hist, size_t{dmask} + 1, static_cast<size_t>(ks->want), &above);
-      ks->want -= above;
-      ks->prefix = static_cast<U>(ks->prefix | (static_cast<U>(b) << s));
-      ks->mask = static_cast<U>(ks->mask | (static_cast<U>(dmask) << s));
-    }
+  GTOPK_DEV static void run(u64* hist, gtopk::RadixDigit dg, gtopk::RadixState<U>* rs) {
+    if (simt::thread_idx() == 0) gtopk::radix_pick(hist, dg, *rs);
     simt::sync();
     for (unsigned b = simt::thread_idx(); b < kRadixBuckets; b += simt::block_dim()) hist[b] = 0;
   }
@@ -566,7 +525,7 @@ struct RadixPick {  // 1 warp: fix this digit (histogram_bucket), clear the hist
 template <class T>
 struct TileTies {  // a block per tile of candidates: how many keys above / equal to the k-th
   static constexpr unsigned kMaxThreads = kTileThreads;
-  GTOPK_DEV static void run(const T* val, u64 n, const KthState<key_of<T>>* ks, unsigned* tile_greater,
+  GTOPK_DEV static void run(const T* val, u64 n, const gtopk::RadixState<key_of<T>>* ks, unsigned* tile_greater,
                             unsigned* tile_equal) {
     struct TiesShared {
       unsigned greater, equal;
@@ -600,7 +559,7 @@ template <class U>
 struct ScanTies {  // 1 block: ties before each tile, and where each tile's output starts
   static constexpr unsigned kMaxThreads = kBlockThreads;
   GTOPK_DEV static void run(const unsigned* tile_greater, const unsigned* tile_equal, u64 ntiles,
-                            const KthState<U>* ks, u64* eq_before, u64* out_off) {
+                            const gtopk::RadixState<U>* ks, u64* eq_before, u64* out_off) {
     const unsigned tid = simt::thread_idx(), nt = simt::block_dim();
     const u64 want = ks->want, chunk = (ntiles + nt - 1) / nt;
     const u64 lo = std::min<u64>(ntiles, tid * chunk), hi = std::min<u64>(ntiles, lo + chunk);
@@ -627,7 +586,7 @@ struct ScanTies {  // 1 block: ties before each tile, and where each tile's outp
 template <class T, class I>
 struct TileWrite {  // a block per tile: keys above the k-th and the first ties, in index order
   static constexpr unsigned kMaxThreads = kTileThreads;
-  GTOPK_DEV static void run(const I* idx, const T* val, u64 n, const KthState<key_of<T>>* ks, const u64* eq_before,
+  GTOPK_DEV static void run(const I* idx, const T* val, u64 n, const gtopk::RadixState<key_of<T>>* ks, const u64* eq_before,
                             const u64* out_off, I* out_idx, T* out_val) {
     struct WriteShared {
       unsigned ties[kTileItems * kTileWarps];
@@ -732,17 +691,16 @@ void filter_and_gather(B& be, const T* x, T* r, u64 m, u64 cap, State<key_of<T>>
 template <class B, class T, class I>
 void finish_many(B& be, const I* cand_idx, const T* cand_val, u64 n, u64 k, I* out_idx, T* out_val) {
   using U = key_of<T>;
-  KthState<U>* ks = be.template alloc<KthState<U>>(1);
+  gtopk::RadixState<U>* ks = be.template alloc<gtopk::RadixState<U>>(1);
   u64* hist = be.template alloc<u64>(kRadixBuckets);
   be.zero(hist, kRadixBuckets * sizeof(u64));
   be.template launch<KthStart<U>>(1, simt::kWarp, ks, k);
   const unsigned grid = std::min<unsigned>(grid_for(n), 1024);
-  for (int shift = Num<T>::kBits - kRadixBits;; shift -= kRadixBits) {  // radix.h's digits
-    const int s = shift < 0 ? 0 : shift;
-    const unsigned dmask = (1u << (shift < 0 ? kRadixBits + shift : kRadixBits)) - 1u;
-    be.template launch<RadixHistogram<T>>(grid, kStreamThreads, cand_val, n, ks, s, dmask, hist);
-    be.template launch<RadixPick<U>>(1, simt::kWarp, hist, s, dmask, ks);
-    if (s == 0) break;
+  for (int d = 0;; ++d) {
+    const gtopk::RadixDigit dg = gtopk::radix_digit(Num<T>::kBits, d);
+    be.template launch<RadixHistogram<T>>(grid, kStreamThreads, cand_val, n, ks, dg, hist);
+    be.template launch<RadixPick<U>>(1, simt::kWarp, hist, dg, ks);
+    if (dg.last) break;
   }
   const u64 ntiles = (n + kTile - 1) / kTile;
   unsigned* tile_greater = be.template alloc<unsigned>(ntiles);
@@ -791,7 +749,10 @@ void select_topk(B& be, const T* x, T* r, u64 m, u64 k, I* out_idx, T* out_val, 
   const T* a = r != nullptr ? r : x;
   u64* hist = be.template alloc<u64>(kRadixBuckets);
   be.zero(hist, kRadixBuckets * sizeof(u64));
-  be.template launch<Histogram<T>>(std::min<unsigned>(grid_for(m), 1024), kStreamThreads, a, m, hist);
+  gtopk::RadixState<U>* everything = be.template alloc<gtopk::RadixState<U>>(1);  // nothing fixed: all keys
+  be.zero(everything, sizeof(gtopk::RadixState<U>));
+  be.template launch<RadixHistogram<T>>(std::min<unsigned>(grid_for(m), 1024), kStreamThreads, a, m, everything,
+                                        gtopk::radix_digit(Num<T>::kBits, 0), hist);
   be.template launch<HistogramThreshold<T>>(1, simt::kWarp, hist, k, st);
   State<U> h{};
   be.to_host(&h, st, sizeof h);
