@@ -14,7 +14,8 @@
 //   3. exact fix-up on the candidates: nth_element finds the k-th largest key T,
 //      then a scan in index order keeps keys > T and the first keys == T.
 //   If the sample misleads (fewer than k or too many candidates), a histogram of
-//   the top 11 key bits gives an exact bucket threshold and step 2 is redone.
+//   the top 11 key bits (the radix select's first digit) gives an exact bucket
+//   threshold and step 2 is redone.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -167,23 +168,24 @@ bool filter_all(const T* x, T* r, size_t m, key_t<T> t, size_t cap, int threads,
   return true;
 }
 
-// Exact threshold from a histogram of the top kHistBits of the keys of `a`:
-// the lower edge of the bucket that holds the k-th largest key.
+// Exact threshold from a histogram of the radix select's top digit of the keys of `a`:
+// the lower edge of the bucket that holds the k-th largest key (as the GPU fallback).
 template <class T>
 key_t<T> histogram_threshold(const T* a, size_t m, size_t k, int threads) {
-  constexpr int shift = KeyTraits<T>::kBits - kHistBits;
-  std::vector<uint64_t> hist(size_t{1} << kHistBits, 0);
+  const RadixDigit top = radix_digit(KeyTraits<T>::kBits, 0);
+  const size_t buckets = size_t{top.mask} + 1;
+  std::vector<uint64_t> hist(buckets, 0);
   const int nt = clamp_threads(threads, m);
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<uint64_t> local(size_t{1} << kHistBits, 0);
+    std::vector<uint64_t> local(buckets, 0);
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < static_cast<int64_t>(m); ++i) ++local[mag_key<T>(a[i]) >> shift];
+    for (int64_t i = 0; i < static_cast<int64_t>(m); ++i) ++local[mag_key<T>(a[i]) >> top.shift];
 #pragma omp critical
     for (size_t b = 0; b < local.size(); ++b) hist[b] += local[b];
   }
-  const size_t bucket = histogram_bucket(hist.data(), size_t{1} << kHistBits, k);
-  return static_cast<key_t<T>>(static_cast<key_t<T>>(bucket) << shift);
+  const size_t bucket = histogram_bucket(hist.data(), buckets, k);
+  return static_cast<key_t<T>>(static_cast<key_t<T>>(bucket) << top.shift);
 }
 
 // Keep the k best candidates (keys > T, then the lowest indices with key == T).

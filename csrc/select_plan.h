@@ -13,7 +13,6 @@ namespace gtopk {
 constexpr size_t kSampleBlocks = 1024;   // blocks spread evenly over the input
 constexpr size_t kSampleBlockLen = 64;   // contiguous elements per block
 constexpr size_t kSampleSize = kSampleBlocks * kSampleBlockLen;
-constexpr int kHistBits = 11;            // histogram fallback: top 11 key bits
 constexpr int kRadixBits = 11;           // digit width of the radix selects
 constexpr size_t kDirectMax = size_t{1} << 12;  // no sample: rank every element up to this length
 
