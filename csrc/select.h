@@ -11,7 +11,7 @@
 //      number of elements >= t exceeds k with overwhelming probability;
 //   2. one streaming pass keeps the (index, key) of every element with key >= t
 //      (in the fused error-feedback form the same pass also writes r += x);
-//   3. exact fix-up on the candidates: nth_element finds the k-th largest key T,
+//   3. exact fix-up on the candidates: radix select (radix.h) finds the k-th largest key T,
 //      then a scan in index order keeps keys > T and the first keys == T.
 //   If the sample misleads (fewer than k or too many candidates), a histogram of
 //   the top 11 key bits (the radix select's first digit) gives an exact bucket

@@ -16,15 +16,13 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from gtopk_mpi import _C, merge_topk, select_topk, select_topk_ef
 from gtopk_mpi import _cuda_emu as emu
 
 import reference as ref
 from mpi_launch import ROOT, run
+from test_kernels import sparse  # the merge and fuzz tests live there, for CPU and emulated GPU alike
 
 LARGE = 1_100_000  # above 16 x the 65,536-key sample: the sampled-threshold path
 SAMPLE_PATH = 5  # launches: threshold, filter, scan, gather, finish
@@ -171,30 +169,6 @@ def test_select_rejects_bad_input():
         emu.select_topk(x.astype(np.float64), 1)
 
 
-def sparse(rng, m: int, n: int, dtype):
-    idx = np.sort(rng.choice(m, n, replace=False)).astype(np.int32)
-    return idx, rng.standard_normal(n).astype(dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("overlap", ["random", "none", "full", "one_empty"])
-def test_merge_against_reference_and_symmetric(dtype, overlap):
-    rng = np.random.default_rng(11)
-    a = sparse(rng, 4000, 600, dtype)
-    if overlap == "random":
-        b = sparse(rng, 4000, 600, dtype)
-    elif overlap == "none":
-        b = (a[0] + 4000, rng.standard_normal(600).astype(dtype))
-    elif overlap == "full":
-        b = (a[0].copy(), rng.standard_normal(600).astype(dtype))
-    else:
-        b = (np.zeros(0, np.int32), np.zeros(0, dtype))
-    for k in (1, 10, 600, 1199, 5000):
-        got = emu.merge_topk(*a, *b, k)
-        assert same(got, ref.merge(a, b, k, dtype)), k
-        assert same(emu.merge_topk(*b, *a, k), got), k
-
-
 def test_merge_of_two_gradient_sized_sets_matches_cpu():
     rng = np.random.default_rng(12)
     k = 25_557
@@ -243,37 +217,6 @@ def test_scatter_and_zero_at():
 def test_emulator_reports_a_divergent_barrier_instead_of_hanging():
     with pytest.raises(RuntimeError, match="divergent barrier.*32 waiting at __syncthreads; 32 exited"):
         emu.divergent_barrier()
-
-
-# ---------------------------------------------------------------------------------------- fuzz
-
-SPECIAL = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, np.inf, -np.inf, np.nan])
-
-
-def values(dtype, n):
-    elems = st.one_of(SPECIAL, st.floats(-1e3, 1e3, width=np.dtype(dtype).itemsize * 8))
-    return hnp.arrays(dtype, n, elements=elems)
-
-
-@settings(max_examples=60, deadline=None)
-@given(data=st.data(), dtype=st.sampled_from([np.float32, np.float16]), m=st.integers(1, 300),
-       k=st.integers(1, 320))
-def test_fuzz_select(data, dtype, m, k):
-    x = data.draw(values(dtype, m))
-    assert same(emu.select_topk(x, k), ref.select(x, k))
-
-
-@settings(max_examples=60, deadline=None)
-@given(data=st.data(), dtype=st.sampled_from([np.float32, np.float16]), k=st.integers(1, 40))
-def test_fuzz_merge(data, dtype, k):
-    def one():
-        idx = np.array(sorted(data.draw(st.sets(st.integers(0, 60), max_size=40))), np.int32)
-        return idx, data.draw(values(dtype, len(idx)))
-
-    a, b = one(), one()
-    got = emu.merge_topk(*a, *b, k)
-    assert same(got, ref.merge(a, b, k, dtype))
-    assert same(emu.merge_topk(*b, *a, k), got)
 
 
 # ------------------------------------------------------------------ the collectives (gtopk_mpi/cuda.py)

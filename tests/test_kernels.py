@@ -1,4 +1,6 @@
-"""Native kernels (gtopk_mpi._C) against the NumPy reference, single process."""
+"""Native kernels (gtopk_mpi._C) against the NumPy reference, single process. The merge and
+the fuzz tests also run the GPU path's code on the CPU's SIMT emulator (gtopk_mpi._cuda_emu;
+more of it in tests/test_cuda_emulated.py) against the same reference."""
 
 from __future__ import annotations
 
@@ -9,14 +11,26 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gtopk_mpi import _C, merge_topk, select_topk, select_topk_ef
+from gtopk_mpi import _cuda_emu as emu
 
 import reference as ref
 
 DTYPES = [np.float16, np.float32, np.float64]
+GPU_DTYPES = [np.float16, np.float32]  # of these, the ones the GPU path has
 
 
-def check_select(x: np.ndarray, k: int, threads: int = 1) -> None:
-    idx, val = select_topk(x, k, threads=threads)
+def implementations(cpu, emulated_gpu) -> list:
+    """(function, dtype) pairs: the CPU kernel on every dtype, the emulated GPU one on its own."""
+    return ([pytest.param(cpu, d, id=f"cpu-{np.dtype(d).name}") for d in DTYPES]
+            + [pytest.param(emulated_gpu, d, id=f"emulated_gpu-{np.dtype(d).name}") for d in GPU_DTYPES])
+
+
+SELECTS = implementations(select_topk, emu.select_topk)
+MERGES = implementations(merge_topk, emu.merge_topk)
+
+
+def check_select(x: np.ndarray, k: int, threads: int = 1, select=None) -> None:
+    idx, val = select_topk(x, k, threads=threads) if select is None else select(x, k)
     r_idx, r_val = ref.select(x, k)
     assert idx.dtype == np.int32
     assert np.array_equal(idx, r_idx), (idx, r_idx)
@@ -128,22 +142,24 @@ def sparse(rng, m, n, dtype):
     return idx, rng.standard_normal(n).astype(dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("overlap", ["random", "none", "full"])
-def test_merge_against_reference_and_symmetric(dtype, overlap):
+@pytest.mark.parametrize("merge,dtype", MERGES)
+@pytest.mark.parametrize("overlap", ["random", "none", "full", "one_empty"])
+def test_merge_against_reference_and_symmetric(merge, dtype, overlap):
     rng = np.random.default_rng(11)
-    a = sparse(rng, 400, 60, dtype)
+    a = sparse(rng, 4000, 600, dtype)  # 1200 entries: more than one per GPU thread
     if overlap == "random":
-        b = sparse(rng, 400, 60, dtype)
+        b = sparse(rng, 4000, 600, dtype)
     elif overlap == "none":
-        b = (a[0] + 400, rng.standard_normal(60).astype(dtype))
+        b = (a[0] + 4000, rng.standard_normal(600).astype(dtype))
+    elif overlap == "full":
+        b = (a[0].copy(), rng.standard_normal(600).astype(dtype))
     else:
-        b = (a[0].copy(), rng.standard_normal(60).astype(dtype))
-    for k in (1, 10, 60, 119, 500):
-        got = merge_topk(*a, *b, k)
+        b = (np.zeros(0, np.int32), np.zeros(0, dtype))
+    for k in (1, 10, 600, 1199, 5000):
+        got = merge(*a, *b, k)
         want = ref.merge(a, b, k, dtype)
         assert np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
-        swapped = merge_topk(*b, *a, k)
+        swapped = merge(*b, *a, k)
         assert np.array_equal(got[0], swapped[0]) and ref.same_bits(got[1], swapped[1])
 
 
@@ -189,22 +205,24 @@ def values(dtype, n):
     return hnp.arrays(dtype, n, elements=elems)
 
 
-@settings(max_examples=150, deadline=None)
-@given(data=st.data(), dtype=st.sampled_from(DTYPES), m=st.integers(1, 60), k=st.integers(1, 70))
-def test_fuzz_select(data, dtype, m, k):
-    check_select(data.draw(values(dtype, m)), k)
+@pytest.mark.parametrize("select,dtype", SELECTS)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), m=st.integers(1, 300), k=st.integers(1, 320))
+def test_fuzz_select(select, dtype, data, m, k):
+    check_select(data.draw(values(dtype, m)), k, select=select)
 
 
-@settings(max_examples=150, deadline=None)
-@given(data=st.data(), dtype=st.sampled_from(DTYPES), k=st.integers(1, 40))
-def test_fuzz_merge(data, dtype, k):
+@pytest.mark.parametrize("merge,dtype", MERGES)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), k=st.integers(1, 40))
+def test_fuzz_merge(merge, dtype, data, k):
     def one():
-        idx = np.array(sorted(data.draw(st.sets(st.integers(0, 40), max_size=25))), np.int32)
+        idx = np.array(sorted(data.draw(st.sets(st.integers(0, 60), max_size=40))), np.int32)
         return idx, data.draw(values(dtype, len(idx)))
 
     a, b = one(), one()
-    got = merge_topk(*a, *b, k)
+    got = merge(*a, *b, k)
     want = ref.merge(a, b, k, dtype)
     assert np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
-    swapped = merge_topk(*b, *a, k)
+    swapped = merge(*b, *a, k)
     assert np.array_equal(got[0], swapped[0]) and ref.same_bits(got[1], swapped[1])
