@@ -153,7 +153,7 @@ def dense_allreduce(x: np.ndarray, average: bool = False, comm: MPI.Comm | None 
     agree_dense(comm, len(x) if err is None else -1, x.dtype if err is None else None, average, err)
     out = np.array(x, copy=True)
     allreduce_inplace(comm, out)
-    return average_dense(out, comm.Get_size()) if average else out
+    return _average_dense(out, comm.Get_size()) if average else out
 
 
 def on_device(x: object) -> bool:
@@ -168,7 +168,7 @@ def agree_dense(comm: MPI.Comm, m: int, dtype: np.dtype | None, average: bool, e
     _agree(comm, "dense_allreduce", header, err)
 
 
-def average_dense(out: np.ndarray, p: int) -> np.ndarray:
+def _average_dense(out: np.ndarray, p: int) -> np.ndarray:
     """A dense sum divided by p: floor division for integers, else rounded once."""
     if out.dtype.kind == "i":
         out //= p
@@ -255,12 +255,14 @@ class HostSpace:
         return tail.view(bool)
 
     def allreduce(self, comm: MPI.Comm, vals: np.ndarray) -> np.ndarray:
+        """The sum over ranks, in vals (made contiguous first) when it is contiguous."""
         vals = np.ascontiguousarray(vals)
         allreduce_inplace(comm, vals)
         return vals
 
     def scale_average(self, vals: np.ndarray, p: int) -> np.ndarray:
-        return _scale_average(vals, p)
+        """vals / p rounded once (integers: floor division)."""
+        return _average_dense(vals, p)
 
 
 HOST = HostSpace()

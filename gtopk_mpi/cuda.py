@@ -348,7 +348,6 @@ def dense_allreduce(x, average: bool = False, comm=None):
     host copy, or of the device buffer itself with GTOPK_MPI_CUDA_AWARE=1. Same dtypes and
     results as the CPU path (float16 summed in float32, rounded once); returned on x's device.
     """
-    import torch
 
     comm = comm if comm is not None else runtime.comm()
     given, dtype = x, None
@@ -367,21 +366,12 @@ def dense_allreduce(x, average: bool = False, comm=None):
 
     err = collectives._local_error(comm, check)
     collectives.agree_dense(comm, x.numel() if err is None else -1, dtype, average, err)
-    p = comm.Get_size()
-    if not cuda_aware():
-        host = to_host(x)  # a copy: x is not changed
-        collectives.allreduce_inplace(comm, host)
-        return _like(given, to_device(collectives.average_dense(host, p) if average else host, x.device))
-    out = x.float() if x.dtype == torch.float16 else x.clone()
-    _device.synchronize(x)  # MPI reads the buffer outside torch's stream order
-    comm.Allreduce(MPI.IN_PLACE, out)
-    out = out.to(x.dtype)
+    aware = cuda_aware()
+    space = DeviceSpace(x.device) if aware else collectives.HOST
+    out = space.allreduce(comm, x if aware else to_host(x))  # a new array either way: x is not changed
     if average:
-        if not x.dtype.is_floating_point:
-            out = torch.div(out, p, rounding_mode="floor")
-        else:
-            out = (out.float() / p).to(x.dtype) if x.dtype == torch.float16 else out / p
-    return _like(given, out)
+        out = space.scale_average(out, comm.Get_size())
+    return _like(given, out if aware else to_device(out, x.device))
 
 
 class DeviceSpace(collectives.HostSpace):
@@ -475,6 +465,8 @@ class DeviceSpace(collectives.HostSpace):
     def scale_average(self, vals, p: int):
         import torch
 
+        if not vals.dtype.is_floating_point:
+            return torch.div(vals, p, rounding_mode="floor")
         return (vals.float() / p).to(vals.dtype) if vals.dtype == torch.float16 else vals / p
 
 
