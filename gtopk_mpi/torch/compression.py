@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import collectives
+
 
 class Compressor:
     """Horovod's compressor interface: compress before the dense reduction, decompress after."""
@@ -72,6 +74,13 @@ class SparseCompressor:
             raise ValueError(f"density must be in (0, 1], got {self.density!r}")
         if self.values not in ("merged", "exact"):
             raise ValueError(f"values must be 'merged' or 'exact', got {self.values!r}")
+
+    def allreduce(self, x, k: int, residual, comm):
+        """The sparse collective this compressor names, on a 1-D NumPy array or CUDA tensor
+        ``x`` (residual alike, or None); returns its SparseResult."""
+        if self.algorithm == "gtopk":
+            return collectives.gtopk_allreduce(x, k=k, residual=residual, values=self.values, comm=comm)
+        return collectives.topk_allreduce(x, k=k, residual=residual, comm=comm)
 
     def with_density(self, density: float) -> SparseCompressor:
         return SparseCompressor(self.algorithm, density, self.values)

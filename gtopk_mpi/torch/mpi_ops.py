@@ -268,9 +268,8 @@ def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, p
     def run(comm: MPI.Comm, reqs: list[Request]) -> torch.Tensor:
         x = _scale(snapshot, prescale)
         if on_gpu:  # the collectives take the GPU path for CUDA tensors
-            fn = collectives.gtopk_allreduce if compression.algorithm == "gtopk" else collectives.topk_allreduce
-            kwargs = {"values": compression.values} if compression.algorithm == "gtopk" else {}
-            res = fn(x.reshape(-1).contiguous(), density=compression.density, residual=residual, comm=comm, **kwargs)
+            flat = x.reshape(-1).contiguous()
+            res = compression.allreduce(flat, resolve_k(flat.numel(), None, compression.density), residual, comm)
             y = res.to_dense().reshape(shape)
         elif sparse:
             flat = _numpy(x.contiguous())
@@ -280,10 +279,7 @@ def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, p
                 if residual is not None:
                     residual.zero_()
             else:
-                fn = collectives.gtopk_allreduce if compression.algorithm == "gtopk" else collectives.topk_allreduce
-                kwargs = {"values": compression.values} if compression.algorithm == "gtopk" else {}
-                res = fn(flat, k=k, residual=None if residual is None else _numpy(residual), comm=comm, **kwargs)
-                out = res.to_dense()
+                out = compression.allreduce(flat, k, None if residual is None else _numpy(residual), comm).to_dense()
             y = torch.from_numpy(out).reshape(shape)
         else:
             c, ctx = compression.compress(x)

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 import torch
 from mpi4py import MPI
 
-from .. import collectives
 from ..selection import resolve_k
 from .compression import Compression, SparseCompressor
 from .engine import Request, Work
@@ -240,17 +239,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 bucket.velocity.mul_(self._momentum).add_(x)
                 x = bucket.velocity
             if x.is_cuda:  # selection and residual on the GPU; only the k pairs cross PCIe
-                if comp.algorithm == "gtopk":
-                    res = collectives.gtopk_allreduce(x, k=k, residual=bucket.residual, values=comp.values, comm=comm)
-                else:
-                    res = collectives.topk_allreduce(x, k=k, residual=bucket.residual, comm=comm)
+                res = comp.allreduce(x, k, bucket.residual, comm)
                 dense = res.to_dense()
             else:
-                arr, residual = x.contiguous().numpy(), bucket.residual.numpy()
-                if comp.algorithm == "gtopk":
-                    res = collectives.gtopk_allreduce(arr, k=k, residual=residual, values=comp.values, comm=comm)
-                else:
-                    res = collectives.topk_allreduce(arr, k=k, residual=residual, comm=comm)
+                res = comp.allreduce(x.contiguous().numpy(), k, bucket.residual.numpy(), comm)
                 dense = torch.from_numpy(res.to_dense())
             self._timings["compression"] += res.stats.select_s + res.stats.merge_s
             self._timings["communication"] += res.stats.comm_s
