@@ -1,7 +1,7 @@
 // C interface of the CUDA kernels (csrc/cuda/kernels.cu), called by module.cpp when the
 // extension is built with GTOPK_WITH_CUDA. Pointers are device pointers; `stream` is a
-// cudaStream_t (the caller's current stream). Each returns 0, a cudaError_t (> 0),
-// kBadInput (the message names the bad argument) or kInternal, and on error writes a
+// cudaStream_t (the caller's current stream); `dtype` a gtopk::DType (float16, bfloat16
+// or float32). Each returns an ApiStatus or a cudaError_t (> 0), and on error writes a
 // message to err (errlen bytes). The code is csrc/cuda/topk_kernels.h.
 #pragma once
 #include <cstddef>
@@ -9,8 +9,8 @@
 
 namespace gtopk_cuda {
 
-enum DType : int { kF16 = 0, kF32 = 1, kBF16 = 2 };
-enum Status : int { kBadInput = -1, kInternal = -2 };
+// kBadInput: the message names the bad argument; kInternal: a broken invariant.
+enum ApiStatus : int { kOk = 0, kBadInput = -1, kInternal = -2 };
 
 // Exact top-min(k, m) of x (or of residual + x when residual != nullptr, which is then
 // left holding residual + x), by magnitude, NaN first, ties to the lower index; indices

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "keys.h"
+#include "numeric.h"
 #include "radix.h"
 
 namespace gtopk {
@@ -69,7 +69,7 @@ size_t merge_topk(const I* ia, const T* va, size_t na, const I* ib, const T* vb,
     for (size_t j = 0; j < n; ++j) out_idx[j] = ui[j], out_val[j] = uv[j];
     return n;
   }
-  using U = key_t<T>;
+  using U = key_of<T>;
   thread_local std::vector<U> keys;
   keys.resize(n);
   for (size_t j = 0; j < n; ++j) keys[j] = mag_key<T>(uv[j]);

@@ -18,19 +18,18 @@
 #endif
 
 namespace py = pybind11;
+using gtopk::DType;
 using gtopk::half_t;
 
 namespace {
 
-constexpr int kNpyHalf = 23, kNpyFloat = 11, kNpyDouble = 12, kNpyInt32 = 5, kNpyInt64 = 7;
-
-enum class DType { kHalf, kFloat, kDouble };
+constexpr int kNpyHalf = 23, kNpyFloat = 11, kNpyDouble = 12, kNpyInt32 = 5, kNpyInt64 = 7;  // NumPy's type numbers
 
 DType value_dtype(const py::array& a, const char* name) {
   switch (a.dtype().num()) {
-    case kNpyHalf: return DType::kHalf;
-    case kNpyFloat: return DType::kFloat;
-    case kNpyDouble: return DType::kDouble;
+    case kNpyHalf: return DType::kFloat16;
+    case kNpyFloat: return DType::kFloat32;
+    case kNpyDouble: return DType::kFloat64;
     default:
       throw py::value_error(std::string(name) + ": unsupported dtype " + py::str(a.dtype()).cast<std::string>() +
                             " (expected float16, float32 or float64)");
@@ -85,9 +84,10 @@ py::tuple select_dispatch(const py::array& x, py::array* r, int64_t k, int threa
   return i32 ? select_typed<T, int32_t, kFused>(x, r, static_cast<size_t>(k), threads) \
              : select_typed<T, int64_t, kFused>(x, r, static_cast<size_t>(k), threads)
   switch (dt) {
-    case DType::kHalf: GTOPK_CASE(half_t);
-    case DType::kFloat: GTOPK_CASE(float);
-    case DType::kDouble: GTOPK_CASE(double);
+    case DType::kFloat16: GTOPK_CASE(half_t);
+    case DType::kFloat32: GTOPK_CASE(float);
+    case DType::kFloat64: GTOPK_CASE(double);
+    default: break;
   }
 #undef GTOPK_CASE
   throw py::value_error("unreachable dtype");
@@ -137,9 +137,10 @@ py::tuple merge_topk(const py::array& ia, const py::array& va, const py::array& 
   const size_t kk = static_cast<size_t>(k);
 #define GTOPK_CASE(T) return i32 ? merge_typed<T, int32_t>(ia, va, ib, vb, kk) : merge_typed<T, int64_t>(ia, va, ib, vb, kk)
   switch (value_dtype(va, "val_a")) {
-    case DType::kHalf: GTOPK_CASE(half_t);
-    case DType::kFloat: GTOPK_CASE(float);
-    case DType::kDouble: GTOPK_CASE(double);
+    case DType::kFloat16: GTOPK_CASE(half_t);
+    case DType::kFloat32: GTOPK_CASE(float);
+    case DType::kFloat64: GTOPK_CASE(double);
+    default: break;
   }
 #undef GTOPK_CASE
   throw py::value_error("unreachable dtype");
@@ -176,14 +177,6 @@ py::dict sample_plan(int64_t m, int64_t k) {
   d["block_starts"] = starts;
   d["block_len"] = gtopk::kSampleBlockLen;
   return d;
-}
-
-int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
 }
 
 #ifdef GTOPK_WITH_CUDA
@@ -244,6 +237,13 @@ void cuda_zero_at(int dtype, bool idx64, uintptr_t idx, int64_t n, uintptr_t res
 
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "gtopk_mpi native CPU kernels: exact top-k selection, sparse merge, survivor masks";
+  py::enum_<DType>(mod, "DType", "Value and index types, numbered as in message headers (csrc/numeric.h).")
+      .value("float16", DType::kFloat16)
+      .value("float32", DType::kFloat32)
+      .value("float64", DType::kFloat64)
+      .value("int32", DType::kInt32)
+      .value("int64", DType::kInt64)
+      .value("bfloat16", DType::kBFloat16);
   mod.def("select_topk", &select_topk, py::arg("x"), py::arg("k"), py::arg("threads") = 1,
           "Exact top-min(k, len(x)) of a 1-D float16/32/64 array by |value| (NaN first, ties to the lower index).\n"
           "Returns (indices ascending: int32 if len(x) < 2**31 else int64, values).");
@@ -256,7 +256,6 @@ PYBIND11_MODULE(_C, mod) {
           "Boolean mask over a: a[j] occurs in b (both strictly ascending).");
   mod.def("sample_plan", &sample_plan, py::arg("m"), py::arg("k"),
           "The selection's sampling plan for length m and k (shared with the CUDA path).");
-  mod.def("max_threads", &max_threads, "OpenMP's thread limit (1 without OpenMP).");
 #ifdef GTOPK_WITH_CUDA
   mod.attr("has_cuda") = true;
   mod.def("cuda_select_topk", &cuda_select_topk, "CUDA selection on device pointers (see gtopk_mpi.cuda)");

@@ -10,32 +10,26 @@
 #include <cstdint>
 #include <vector>
 
-#include "keys.h"
+#include "numeric.h"
 #include "select_plan.h"
 
 namespace gtopk {
 
-template <class U>
-struct KthKey {
-  U key;         // the k-th largest key
-  size_t ties;   // how many keys == key are inside the top k (>= 1)
-};
-
 // keys: n canonical keys (< 2^kBits), 1 <= k <= n.
 template <class T>
-KthKey<key_t<T>> kth_largest_key(const key_t<T>* keys, size_t n, size_t k) {
-  using U = key_t<T>;
+KthKey<key_of<T>> kth_largest_key(const key_of<T>* keys, size_t n, size_t k) {
+  using U = key_of<T>;
   RadixState<U> st{0, 0, k};
   std::vector<uint32_t> hist(size_t{1} << kRadixBits);
   for (int d = 0;; ++d) {
-    const RadixDigit dg = radix_digit(KeyTraits<T>::kBits, d);
+    const RadixDigit dg = radix_digit(Num<T>::kBits, d);
     std::fill(hist.begin(), hist.end(), 0u);
     for (size_t j = 0; j < n; ++j) {
       const U key = keys[j];
       if ((key & st.mask) == st.prefix) ++hist[(key >> dg.shift) & dg.mask];
     }
     radix_pick(hist.data(), dg, st);
-    if (dg.last) return {st.prefix, static_cast<size_t>(st.want)};
+    if (dg.last) return st.kth();
   }
 }
 

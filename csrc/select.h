@@ -29,7 +29,7 @@
 #include <omp.h>
 #endif
 
-#include "keys.h"
+#include "numeric.h"
 #include "radix.h"
 #include "select_plan.h"
 
@@ -46,14 +46,14 @@ namespace gtopk {
 template <class T, class I>
 struct Candidates {
   std::vector<I> idx;
-  std::vector<key_t<T>> key;  // canonical keys
+  std::vector<key_of<T>> key;  // canonical keys
 };
 
 // Value the selection ranks: x[i], or residual[i] + x[i] in the fused form.
 template <class T, bool kFused>
 inline T acc_value(const T* x, const T* r, size_t i) {
   if constexpr (kFused) {
-    return add_values<T>(r[i], x[i]);
+    return Num<T>::add(r[i], x[i]);
   } else {
     (void)r;
     return x[i];
@@ -62,8 +62,8 @@ inline T acc_value(const T* x, const T* r, size_t i) {
 
 // Keys of the sample blocks (see select_plan.h for the layout).
 template <class T, bool kFused>
-std::vector<key_t<T>> sample_keys(const T* x, const T* r, size_t m) {
-  std::vector<key_t<T>> s;
+std::vector<key_of<T>> sample_keys(const T* x, const T* r, size_t m) {
+  std::vector<key_of<T>> s;
   s.reserve(kSampleBlocks * kSampleBlockLen);
   for (size_t b = 0; b < kSampleBlocks; ++b) {
     const size_t start = sample_block_start(m, b);
@@ -76,8 +76,8 @@ std::vector<key_t<T>> sample_keys(const T* x, const T* r, size_t m) {
 // form also store r[i] = r[i] + x[i] for every i. Returns false if more than `cap`
 // candidates were found (the fused form still finishes writing r).
 template <class T, class I, bool kFused>
-GTOPK_VECTOR_CLONES bool filter_range(const T* __restrict x, T* __restrict r, size_t lo, size_t hi, key_t<T> t, size_t cap, Candidates<T, I>& out) {
-  using U = key_t<T>;
+GTOPK_VECTOR_CLONES bool filter_range(const T* __restrict x, T* __restrict r, size_t lo, size_t hi, key_of<T> t, size_t cap, Candidates<T, I>& out) {
+  using U = key_of<T>;
   constexpr size_t W = 16;
   bool overflow = false;
   size_t i = lo;
@@ -131,7 +131,7 @@ inline int clamp_threads(int threads, size_t m) {
 // Parallel filter over [0, m): per-thread candidate lists concatenated in index
 // order. Returns false on overflow of any thread's share of `cap`.
 template <class T, class I, bool kFused>
-bool filter_all(const T* x, T* r, size_t m, key_t<T> t, size_t cap, int threads, Candidates<T, I>& out) {
+bool filter_all(const T* x, T* r, size_t m, key_of<T> t, size_t cap, int threads, Candidates<T, I>& out) {
   const int nt = clamp_threads(threads, m);
   if (nt == 1) {
     out.idx.reserve(std::min(cap, m) + 16);
@@ -171,8 +171,8 @@ bool filter_all(const T* x, T* r, size_t m, key_t<T> t, size_t cap, int threads,
 // Exact threshold from a histogram of the radix select's top digit of the keys of `a`:
 // the lower edge of the bucket that holds the k-th largest key (as the GPU fallback).
 template <class T>
-key_t<T> histogram_threshold(const T* a, size_t m, size_t k, int threads) {
-  const RadixDigit top = radix_digit(KeyTraits<T>::kBits, 0);
+key_of<T> histogram_threshold(const T* a, size_t m, size_t k, int threads) {
+  const RadixDigit top = radix_digit(Num<T>::kBits, 0);
   const size_t buckets = size_t{top.mask} + 1;
   std::vector<uint64_t> hist(buckets, 0);
   const int nt = clamp_threads(threads, m);
@@ -185,13 +185,13 @@ key_t<T> histogram_threshold(const T* a, size_t m, size_t k, int threads) {
     for (size_t b = 0; b < local.size(); ++b) hist[b] += local[b];
   }
   const size_t bucket = histogram_bucket(hist.data(), buckets, k);
-  return static_cast<key_t<T>>(static_cast<key_t<T>>(bucket) << top.shift);
+  return static_cast<key_of<T>>(static_cast<key_of<T>>(bucket) << top.shift);
 }
 
 // Keep the k best candidates (keys > T, then the lowest indices with key == T).
 template <class T, class I>
 void finish_from_candidates(const Candidates<T, I>& c, const T* a, size_t k, I* out_idx, T* out_val) {
-  using U = key_t<T>;
+  using U = key_of<T>;
   const size_t n = c.idx.size();
   const KthKey<U> kth_key = kth_largest_key<T>(c.key.data(), n, k);
   const U kth = kth_key.key;
@@ -217,7 +217,7 @@ size_t select_topk(const T* x, T* r, size_t m, size_t k, int threads, I* out_idx
   const T* a = kFused ? r : x;  // where the ranked values live once the pass is done
   if (k >= m) {
     if constexpr (kFused) {
-      for (size_t i = 0; i < m; ++i) r[i] = add_values<T>(r[i], x[i]);
+      for (size_t i = 0; i < m; ++i) r[i] = Num<T>::add(r[i], x[i]);
     }
     for (size_t i = 0; i < m; ++i) {
       out_idx[i] = static_cast<I>(i);
@@ -229,9 +229,9 @@ size_t select_topk(const T* x, T* r, size_t m, size_t k, int threads, I* out_idx
   bool fused_done = false;
   const SamplePlan plan = plan_sample(m, k);
   if (plan.use_sample) {
-    std::vector<key_t<T>> s = sample_keys<T, kFused>(x, r, m);
-    std::nth_element(s.begin(), s.begin() + (plan.rank - 1), s.end(), std::greater<key_t<T>>());
-    const key_t<T> t = s[plan.rank - 1];
+    std::vector<key_of<T>> s = sample_keys<T, kFused>(x, r, m);
+    std::nth_element(s.begin(), s.begin() + (plan.rank - 1), s.end(), std::greater<key_of<T>>());
+    const key_of<T> t = s[plan.rank - 1];
     const bool ok = filter_all<T, I, kFused>(x, r, m, t, plan.cap, threads, cand);
     fused_done = true;
     if (!ok || cand.idx.size() < k) {
@@ -243,10 +243,10 @@ size_t select_topk(const T* x, T* r, size_t m, size_t k, int threads, I* out_idx
     if (kFused && !fused_done) {
       const int nt = clamp_threads(threads, m);
 #pragma omp parallel for num_threads(nt) schedule(static)
-      for (int64_t i = 0; i < static_cast<int64_t>(m); ++i) r[i] = add_values<T>(r[i], x[i]);
+      for (int64_t i = 0; i < static_cast<int64_t>(m); ++i) r[i] = Num<T>::add(r[i], x[i]);
     }
     // Short inputs (merges, small layers): rank them all; else an exact bucket threshold.
-    const key_t<T> t = m <= kDirectMax ? key_t<T>{0} : histogram_threshold<T>(a, m, k, threads);
+    const key_of<T> t = m <= kDirectMax ? key_of<T>{0} : histogram_threshold<T>(a, m, k, threads);
     filter_all<T, I, false>(a, nullptr, m, t, m, threads, cand);
   }
   finish_from_candidates<T, I>(cand, a, k, out_idx, out_val);

@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "keys.h"
+#include "numeric.h"
 
 namespace gtopk {
 
@@ -79,12 +79,22 @@ GTOPK_HD RadixDigit radix_digit(int bits, int d) {
   return RadixDigit{top < 0 ? 0 : top, (1u << width) - 1u, top <= 0};
 }
 
+// The answer of a radix select: the k-th largest key, and how many keys equal to it
+// belong to the top k (the rest of the top k is strictly larger); what the tie rule
+// "equal keys to the lower index" needs.
+template <class U>
+struct KthKey {
+  U key;
+  uint64_t ties;  // >= 1
+};
+
 // The select so far: keys matching `prefix` under `mask` are in play; the answer is the
 // want-th largest of them (after the last digit: how many keys equal to it are in the top k).
 template <class U>
 struct RadixState {
   U prefix, mask;
   uint64_t want;
+  GTOPK_HD KthKey<U> kth() const { return KthKey<U>{prefix, want}; }
 };
 
 // Fix digit dg from the histogram of its values over the keys in play.

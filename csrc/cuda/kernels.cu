@@ -89,7 +89,7 @@ int guarded(void* stream, char* err, size_t errlen, F&& f) {
   try {
     CudaBackend be(static_cast<cudaStream_t>(stream));
     f(be);
-    return 0;
+    return kOk;
   } catch (const Failure& e) {
     if (err != nullptr && errlen > 0) snprintf(err, errlen, "%s: %s", e.where, cudaGetErrorString(e.code));
     return static_cast<int>(e.code);
@@ -111,10 +111,10 @@ void with_types(int dtype, bool idx64, F&& f) {
       f(tag, int32_t{});
     }
   };
-  switch (dtype) {
-    case kF32: idx(float{}); break;
-    case kF16: idx(__half{}); break;
-    case kBF16: idx(__nv_bfloat16{}); break;
+  switch (static_cast<gtopk::DType>(dtype)) {
+    case gtopk::DType::kFloat32: idx(float{}); break;
+    case gtopk::DType::kFloat16: idx(__half{}); break;
+    case gtopk::DType::kBFloat16: idx(__nv_bfloat16{}); break;
     default: throw std::invalid_argument("unsupported dtype code");
   }
 }

@@ -33,11 +33,17 @@
 #include <stdexcept>
 
 #include "../select_plan.h"
-#include "num.h"
+#include "../numeric.h"
 #include "simt.h"
 
 namespace gtopk_cuda {
 
+using gtopk::KthKey;
+using gtopk::key_of;
+using gtopk::mag_key;
+using gtopk::merge_sum;
+using gtopk::Num;
+using gtopk::raw_key;
 using u64 = unsigned long long;
 
 constexpr unsigned kTileThreads = 256;  // FilterTiles / GatherCandidates blocks: 8 warps
@@ -52,13 +58,16 @@ using gtopk::kRadixBits;                  // the radix selects' digits: select_p
 constexpr unsigned kBatch = 8;
 constexpr unsigned kRadixBuckets = 1u << kRadixBits;
 
+// What a selection or merge reports back to the host in State::status.
+enum KernelStatus : int { kDone = 0, kSampleMisled = 1, kFirstNotAscending = 2, kSecondNotAscending = 3 };
+
 // Device-side state of one selection or merge; `status` comes back to the host.
 template <class U>
 struct State {
   U t;           // candidate threshold (a magnitude key)
   u64 total;     // candidates found (selection) / entries written (merge)
   u64 hist_count;  // elements >= t when t came from the histogram
-  int status;    // 0 done, 1 the sample misled, 2/3 first/second merge input not ascending
+  int status;    // a KernelStatus
 };
 
 // ---- block-level routines (every thread of the block calls them) --------------------
@@ -93,11 +102,6 @@ GTOPK_DEV u64 block_exclusive_scan(u64 v, u64* total) {
   return base + incl - v;
 }
 
-template <class U>
-struct Kth {
-  U key;      // the k-th largest key
-  u64 ties;   // keys equal to it that belong to the top k (>= 1)
-};
 
 // Count one key in a shared histogram (bucket kRadixBuckets: none). All 32 lanes call it
 // together; lanes with the same bucket combine (match_any) into one atomic, which matters
@@ -119,7 +123,7 @@ GTOPK_DEV unsigned radix_bucket(U key, bool valid, gtopk::RadixDigit dg, const g
 // (radix_digit / radix_pick, as the CPU's radix.h) by one block.
 // C counts a bucket: 32-bit shared atomics are the fast ones, so unsigned unless n >= 2^32.
 template <class T, class C>
-GTOPK_DEV Kth<key_of<T>> block_kth_counted(const T* vals, u64 n, u64 k) {
+GTOPK_DEV KthKey<key_of<T>> block_kth_counted(const T* vals, u64 n, u64 k) {
   using U = key_of<T>;
   struct KthShared {
     C hist[kRadixBuckets];
@@ -150,13 +154,13 @@ GTOPK_DEV Kth<key_of<T>> block_kth_counted(const T* vals, u64 n, u64 k) {
     simt::sync();
     if (dg.last) break;
   }
-  const Kth<U> out{sh.st.prefix, sh.st.want};
+  const KthKey<U> out = sh.st.kth();
   simt::sync();  // sh may be reused by the next call
   return out;
 }
 
 template <class T>
-GTOPK_DEV Kth<key_of<T>> block_kth(const T* vals, u64 n, u64 k) {
+GTOPK_DEV KthKey<key_of<T>> block_kth(const T* vals, u64 n, u64 k) {
   return n >> 32 == 0 ? block_kth_counted<T, unsigned>(vals, n, k) : block_kth_counted<T, u64>(vals, n, k);
 }
 
@@ -165,7 +169,7 @@ GTOPK_DEV Kth<key_of<T>> block_kth(const T* vals, u64 n, u64 k) {
 template <class T, class I>
 GTOPK_DEV void block_finish(const I* idx, const T* val, u64 n, u64 k, I* out_idx, T* out_val) {
   using U = key_of<T>;
-  const Kth<U> kth = block_kth<T>(val, n, k);
+  const KthKey<U> kth = block_kth<T>(val, n, k);
   const unsigned tid = simt::thread_idx(), nt = simt::block_dim();
   const u64 chunk = (n + nt - 1) / nt;
   const u64 lo = std::min<u64>(n, tid * chunk), hi = std::min<u64>(n, lo + chunk);
@@ -305,7 +309,7 @@ struct SampleThreshold {  // 1 block of kBlockThreads; r != nullptr: rank r + x 
         if (base + u64{q} * nt < gtopk::kSampleSize) sample[base + u64{q} * nt] = v[q];
     }
     simt::sync();
-    const Kth<key_of<T>> kth = block_kth<T>(sample, gtopk::kSampleSize, rank);
+    const KthKey<key_of<T>> kth = block_kth<T>(sample, gtopk::kSampleSize, rank);
     if (simt::thread_idx() == 0) st->t = kth.key;
   }
 };
@@ -392,11 +396,11 @@ struct FinishTopk {  // 1 block of kBlockThreads
                             T* out_val) {
     const u64 n = st->total;
     if (n < k || n > cap) {
-      if (simt::thread_idx() == 0) st->status = 1;
+      if (simt::thread_idx() == 0) st->status = kSampleMisled;
       return;
     }
     block_finish<T, I>(cand_idx, cand_val, n, k, out_idx, out_val);
-    if (simt::thread_idx() == 0) st->status = 0;
+    if (simt::thread_idx() == 0) st->status = kDone;
   }
 };
 
@@ -425,7 +429,7 @@ struct MergeTopk {  // 1 block of kBlockThreads; union scratch ui/uv of na + nb 
     bad_a = simt::sync_or(bad_a);
     bad_b = simt::sync_or(bad_b);
     if (bad_a || bad_b) {
-      if (tid == 0) st->status = bad_a ? 2 : 3;
+      if (tid == 0) st->status = bad_a ? kFirstNotAscending : kSecondNotAscending;
       return;
     }
     const u64 n = na + nb, chunk = (n + nt - 1) / nt;
@@ -471,7 +475,7 @@ struct MergeTopk {  // 1 block of kBlockThreads; union scratch ui/uv of na + nb 
     }
     if (tid == 0) {
       st->total = direct ? nu : k;
-      st->status = 0;
+      st->status = kDone;
     }
   }
 };
@@ -741,7 +745,7 @@ void select_topk(B& be, const T* x, T* r, u64 m, u64 k, I* out_idx, T* out_val, 
     be.template launch<FinishTopk<T, I>>(1, kBlockThreads, cand_idx, cand_val, k, cap, st, out_idx, out_val);
     State<U> h{};
     be.to_host(&h, st, sizeof h);
-    if (h.status == 0) return;
+    if (h.status == kDone) return;
   } else if (r != nullptr) {
     be.template launch<AddInPlace<T>>(grid_for(m), kStreamThreads, x, r, m);
   }
@@ -766,7 +770,7 @@ void select_topk(B& be, const T* x, T* r, u64 m, u64 k, I* out_idx, T* out_val, 
   }
   be.template launch<FinishTopk<T, I>>(1, kBlockThreads, cand_idx, cand_val, k, n, st, out_idx, out_val);
   be.to_host(&h, st, sizeof h);
-  if (h.status != 0) throw std::logic_error("gtopk CUDA: the exact threshold did not yield k candidates");
+  if (h.status != kDone) throw std::logic_error("gtopk CUDA: the exact threshold did not yield k candidates");
 }
 
 // Union of two index-ascending sets (sums at equal indices), then top-k. Returns the
@@ -784,8 +788,8 @@ u64 merge_topk(B& be, const I* ia, const T* va, u64 na, const I* ib, const T* vb
   be.template launch<MergeTopk<T, I>>(1, kBlockThreads, ia, va, na, ib, vb, nb, k, ui, uv, out_idx, out_val, st);
   State<U> h{};
   be.to_host(&h, st, sizeof h);
-  if (h.status == 2) throw std::invalid_argument("first indices must be strictly ascending");
-  if (h.status == 3) throw std::invalid_argument("second indices must be strictly ascending");
+  if (h.status == kFirstNotAscending) throw std::invalid_argument("first indices must be strictly ascending");
+  if (h.status == kSecondNotAscending) throw std::invalid_argument("second indices must be strictly ascending");
   return h.total;
 }
 

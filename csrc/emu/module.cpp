@@ -49,16 +49,16 @@ class EmuBackend {
 
 size_t g_last_launches = 0;  // kernels the last select_topk / merge_topk launched
 
-enum class Kind { kF32, kF16, kBF16 };
+using gtopk::DType;
 
-Kind kind_of(const py::array& a, bool bf16, const char* name) {
+DType kind_of(const py::array& a, bool bf16, const char* name) {
   if (bf16) {
     if (!py::isinstance<py::array_t<uint16_t>>(a) || a.dtype().kind() != 'u' || a.itemsize() != 2)
       throw py::value_error(std::string(name) + ": bfloat16 values travel as uint16 bit patterns");
-    return Kind::kBF16;
+    return DType::kBFloat16;
   }
-  if (a.dtype().is(py::dtype::of<float>())) return Kind::kF32;
-  if (a.dtype().kind() == 'f' && a.itemsize() == 2) return Kind::kF16;
+  if (a.dtype().is(py::dtype::of<float>())) return DType::kFloat32;
+  if (a.dtype().kind() == 'f' && a.itemsize() == 2) return DType::kFloat16;
   throw py::value_error(std::string(name) + ": dtype must be float32 or float16 (or uint16 with bf16=True)");
 }
 
@@ -70,18 +70,18 @@ void check_1d(const py::array& a, const char* name) {
 }
 
 template <class F>
-auto with_type(Kind kind, F&& f) {
+auto with_type(DType kind, F&& f) {
   switch (kind) {
-    case Kind::kF32: return f(float{});
-    case Kind::kF16: return f(gtopk_cuda::half_t{});
-    default: return f(gtopk_cuda::bf16_t{});
+    case DType::kFloat32: return f(float{});
+    case DType::kFloat16: return f(gtopk::half_t{});
+    default: return f(gtopk::bf16_t{});
   }
 }
 
 py::tuple select_topk(py::array x, int64_t k, py::object residual, bool bf16, bool idx64, uint64_t seed,
                       int64_t one_block_max) {
   check_1d(x, "x");
-  const Kind kind = kind_of(x, bf16, "x");
+  const DType kind = kind_of(x, bf16, "x");
   if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
   py::array r;
   const bool has_r = !residual.is_none();
@@ -118,7 +118,7 @@ py::tuple merge_topk(py::array_t<int32_t, py::array::c_style> ia, py::array va, 
                      py::array vb, int64_t k, bool bf16, uint64_t seed) {
   check_1d(va, "val_a");
   check_1d(vb, "val_b");
-  const Kind kind = kind_of(va, bf16, "val_a");
+  const DType kind = kind_of(va, bf16, "val_a");
   if (kind_of(vb, bf16, "val_b") != kind) throw py::value_error("val_a and val_b differ in dtype");
   if (ia.size() != va.size() || ib.size() != vb.size()) throw py::value_error("indices and values differ in length");
   if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
@@ -141,7 +141,7 @@ py::tuple merge_topk(py::array_t<int32_t, py::array::c_style> ia, py::array va, 
 void scatter(py::array_t<int32_t, py::array::c_style> idx, py::array val, py::array dense, bool bf16) {
   check_1d(val, "val");
   check_1d(dense, "dense");
-  const Kind kind = kind_of(val, bf16, "val");
+  const DType kind = kind_of(val, bf16, "val");
   if (!dense.dtype().is(val.dtype()) || !dense.writeable()) throw py::value_error("dense must be writable, like val");
   with_type(kind, [&](auto tag) {
     using T = decltype(tag);
@@ -154,7 +154,7 @@ void scatter(py::array_t<int32_t, py::array::c_style> idx, py::array val, py::ar
 
 void zero_at(py::array_t<int32_t, py::array::c_style> idx, py::array residual, bool bf16) {
   check_1d(residual, "residual");
-  const Kind kind = kind_of(residual, bf16, "residual");
+  const DType kind = kind_of(residual, bf16, "residual");
   with_type(kind, [&](auto tag) {
     using T = decltype(tag);
     EmuBackend be(1);
