@@ -12,6 +12,7 @@ has none) according to GTOPK_MPI_WITH_CUDA:
 from __future__ import annotations
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,9 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
+CONFIG = runpy.run_path(str(ROOT / "gtopk_mpi" / "config.py"))  # the knobs, without importing the package
 # sm_75, sm_80, sm_90 plus PTX of the newest, for later GPUs; GTOPK_CUDA_ARCHS=90 builds one (faster checks)
-CUDA_ARCHS = tuple(a.strip() for a in os.environ.get("GTOPK_CUDA_ARCHS", "75,80,90").split(",") if a.strip())
+CUDA_ARCHS = tuple(a.strip() for a in CONFIG["CUDA_ARCHS"].get().split(",") if a.strip())
 
 
 def find_cuda_home() -> Path | None:
@@ -34,9 +36,10 @@ def find_cuda_home() -> Path | None:
 
 
 def cuda_wanted() -> Path | None:
-    mode = os.environ.get("GTOPK_MPI_WITH_CUDA", "auto").strip().lower()
-    if mode not in ("auto", "0", "1"):
-        sys.exit(f"GTOPK_MPI_WITH_CUDA must be auto, 0 or 1, not {mode!r}")
+    try:
+        mode = CONFIG["WITH_CUDA"].get()
+    except ValueError as e:
+        sys.exit(str(e))
     if mode == "0":
         return None
     home = find_cuda_home()
@@ -93,7 +96,7 @@ class BuildExt(build_ext):
 
 
 def openmp_flags() -> list[str]:
-    return [] if os.environ.get("GTOPK_MPI_WITH_OPENMP", "1") == "0" else ["-fopenmp"]
+    return ["-fopenmp"] if CONFIG["WITH_OPENMP"].get() else []
 
 
 ext = Pybind11Extension(

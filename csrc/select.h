@@ -1,7 +1,7 @@
 // Exact top-k selection by magnitude on the CPU.
 //
 // Contract (shared with the CUDA path and the NumPy reference in tests/):
-//   * exactly min(k, m) entries, ordered by magnitude key (see keys.h): NaN above
+//   * exactly min(k, m) entries, ordered by magnitude key (see numeric.h): NaN above
 //     +inf above every finite value; equal keys go to the lower index;
 //   * output indices ascending, values copied bit for bit.
 //

@@ -1,15 +1,23 @@
 """gtopk_mpi: global top-k (gTop-k) sparse allreduce over MPI for data-parallel SGD.
 
 Import ``gtopk_mpi.torch`` for the Horovod-style PyTorch front end; this package
-holds the MPI runtime and the NumPy-level collectives:
+holds the runtime and the collectives on NumPy arrays (and on torch CUDA tensors or
+CuPy arrays, through gtopk_mpi.cuda):
 
-* :func:`dense_allreduce` - MPI_Allreduce baseline (the paper's DenseAllReduce);
-* :func:`topk_allreduce` - local top-k + allgather (the paper's TopKAllReduce);
-* :func:`gtopk_allreduce` - the butterfly gTopKAllReduce with error feedback.
+* :func:`gtopk_allreduce` - the butterfly gTopKAllReduce with error feedback (butterfly.py);
+* :func:`topk_allreduce` - local top-k + allgather (the paper's TopKAllReduce, baselines.py);
+* :func:`dense_allreduce` - MPI_Allreduce (the paper's DenseAllReduce, baselines.py).
+
+Layers, bottom up: config (knobs), transport (MPI behind a small seam), runtime
+(init, the default transport), selection (C++ kernels), spaces (host / device memory),
+wire (message format), agreement (the same error on every rank), arguments, then the
+collectives.
 """
 
-from .collectives import CommStats, SparseResult, dense_allreduce, gtopk_allreduce, topk_allreduce
-from .errors import MismatchError
+from .agreement import MismatchError
+from .baselines import dense_allreduce, gtopk_tree_allreduce, topk_allreduce
+from .butterfly import gtopk_allreduce
+from .results import CommStats, SparseResult
 from .runtime import init, is_initialized, local_rank, local_size, rank, shutdown, size
 from .selection import merge_topk, select_topk, select_topk_ef
 
@@ -19,6 +27,7 @@ __all__ = [
     "SparseResult",
     "dense_allreduce",
     "gtopk_allreduce",
+    "gtopk_tree_allreduce",
     "init",
     "is_initialized",
     "local_rank",

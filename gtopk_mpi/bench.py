@@ -37,8 +37,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from mpi4py import MPI
 
-from . import collectives, costmodel, runtime
-from .selection import resolve_k
+from . import costmodel, runtime
+from .arguments import resolve_k
+from .baselines import dense_allreduce, gtopk_tree_allreduce, topk_allreduce
+from .butterfly import gtopk_allreduce
+from .results import CommStats
 
 #: parameter counts of the paper's models (float32 gradients)
 MODELS = {
@@ -114,24 +117,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_once(algorithm: str, x: np.ndarray, k: int, residual: np.ndarray, align: bool = False
-             ) -> collectives.CommStats:
+             ) -> CommStats:
     if algorithm == "dense":
         t0 = time.perf_counter()
-        collectives.dense_allreduce(x)
+        dense_allreduce(x)
         dt = time.perf_counter() - t0
         n = x.nbytes
         p = runtime.size()
         # ring allreduce volume: 2 (P-1)/P of the vector each way
         vol = 2 * (p - 1) * n // p
-        return collectives.CommStats(bytes_sent=vol, bytes_received=vol, messages_sent=2 * (p - 1),
+        return CommStats(bytes_sent=vol, bytes_received=vol, messages_sent=2 * (p - 1),
                                      comm_s=dt, total_s=dt)
     if algorithm == "topk":
-        stats = collectives.topk_allreduce(x, k=k, residual=residual, align=align).stats
+        stats = topk_allreduce(x, k=k, residual=residual, align=align).stats
     elif algorithm == "gtopk-tree":
-        stats = collectives.gtopk_tree_allreduce(x, k=k, align=align).stats
+        stats = gtopk_tree_allreduce(x, k=k, align=align).stats
     else:
         values = "exact" if algorithm == "gtopk-exact" else "merged"
-        stats = collectives.gtopk_allreduce(x, k=k, residual=residual, values=values, align=align).stats
+        stats = gtopk_allreduce(x, k=k, residual=residual, values=values, align=align).stats
     stats.total_s -= stats.skew_s
     return stats
 
@@ -139,7 +142,7 @@ def run_once(algorithm: str, x: np.ndarray, k: int, residual: np.ndarray, align:
 def bench_algorithm(algorithm: str, x: np.ndarray, k: int, args: argparse.Namespace, progress) -> Row:
     comm = runtime.comm()
     residual = np.zeros_like(x)
-    samples: list[collectives.CommStats] = []
+    samples: list[CommStats] = []
     for i in range(args.warmup + args.iters):
         comm.Barrier()
         s = run_once(algorithm, x, k, residual, args.align)

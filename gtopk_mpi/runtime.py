@@ -1,22 +1,26 @@
 """The MPI runtime: which communicator the collectives run on, and who we are in it.
 
-gtopk_mpi never opens a transport of its own: every byte goes through MPI (mpi4py).
-``init`` duplicates the user's communicator so library traffic can never match the
-user's own messages.
+gtopk_mpi never opens a transport of its own: every byte goes through MPI (mpi4py),
+behind the Transport seam of transport.py. ``init`` duplicates the user's communicator
+so library traffic can never match the user's own messages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mpi4py import MPI
+
+from . import transport as _transport
 
 
 @dataclass
 class _State:
     comm: MPI.Comm          # private duplicate: all library traffic
     local_comm: MPI.Comm    # ranks of comm on this host
+    cross_comm: MPI.Comm    # ranks of comm with this rank's local rank, one per host
 
 
 _state: _State | None = None
@@ -49,7 +53,8 @@ def init(comm: MPI.Comm | Sequence[int] | None = None) -> None:
     if created is not None:
         created.Free()
     local = dup.Split_type(MPI.COMM_TYPE_SHARED, key=dup.Get_rank())
-    _state = _State(comm=dup, local_comm=local)
+    cross = dup.Split(color=local.Get_rank(), key=dup.Get_rank())
+    _state = _State(comm=dup, local_comm=local, cross_comm=cross)
 
 
 def shutdown() -> None:
@@ -57,10 +62,10 @@ def shutdown() -> None:
     global _state
     if _state is None:
         return
-    _sequence.pop(_state.comm.py2f(), None)
+    _transport.forget(_state.comm)
     if not MPI.Is_finalized():
-        _state.local_comm.Free()
-        _state.comm.Free()
+        for c in (_state.cross_comm, _state.local_comm, _state.comm):
+            c.Free()
     _state = None
 
 
@@ -98,11 +103,21 @@ def local_size() -> int:
     return state().local_comm.Get_size()
 
 
-_sequence: dict[int, int] = {}
+def cross_rank() -> int:
+    """Index of this rank among the ranks with its local rank (its host's index)."""
+    return state().cross_comm.Get_rank()
 
 
-def next_sequence(comm: MPI.Comm) -> int:
-    """Number this call of a sequence-checked collective on ``comm``; all ranks count alike."""
-    key = comm.py2f()
-    _sequence[key] = _sequence.get(key, 0) + 1
-    return _sequence[key]
+def cross_size() -> int:
+    """Number of ranks with this rank's local rank (the hosts, when all hold as many ranks)."""
+    return state().cross_comm.Get_size()
+
+
+def transport(comm: MPI.Comm | Any | None = None) -> _transport.Transport:
+    """What a collective runs on: ``comm`` as given (an mpi4py communicator, or any
+    Transport), default the communicator given to init()."""
+    if comm is None:
+        return _transport.for_comm(state().comm)
+    if isinstance(comm, MPI.Comm):
+        return _transport.for_comm(comm)
+    return comm

@@ -8,54 +8,32 @@ results list indices in ascending order.
 
 from __future__ import annotations
 
-import math
-import os
+from collections.abc import Sequence
 
 import numpy as np
 
-from . import _C
+from . import _C, config
 
-#: dtypes the sparse collectives accept
-SPARSE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+#: value dtypes of the kernels
+KERNEL_DTYPES = ("float16", "float32", "float64")
 
 
 def default_threads() -> int:
-    """OpenMP threads for selection: $GTOPK_NUM_THREADS, else 1 (ranks share cores)."""
-    return max(1, int(os.environ.get("GTOPK_NUM_THREADS", "1")))
+    """OpenMP threads for selection: GTOPK_NUM_THREADS (default 1: ranks share cores)."""
+    return max(1, config.NUM_THREADS.get())
 
 
-def index_dtype(m: int) -> np.dtype:
-    """int32 when every index of a length-m vector fits, else int64."""
-    return np.dtype(np.int32) if m <= np.iinfo(np.int32).max else np.dtype(np.int64)
-
-
-def resolve_k(m: int, k: int | None, density: float | None) -> int:
-    """k from exactly one of k (>= 1) or density rho in (0, 1]: max(1, ceil(rho * m))."""
-    if (k is None) == (density is None):
-        raise ValueError("pass exactly one of k or density")
-    if k is not None:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise ValueError(f"k must be an integer, got {k!r}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        return int(k)
-    rho = float(density)  # type: ignore[arg-type]
-    if not (0.0 < rho <= 1.0):
-        raise ValueError(f"density must be in (0, 1], got {density!r}")
-    return max(1, math.ceil(rho * m))
-
-
-def check_vector(x: np.ndarray, name: str = "x", dtypes: tuple[np.dtype, ...] = SPARSE_DTYPES) -> None:
-    """ValueError unless x is a contiguous 1-D NumPy array of one of ``dtypes``."""
+def check_vector(x: np.ndarray, name: str = "x", dtypes: Sequence[str] = KERNEL_DTYPES) -> str:
+    """x's dtype name; ValueError unless x is a contiguous 1-D NumPy array of one of ``dtypes``."""
     if not isinstance(x, np.ndarray):
-        raise ValueError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+        raise ValueError(f"{name} must be a numpy.ndarray (or a CUDA tensor), got {type(x).__name__}")
     if x.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {x.shape}")
     if not x.flags.c_contiguous:
         raise ValueError(f"{name} must be contiguous")
-    if x.dtype not in dtypes:
-        names = ", ".join(str(d) for d in dtypes)
-        raise ValueError(f"{name} has unsupported dtype {x.dtype} (supported: {names})")
+    if x.dtype.name not in dtypes:
+        raise ValueError(f"{name} has unsupported dtype {x.dtype} (supported: {', '.join(dtypes)})")
+    return x.dtype.name
 
 
 def select_topk(x: np.ndarray, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -6,130 +6,91 @@ One message per butterfly round::
 
 ``tail`` carries, on the last message to a folded rank, that rank's survivor mask
 (one byte per entry it contributed). A message whose header has ``error != 0``
-carries instead the UTF-8 text of the error. The header lets every receiver check
-that both sides run the same call (sequence number, dtype, length, k, average,
-values mode) before it touches the payload, so a mismatch becomes an error that
-travels through the remaining rounds like data, never a hang.
+carries instead the UTF-8 text of the error (``count`` is then its length in bytes).
+The header lets every receiver check that both sides run the same call (see
+agreement.py) before it touches the payload. The allgather Top-k sends the payload
+alone (indices | values).
+
+Messages are packed and read in any memory space (spaces.py): only the header (and an
+error's text) is ever copied to the host to be read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from . import _C
+
 HEADER = np.dtype(
     [
-        ("seq", "<i8"),      # call number on this communicator
+        ("seq", "<i8"),      # call number on this transport
         ("m", "<i8"),        # dense length
         ("k", "<i8"),        # entries kept per round
-        ("count", "<i8"),    # entries in this message
+        ("count", "<i8"),    # entries in this message (error: text bytes)
         ("rank", "<i4"),     # sender
-        ("dtype", "u1"),     # DTYPE_CODES
+        ("dtype", "u1"),     # value dtype: gtopk_mpi._C.DType (0: none)
         ("average", "u1"),
         ("values", "u1"),    # VALUE_MODES
-        ("error", "u1"),     # ERROR_* (0: none)
+        ("error", "u1"),     # agreement.Error code (0: none)
     ]
 )
 assert HEADER.itemsize == 40
 
-DTYPE_CODES = {np.dtype(np.float16): 1, np.dtype(np.float32): 2, np.dtype(np.float64): 3,
-               np.dtype(np.int32): 4, np.dtype(np.int64): 5}
-DTYPE_OF_CODE = {v: k for k, v in DTYPE_CODES.items()}
 VALUE_MODES = {"merged": 0, "exact": 1}
 
-ERROR_NONE, ERROR_VALUE, ERROR_MISMATCH = 0, 1, 2
 
-# Fields compared between ranks, in the order a mismatch is reported.
-CHECKED_FIELDS = (
-    ("seq", "call sequence number"),
-    ("dtype", "dtype"),
-    ("m", "length"),
-    ("k", "k"),
-    ("average", "average"),
-    ("values", "values mode"),
-)
+def dtype_code(name: str | None) -> int:
+    """The header code of a dtype name ("float32", ...): gtopk_mpi._C.DType, 0 for none."""
+    member = _C.DType.__members__.get(name) if name else None
+    return 0 if member is None else int(member)
 
 
-def field_text(field: str, value: int) -> str:
-    if field == "dtype":
-        dt = DTYPE_OF_CODE.get(int(value))
-        return str(dt) if dt is not None else "invalid"
-    if field == "values":
-        return next((name for name, code in VALUE_MODES.items() if code == value), "invalid")
-    if field == "average":
-        return str(bool(value))
-    return str(int(value))
+def dtype_name(code: int) -> str | None:
+    return next((name for name, member in _C.DType.__members__.items() if int(member) == code), None)
 
 
-@dataclass(frozen=True)
-class Error:
-    """An error that travels with the data. min() of two is the one every rank keeps."""
-
-    code: int
-    text: str
-
-    def __lt__(self, other: Error) -> bool:
-        return (self.code, self.text) < (other.code, other.text)
-
-
-def first_mismatch(op: str, headers: np.ndarray) -> Error | None:
-    """MismatchError for the first checked field on which ``headers`` (none in error) differ.
-
-    The values are listed sorted, so every rank that sees the same headers, in any
-    order (both partners of a butterfly round, or all ranks after an allgather),
-    derives the same text.
-    """
-    for field, label in CHECKED_FIELDS:
-        vals = sorted({int(v) for v in headers[field]})
-        if len(vals) > 1:
-            shown = " vs ".join(field_text(field, v) for v in vals)
-            return Error(ERROR_MISMATCH, f"{op}: ranks disagree on the {label}: {shown}")
-    return None
-
-
-def make_header(*, seq: int, m: int, k: int, count: int, rank: int, dtype: np.dtype | None,
-                average: bool, values: str, error: int) -> np.ndarray:
+def make_header(*, seq: int, m: int, k: int, count: int, rank: int, dtype: str | None, average: bool,
+                values: str, error: int = 0) -> np.ndarray:
     h = np.zeros(1, HEADER)
     h["seq"], h["m"], h["k"], h["count"], h["rank"] = seq, m, k, count, rank
-    h["dtype"] = DTYPE_CODES.get(dtype, 0) if dtype is not None else 0
+    h["dtype"] = dtype_code(dtype)
     h["average"] = bool(average)
     h["values"] = VALUE_MODES.get(values, 255)
     h["error"] = error
     return h
 
 
-def pack(header: np.ndarray, *parts: np.ndarray | bytes) -> np.ndarray:
-    """One contiguous uint8 buffer: header followed by the raw bytes of each part."""
-    chunks = [header.view(np.uint8)]
+def pack(space: Any, *parts: Any) -> Any:
+    """One contiguous uint8 buffer in ``space``: the raw bytes of each part (arrays of that
+    space, a NumPy header, or bytes), in order."""
+    chunks = []
     for p in parts:
-        chunks.append(np.frombuffer(p, np.uint8) if isinstance(p, bytes) else p.view(np.uint8))
-    return np.concatenate(chunks)
+        if isinstance(p, bytes):
+            chunks.append(space.from_host(np.frombuffer(p, np.uint8)))
+        elif isinstance(p, np.ndarray) and p.dtype == HEADER:
+            chunks.append(space.from_host(p.view(np.uint8)))
+        else:
+            chunks.append(space.bytes_of(p))
+    return space.concat(chunks)
 
 
-def pack_entries(idx: np.ndarray, val: np.ndarray) -> np.ndarray:
-    """Header-less (indices, values) payload, as the allgather Top-k sends it."""
-    return np.concatenate([idx.view(np.uint8), val.view(np.uint8)])
+def header_of(space: Any, buf: Any) -> np.void:
+    return space.to_host(buf[: HEADER.itemsize]).view(HEADER)[0]
 
 
-def split_entries(buf: np.ndarray, count: int, idx_dtype: np.dtype, val_dtype: np.dtype
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of pack_entries."""
-    ni = count * idx_dtype.itemsize
-    return buf[:ni].view(idx_dtype), buf[ni : ni + count * val_dtype.itemsize].view(val_dtype)
+def split(space: Any, body: Any, count: int, idx_dtype: str, val_dtype: str) -> tuple[Any, Any, Any]:
+    """(indices, values, the rest) of a payload of ``count`` entries."""
+    ni = count * np.dtype(idx_dtype).itemsize
+    nv = count * np.dtype(val_dtype).itemsize
+    return space.view(body[:ni], idx_dtype), space.view(body[ni : ni + nv], val_dtype), body[ni + nv :]
 
 
-def unpack_header(buf: np.ndarray) -> np.void:
-    return buf[: HEADER.itemsize].view(HEADER)[0]
+def entries(space: Any, buf: Any, count: int, idx_dtype: str, val_dtype: str) -> tuple[Any, Any, Any]:
+    """(indices, values, tail) of a message that is not an error."""
+    return split(space, buf[HEADER.itemsize :], count, idx_dtype, val_dtype)
 
 
-def unpack_entries(buf: np.ndarray, count: int, idx_dtype: np.dtype, val_dtype: np.dtype
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(indices, values, tail bytes) of a non-error message."""
-    body = buf[HEADER.itemsize :]
-    idx, val = split_entries(body, count, idx_dtype, val_dtype)
-    return idx, val, body[idx.nbytes + val.nbytes :]
-
-
-def error_text(buf: np.ndarray) -> str:
-    return bytes(buf[HEADER.itemsize :]).decode("utf-8", errors="replace")
+def error_text(space: Any, buf: Any) -> str:
+    return bytes(space.to_host(buf[HEADER.itemsize :])).decode("utf-8", errors="replace")

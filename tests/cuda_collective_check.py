@@ -2,12 +2,12 @@
 CPU collectives on the same data (gTop-k merged and exact, Top-k, dense), the residuals
 conserve gradient mass, and bad input raises on every rank instead of hanging.
 
-On one GPU (both ranks share it): CUDA tensors, through the package's dispatch, plus the
-torch front end. With GTOPK_CUDA_EMULATE=1 (no GPU): CPU tensors stand in for device memory
-and the kernels run on the SIMT emulator (cuda.use_emulator), so everything in
-gtopk_mpi/cuda.py but the CUDA runtime calls is exercised, GTOPK_MPI_CUDA_AWARE=1's device
-buffers handed to MPI included. GTOPK_TEST_CUDA_AWARE=1 adds that on a GPU (CUDA-aware MPI
-required)."""
+On one GPU (both ranks share it): CUDA tensors, plus the torch front end. With
+GTOPK_TEST_EMULATE=1 (no GPU): CPU tensors stand in for device memory and the kernels run
+on the SIMT emulator (cuda.use_emulator), so the collectives' bodies on a DeviceSpace are
+exercised (all of gtopk_mpi.cuda but the CUDA runtime calls), GTOPK_MPI_CUDA_AWARE=1's
+device buffers handed to MPI included. GTOPK_TEST_CUDA_AWARE=1 adds that on a GPU
+(CUDA-aware MPI required)."""
 
 import os
 import sys
@@ -16,18 +16,17 @@ import numpy as np
 import torch
 
 import gtopk_mpi as g
-from gtopk_mpi import cuda
+from gtopk_mpi import config, cuda
 
-EMULATED = os.environ.get("GTOPK_CUDA_EMULATE") == "1"
+EMULATED = config.TEST_EMULATE.get()
 if EMULATED:
     cuda.use_emulator()
-G = cuda if EMULATED else g  # the collectives under test (g dispatches CUDA tensors to cuda)
 DEV = "cpu" if EMULATED else "cuda"
 
 g.init()
 r, p = g.rank(), g.size()
 comm = g.runtime.comm()
-m = int(os.environ.get("GTOPK_CHECK_M", 1_100_000))  # default above 16 x the selection's sample
+m = config.TEST_M.get()  # default above 16 x the selection's sample
 k = max(1, m // 1000)
 
 
@@ -66,7 +65,7 @@ tres_gpu, tres_cpu = torch.zeros(m, device=DEV), np.zeros(m, np.float32)
 for step in range(3):
     x = torch.randn(m, generator=torch.Generator().manual_seed(100 * step + r))
     before = total(res_gpu, x)
-    a = G.gtopk_allreduce(dev(x), k=k, residual=res_gpu)
+    a = g.gtopk_allreduce(dev(x), k=k, residual=res_gpu)
     b = g.gtopk_allreduce(x.numpy(), k=k, residual=res_cpu)
     assert a.indices.device.type == DEV and same(a.indices, b.indices) and same(a.values, b.values)
     assert same(res_gpu, res_cpu)
@@ -74,35 +73,35 @@ for step in range(3):
     assert abs(after - before) < 1e-2 * (1 + abs(before)), (after, before)
     assert same(a.to_dense(), b.to_dense())
 
-    a = G.gtopk_allreduce(dev(x), k=k, values="exact", average=True)
+    a = g.gtopk_allreduce(dev(x), k=k, values="exact", average=True)
     b = g.gtopk_allreduce(x.numpy(), k=k, values="exact", average=True)
     assert same(a.indices, b.indices) and same(a.values, b.values)
 
-    a = G.topk_allreduce(dev(x), k=k, residual=tres_gpu, average=True)
+    a = g.topk_allreduce(dev(x), k=k, residual=tres_gpu, average=True)
     b = g.topk_allreduce(x.numpy(), k=k, residual=tres_cpu, average=True)
     assert a.values.device.type == DEV and same(a.indices, b.indices) and same(a.values, b.values)
     assert same(tres_gpu, tres_cpu)
-    check_dense(x, G.dense_allreduce)
-check_bad_input_raises_everywhere((G.gtopk_allreduce, G.topk_allreduce))
+    check_dense(x, g.dense_allreduce)
+check_bad_input_raises_everywhere((g.gtopk_allreduce, g.topk_allreduce))
 
-if EMULATED or os.environ.get("GTOPK_TEST_CUDA_AWARE") == "1":  # device buffers straight to MPI
+if EMULATED or config.TEST_CUDA_AWARE.get():  # device buffers straight to MPI
     os.environ["GTOPK_MPI_CUDA_AWARE"] = "1"
     res_gpu, res_cpu = torch.zeros(m, device=DEV), np.zeros(m, np.float32)
     tres_gpu, tres_cpu = torch.zeros(m, device=DEV), np.zeros(m, np.float32)
     for step in range(2):
         x = torch.randn(m, generator=torch.Generator().manual_seed(1000 * step + r))
-        a = cuda.gtopk_allreduce(dev(x), k=k, residual=res_gpu, average=True)
+        a = g.gtopk_allreduce(dev(x), k=k, residual=res_gpu, average=True)
         b = g.gtopk_allreduce(x.numpy(), k=k, residual=res_cpu, average=True)
         assert a.values.device.type == DEV and same(a.indices, b.indices) and same(a.values, b.values)
         assert same(res_gpu, res_cpu) and same(a.carried, b.carried)
-        a = cuda.gtopk_allreduce(dev(x).half(), k=k, values="exact")
+        a = g.gtopk_allreduce(dev(x).half(), k=k, values="exact")
         b = g.gtopk_allreduce(x.numpy().astype(np.float16), k=k, values="exact")
         assert same(a.indices, b.indices) and same(a.values, b.values)
-        a = cuda.topk_allreduce(dev(x), k=k, residual=tres_gpu)
+        a = g.topk_allreduce(dev(x), k=k, residual=tres_gpu)
         b = g.topk_allreduce(x.numpy(), k=k, residual=tres_cpu)
         assert same(a.indices, b.indices) and same(a.values, b.values) and same(tres_gpu, tres_cpu)
-        check_dense(x, cuda.dense_allreduce)
-    check_bad_input_raises_everywhere((cuda.gtopk_allreduce, cuda.topk_allreduce))
+        check_dense(x, g.dense_allreduce)
+    check_bad_input_raises_everywhere((g.gtopk_allreduce, g.topk_allreduce))
     del os.environ["GTOPK_MPI_CUDA_AWARE"]
 
 if not EMULATED:  # CuPy arrays in, CuPy arrays out

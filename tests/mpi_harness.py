@@ -1,13 +1,17 @@
 """Runs a list of checks on every rank of an mpiexec launch and reports them on rank 0.
 
-Each check runs on every rank; rank 0 prints ``ok``/``FAIL`` per check, the first
-failing rank's traceback, and ``SUITE: N passed, M failed``. A failing rank also
-prints its traceback at once to stderr, so a check that strands its peers (and
-ends in the launcher's timeout) still shows why.
+A suite script decorates its checks with ``@SUITE.check`` and ends with ``SUITE.run()``.
+Each check runs on every rank; rank 0 prints ``ok``/``FAIL`` per check, the first failing
+rank's traceback, a machine-readable ``CHECK {json}`` line per check (read by
+mpi_launch.SuiteRuns, which makes every check a pytest test of its own) and ``SUITE: N
+passed, M failed``. ``--only a,b`` runs just those checks. A failing rank also prints
+its traceback at once to stderr, so a check that strands its peers (and ends in the
+launcher's timeout) still shows why.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from collections.abc import Callable
@@ -28,10 +32,13 @@ class Suite:
         everyone = self.comm.allgather(payload)
         assert all(e == everyone[0] for e in everyone), f"{what} differ between ranks"
 
-    def run(self) -> int:
+    def run(self, argv: list[str] | None = None) -> int:
+        argv = sys.argv[1:] if argv is None else argv
+        only = set(argv[argv.index("--only") + 1].split(",")) if "--only" in argv else None
+        checks = [fn for fn in self.checks if only is None or fn.__name__ in only]
         rank, size = self.comm.Get_rank(), self.comm.Get_size()
         failures = 0
-        for fn in self.checks:
+        for fn in checks:
             try:
                 fn()
                 ok, detail = True, ""
@@ -44,7 +51,9 @@ class Suite:
                 print(f"{'ok  ' if not bad else 'FAIL'} P={size} {fn.__name__}", flush=True)
                 for q, d in bad[:1]:
                     print(f"  rank {q}:\n{d}", flush=True)
+                shown = "".join(f"rank {q}:\n{d}" for q, d in bad[:1])
+                print("CHECK " + json.dumps({"name": fn.__name__, "ok": not bad, "detail": shown}), flush=True)
             failures += bool(bad)
         if rank == 0:
-            print(f"SUITE: {len(self.checks) - failures} passed, {failures} failed", flush=True)
+            print(f"SUITE: {len(checks) - failures} passed, {failures} failed", flush=True)
         return 1 if failures else 0

@@ -170,14 +170,12 @@ def topk_allgather_matches_reference():
 
 @check
 def gtopk_tree_matches_reference():
-    from gtopk_mpi.collectives import gtopk_tree_allreduce
-
     xs = inputs(17, 2000)
-    res = gtopk_tree_allreduce(xs[RANK], k=25)
+    res = g.gtopk_tree_allreduce(xs[RANK], k=25)
     assert_result(res, *ref.gtopk_tree(xs, 25))
     if P > 1:
         short = xs[RANK][: 1999 if RANK == P - 1 else 2000]
-        expect_error(g.MismatchError, "length", lambda: gtopk_tree_allreduce(short, k=5))
+        expect_error(g.MismatchError, "length", lambda: g.gtopk_tree_allreduce(short, k=5))
     recover()
 
 
@@ -294,14 +292,12 @@ def error_leaves_residual_holding_the_gradient():
 
 @check
 def empty_vectors_work_everywhere():
-    from gtopk_mpi.collectives import gtopk_tree_allreduce
-
     empty = np.zeros(0, np.float32)
     for values in ("merged", "exact"):
         res = g.gtopk_allreduce(empty, density=0.5, values=values, residual=np.zeros(0, np.float32))
         assert res.nnz == 0 and res.to_dense().shape == (0,)
     assert g.topk_allreduce(empty, k=3).nnz == 0
-    assert gtopk_tree_allreduce(empty, k=3).nnz == 0
+    assert g.gtopk_tree_allreduce(empty, k=3).nnz == 0
     assert g.dense_allreduce(empty).shape == (0,)
 
 

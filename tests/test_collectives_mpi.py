@@ -1,18 +1,17 @@
-"""The collectives on P = 1..8 ranks (oversubscribed on small machines), one launch per P."""
+"""The collectives on P = 1..8 ranks (oversubscribed on small machines): every check of
+tests/mpi_suite.py is a test of its own (``pytest -k``), one mpiexec launch per P."""
 
 from __future__ import annotations
 
 import pytest
 
-from mpi_launch import run
+from mpi_launch import run, suite_checks
 
 
-@pytest.mark.parametrize("nprocs", [1, 2, 3, 4, 5, 6, 8])
-def test_collectives_suite(nprocs):
-    proc = run(nprocs, ["tests/mpi_suite.py"], timeout=240)
-    report = proc.stdout + proc.stderr
-    assert proc.returncode == 0, report
-    assert "SUITE: " in proc.stdout and " 0 failed" in proc.stdout, report
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4, 5, 6, 8], ids=lambda n: f"P{n}")
+@pytest.mark.parametrize("check", suite_checks("tests/mpi_suite.py"))
+def test_collectives(check, nprocs, suite_runs, request):
+    suite_runs.outcome(request, "tests/mpi_suite.py", nprocs, check, timeout=240)
 
 
 def test_init_with_a_list_of_world_ranks():

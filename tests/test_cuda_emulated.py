@@ -226,7 +226,7 @@ def test_cuda_collectives_on_the_emulator(ranks, m):
     """gtopk_mpi/cuda.py's collectives on the emulated device equal the CPU collectives, with
     the k pairs staged through host memory and with device buffers handed to MPI."""
     proc = run(ranks, ["tests/cuda_collective_check.py"], timeout=300,
-               env={"GTOPK_CUDA_EMULATE": "1", "GTOPK_CHECK_M": str(m)})
+               env={"GTOPK_TEST_EMULATE": "1", "GTOPK_TEST_M": str(m)})
     assert proc.returncode == 0 and "CUDA COLLECTIVE OK" in proc.stdout, proc.stdout + proc.stderr
 
 

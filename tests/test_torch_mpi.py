@@ -1,20 +1,19 @@
-"""gtopk_mpi.torch (Horovod's API and DistributedOptimizer) on P = 1..4 ranks, one launch per P."""
+"""gtopk_mpi.torch (Horovod's API and DistributedOptimizer) on P = 1..4 ranks: every check of
+tests/torch_suite.py is a test of its own (``pytest -k``), one mpiexec launch per P."""
 
 from __future__ import annotations
 
 import pytest
 
-from mpi_launch import run
+from mpi_launch import run, suite_checks
 
 pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
-def test_torch_suite(nprocs):
-    proc = run(nprocs, ["tests/torch_suite.py"], timeout=300)
-    report = proc.stdout + proc.stderr
-    assert proc.returncode == 0, report
-    assert "SUITE: " in proc.stdout and " 0 failed" in proc.stdout, report
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4], ids=lambda n: f"P{n}")
+@pytest.mark.parametrize("check", suite_checks("tests/torch_suite.py"))
+def test_torch(check, nprocs, suite_runs, request):
+    suite_runs.outcome(request, "tests/torch_suite.py", nprocs, check, timeout=300)
 
 
 def test_timeline_is_a_chrome_trace(tmp_path):
@@ -32,3 +31,23 @@ def test_timeline_is_a_chrome_trace(tmp_path):
     names = {e.get("name") for e in events}
     assert {"NEGOTIATE traced.op", "RUN traced.op", "RUN traced.sparse"} <= names
     assert all(e["dur"] >= 0 for e in events if e)
+
+
+def test_checkpoint_restart_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    """Residuals, velocities and the density schedule survive DistributedOptimizer.state_dict():
+    12 steps in one launch == 6 steps, checkpoint, 6 steps in a fresh launch. Dropping the
+    error-feedback state changes the result (the test can fail); another rank's state is refused."""
+    def digest(*args: str) -> str:
+        proc = run(3, ["tests/checkpoint_run.py", *args], timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("DIGEST "))
+
+    prefix = str(tmp_path / "ckpt")
+    whole = digest("--stop", "12")
+    digest("--stop", "6", "--save", prefix)
+    assert digest("--start", "6", "--stop", "12", "--load", prefix) == whole
+    assert digest("--start", "6", "--stop", "12", "--load", prefix, "--drop-residuals") != whole
+    proc = run(3, ["tests/checkpoint_run.py", "--start", "6", "--stop", "7", "--load", prefix, "--load-rank", "0"],
+               timeout=120)
+    assert proc.returncode != 0
+    assert "rank 1: ValueError: this checkpoint holds the error-feedback state (residuals) of rank 0 of 3" in proc.stdout

@@ -11,15 +11,10 @@ without GTOPK_DENSITY in the environment) everything is dense and exact.
 
 from .compression import Compression, Compressor, SparseCompressor
 from .engine import HorovodInternalError, TensorMismatchError
+from .error_feedback import ErrorFeedback
 from .functions import allgather_object, broadcast_object, broadcast_optimizer_state, broadcast_parameters
 from .mpi_ops import (
-    Adasum,
-    Average,
-    Max,
-    Min,
     ProcessSet,
-    Product,
-    Sum,
     allgather,
     allgather_async,
     allreduce,
@@ -56,11 +51,13 @@ from .mpi_ops import (
     size,
     synchronize,
 )
-from .optimizer import DistributedOptimizer
+from .optimizer import ERROR_FEEDBACK_KEY, DistributedOptimizer
+from .reduction import Adasum, Average, Max, Min, Product, Sum
 from .sync_batch_norm import SyncBatchNorm
 
 __all__ = [
-    "Adasum", "Average", "Compression", "Compressor", "DistributedOptimizer", "HorovodInternalError", "Max", "Min",
+    "Adasum", "Average", "Compression", "Compressor", "DistributedOptimizer", "ERROR_FEEDBACK_KEY", "ErrorFeedback", "HorovodInternalError",
+    "Max", "Min",
     "ProcessSet", "Product", "SparseCompressor", "Sum", "SyncBatchNorm", "TensorMismatchError", "allgather",
     "allgather_async",
     "allgather_object", "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "barrier", "broadcast",

@@ -4,7 +4,7 @@ and DistributedOptimizer(compression=...).
 ``Compression.none`` and ``Compression.fp16`` are Horovod's (a cast around a dense
 allreduce). ``Compression.gtopk(density)`` and ``Compression.topk(density)`` are
 sparsifiers: the reduction becomes the gTop-k butterfly or the allgather Top-k of
-gtopk_mpi.collectives, and the result is a dense tensor with at most k nonzeros.
+gtopk_mpi (butterfly.py, baselines.py), and the result is a dense tensor with at most k nonzeros.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import collectives
+from ..baselines import topk_allreduce
+from ..butterfly import gtopk_allreduce
 
 
 class Compressor:
@@ -59,7 +60,8 @@ class SparseCompressor:
     algorithm: "gtopk" (butterfly global top-k, O(k log P) per rank) or "topk"
     (allgather of every rank's top-k, O(kP)). values: "merged" or "exact" (gtopk
     only; see gtopk_mpi.gtopk_allreduce). Residuals (error feedback) are kept by
-    DistributedOptimizer, or passed explicitly to allreduce(residual=...).
+    DistributedOptimizer (an ErrorFeedback state); hvd.allreduce with a sparse
+    compression returns the sparse sum and keeps no residual.
     """
 
     algorithm: str = "gtopk"
@@ -79,8 +81,8 @@ class SparseCompressor:
         """The sparse collective this compressor names, on a 1-D NumPy array or CUDA tensor
         ``x`` (residual alike, or None); returns its SparseResult."""
         if self.algorithm == "gtopk":
-            return collectives.gtopk_allreduce(x, k=k, residual=residual, values=self.values, comm=comm)
-        return collectives.topk_allreduce(x, k=k, residual=residual, comm=comm)
+            return gtopk_allreduce(x, k=k, residual=residual, values=self.values, comm=comm)
+        return topk_allreduce(x, k=k, residual=residual, comm=comm)
 
     def with_density(self, density: float) -> SparseCompressor:
         return SparseCompressor(self.algorithm, density, self.values)

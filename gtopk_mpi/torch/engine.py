@@ -8,7 +8,8 @@ pending on every rank run, in sorted-name order, on the engine's private
 communicator; the rest wait for the next round. Requests that disagree become the
 same TensorMismatchError on every rank (Horovod's checks and wording, in its
 order: data type, operation, shape, scale factors, root rank, device), and the
-engine carries on. All MPI traffic of the front end happens on this one thread.
+engine carries on. All traffic of the front end happens on this one thread, through
+the engine's own Transport (gtopk_mpi.transport: MPI today).
 
 Knobs (environment): GTOPK_CYCLE_TIME (ms between rounds that found nothing to
 run, default 1), GTOPK_STALL_CHECK_TIME_SECONDS (warn about ops pending on some
@@ -19,17 +20,19 @@ to agreement and its RUN span).
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from mpi4py import MPI
+import torch
 
-from ..errors import MismatchError
+from .. import config
+from ..agreement import MismatchError
 
 
 class HorovodInternalError(RuntimeError):
@@ -39,6 +42,12 @@ class HorovodInternalError(RuntimeError):
 class TensorMismatchError(HorovodInternalError, MismatchError):
     """Ranks submitted the same named op with disagreeing arguments."""
 
+
+#: Horovod's names of the dtypes an allreduce takes, and of those allgather / broadcast take
+DTYPE_NAMES = {torch.int32: "HOROVOD_INT32", torch.int64: "HOROVOD_INT64", torch.float16: "HOROVOD_FLOAT16",
+               torch.float32: "HOROVOD_FLOAT32", torch.float64: "HOROVOD_FLOAT64"}
+BROADCAST_DTYPES = {**DTYPE_NAMES, torch.uint8: "HOROVOD_UINT8", torch.int8: "HOROVOD_INT8",
+                    torch.int16: "HOROVOD_INT16", torch.bool: "HOROVOD_BOOL"}
 
 DUPLICATE_NAME_ERROR = ("Requested to {op} a tensor with the same name as another tensor that is currently "
                         "being processed. If you want to request another tensor, use a different tensor name.")
@@ -119,7 +128,7 @@ class Work:
     """One submitted op: its request, what to run once agreed, and its outcome."""
 
     request: Request
-    run: Callable[[MPI.Comm, list[Request]], object]
+    run: Callable[[Any, list[Request]], object]  # (transport, every rank's request) -> result
     done: threading.Event = field(default_factory=threading.Event)
     result: object = None
     error: BaseException | None = None
@@ -134,18 +143,18 @@ class Work:
 
 
 class Engine:
-    """Owns the front end's communicator and its one MPI thread."""
+    """Owns the front end's transport and the one thread that uses it."""
 
-    def __init__(self, comm: MPI.Comm):
-        self.comm = comm
+    def __init__(self, link: Any):
+        self.link = link
         self._cv = threading.Condition()
         self._pending: dict[str, Work] = {}
         self._in_flight: set[str] = set()
-        self._cycle_s = float(os.environ.get("GTOPK_CYCLE_TIME", "1")) / 1e3
-        self._stall_s = float(os.environ.get("GTOPK_STALL_CHECK_TIME_SECONDS", "60"))
+        self._cycle_s = config.CYCLE_TIME.get() / 1e3
+        self._stall_s = config.STALL_CHECK_TIME.get()
         self._timeline = None
-        path = os.environ.get("GTOPK_TIMELINE")
-        if path and comm.Get_rank() == 0:
+        path = config.TIMELINE.get()
+        if path and link.rank == 0:
             self._timeline = open(path, "w")
             self._timeline.write("[\n")
             self._t0 = time.monotonic()
@@ -167,7 +176,7 @@ class Engine:
 
     def stop(self) -> None:
         """Collective: every rank's engine runs a SHUTDOWN op, then its thread ends."""
-        work = self.submit(Work(Request("__gtopk_shutdown__", "SHUTDOWN"), lambda comm, reqs: None))
+        work = self.submit(Work(Request("__gtopk_shutdown__", "SHUTDOWN"), lambda link, reqs: None))
         work.wait()
         self._thread.join()
 
@@ -180,7 +189,7 @@ class Engine:
                     self._cv.wait()
                 batch = sorted(self._pending)
                 requests = [self._pending[n].request for n in batch]
-            everyone = self.comm.allgather(requests)
+            everyone = self.link.allgather_obj(requests)
             tables = [{r.name: r for r in reqs} for reqs in everyone]
             ready = sorted(set.intersection(*(set(t) for t in tables)))
             if not ready:
@@ -198,7 +207,7 @@ class Engine:
                 try:
                     if text is not None:
                         raise TensorMismatchError(text)
-                    work.result = work.run(self.comm, reqs)
+                    work.result = work.run(self.link, reqs)
                 except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
                     work.error = e
                 self._trace(work, started, time.monotonic())
@@ -234,7 +243,47 @@ class Engine:
             late = [w for w in self._pending.values() if not w.warned and now - w.submitted > self._stall_s]
         for w in late:
             missing = [q for q, t in enumerate(tables) if w.request.name not in t]
-            print(f"gtopk_mpi.torch: rank {self.comm.Get_rank()}: {w.request.op_type} '{w.request.name}' has "
+            print(f"gtopk_mpi.torch: rank {self.link.rank}: {w.request.op_type} '{w.request.name}' has "
                   f"waited {now - w.submitted:.0f}s for ranks {missing}, which have not submitted it "
                   "(one rank skipped an op or submitted ops in a different order?)", file=sys.stderr, flush=True)
             w.warned = True
+
+
+# -- the front end's one engine -----------------------------------------------------------
+
+_engine: Engine | None = None
+_noname = itertools.count()
+
+
+def start(link: Any) -> None:
+    """Run the engine on ``link`` (a Transport of its own)."""
+    global _engine
+    _engine = Engine(link)
+
+
+def stop() -> Any:
+    """Collective: stop the engine; returns its transport (for the caller to release)."""
+    global _engine
+    engine, _engine = _engine, None
+    engine.stop()
+    return engine.link
+
+
+def running() -> bool:
+    return _engine is not None
+
+
+def current() -> Engine:
+    """The running engine; Horovod's ValueError before init()."""
+    if _engine is None:
+        raise ValueError("gtopk_mpi.torch has not been initialized; use hvd.init().")
+    return _engine
+
+
+def submit(work: Work) -> Work:
+    return current().submit(work)
+
+
+def op_name(name: str | None, kind: str) -> str:
+    """``name``, or a fresh one for an unnamed op (every rank numbers its unnamed ops alike)."""
+    return name if name is not None else f"{kind}.noname.{next(_noname)}"

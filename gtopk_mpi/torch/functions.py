@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from .engine import Request, Work
-from .mpi_ops import _eng, _name, broadcast_async_, global_process_set, synchronize
+from .engine import Request, Work, op_name, submit
+from .mpi_ops import broadcast_async_, global_process_set, rank, synchronize
+from .optimizer import ERROR_FEEDBACK_KEY
 
 
 def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: int,
@@ -38,15 +39,15 @@ def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: 
 def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, process_set=global_process_set) -> Any:
     """Return root_rank's (picklable) object on every rank."""
     process_set._check()
-    req = Request(_name(name, "broadcast_object"), "BROADCAST", dtype="OBJECT", root=int(root_rank))
-    return _eng().submit(Work(req, lambda comm, reqs: comm.bcast(obj, root=root_rank))).wait()
+    req = Request(op_name(name, "broadcast_object"), "BROADCAST", dtype="OBJECT", root=int(root_rank))
+    return submit(Work(req, lambda link, reqs: link.bcast_obj(obj, root_rank))).wait()
 
 
 def allgather_object(obj: Any, name: str | None = None, process_set=global_process_set) -> list[Any]:
     """List of every rank's (picklable) object, in rank order."""
     process_set._check()
-    req = Request(_name(name, "allgather_object"), "ALLGATHER", dtype="OBJECT", shape=(1,))
-    return _eng().submit(Work(req, lambda comm, reqs: comm.allgather(obj))).wait()
+    req = Request(op_name(name, "allgather_object"), "ALLGATHER", dtype="OBJECT", shape=(1,))
+    return submit(Work(req, lambda link, reqs: link.allgather_obj(obj))).wait()
 
 
 def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int,
@@ -55,11 +56,11 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int,
 
     The state dict (tensors included) travels as one pickled object; non-root ranks
     load it with load_state_dict, so state created by root's first step appears on
-    every rank.
+    every rank. A DistributedOptimizer's error-feedback state (residuals) is per rank
+    and stays as it is on every rank.
     """
-    state = broadcast_object(optimizer.state_dict(), root_rank, name="broadcast_optimizer_state",
-                             process_set=process_set)
-    from .mpi_ops import rank
-
+    state = optimizer.state_dict()
+    state.pop(ERROR_FEEDBACK_KEY, None)
+    state = broadcast_object(state, root_rank, name="broadcast_optimizer_state", process_set=process_set)
     if rank() != root_rank:
         optimizer.load_state_dict(state)

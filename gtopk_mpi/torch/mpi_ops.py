@@ -16,25 +16,17 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
-from .. import collectives, runtime
-from ..selection import resolve_k
+from .. import _C, runtime, transport
+from . import engine
 from .compression import Compression, SparseCompressor
-from .engine import Engine, Request, Work
-
-# Reduction ops (Horovod's values)
-Average, Sum, Adasum, Min, Max, Product = 0, 1, 2, 3, 4, 5
-_OP_NAMES = {Average: "AVERAGE", Sum: "SUM", Adasum: "ADASUM", Min: "MIN", Max: "MAX", Product: "PRODUCT"}
-_MPI_OPS = {Sum: MPI.SUM, Average: MPI.SUM, Min: MPI.MIN, Max: MPI.MAX, Product: MPI.PROD}
-
-_DTYPE_NAMES = {torch.int32: "HOROVOD_INT32", torch.int64: "HOROVOD_INT64", torch.float16: "HOROVOD_FLOAT16",
-                torch.float32: "HOROVOD_FLOAT32", torch.float64: "HOROVOD_FLOAT64"}
-_BROADCAST_DTYPES = {**_DTYPE_NAMES, torch.uint8: "HOROVOD_UINT8", torch.int8: "HOROVOD_INT8",
-                     torch.int16: "HOROVOD_INT16", torch.bool: "HOROVOD_BOOL"}
+from .engine import BROADCAST_DTYPES, DTYPE_NAMES, Request, Work, op_name, submit
+from .reduction import OP_NAMES, Adasum, Average, Sum, reduce_flat
 
 
 class ProcessSet:
@@ -53,77 +45,63 @@ global_process_set = ProcessSet()
 # -------------------------------------------------------------------------------- runtime
 
 _lock = threading.Lock()
-_engine: Engine | None = None
 _handles: dict[int, _Handle] = {}
 _handle_ids = itertools.count(1)
-_noname = itertools.count()
 
 
 def init(comm=None) -> None:
     """Start MPI and the engine (idempotent). comm: an mpi4py communicator or a list of world ranks."""
-    global _engine
     with _lock:
-        if _engine is not None:
+        if engine.running():
             return
         runtime.init(comm)
-        _engine = Engine(runtime.comm().Dup())
+        engine.start(transport.MpiTransport(runtime.comm().Dup()))
 
 
 def shutdown() -> None:
     """Collective: stop the engine on every rank and release the communicators."""
-    global _engine
     with _lock:
-        if _engine is None:
+        if not engine.running():
             return
-        _engine.stop()
-        _engine.comm.Free()
-        _engine = None
+        engine.stop().comm.Free()
         _handles.clear()
         runtime.shutdown()
 
 
 def is_initialized() -> bool:
-    return _engine is not None
-
-
-def _eng() -> Engine:
-    if _engine is None:
-        raise ValueError("gtopk_mpi.torch has not been initialized; use hvd.init().")
-    return _engine
+    return engine.running()
 
 
 def size() -> int:
-    _eng()
+    engine.current()
     return runtime.size()
 
 
 def rank() -> int:
-    _eng()
+    engine.current()
     return runtime.rank()
 
 
 def local_size() -> int:
-    _eng()
+    engine.current()
     return runtime.local_size()
 
 
 def local_rank() -> int:
-    _eng()
+    engine.current()
     return runtime.local_rank()
 
 
 def cross_size() -> int:
-    """Number of hosts (ranks with the same local_rank)."""
-    return _eng().comm.allreduce(1 if local_rank() == 0 else 0)
+    """Number of ranks with this rank's local_rank (the hosts, when every host has as many ranks)."""
+    engine.current()
+    return runtime.cross_size()
 
 
 def cross_rank() -> int:
-    """Index of this host among the hosts."""
-    eng = _eng()
-    split = eng.comm.Split(color=local_rank(), key=rank())
-    r = split.Get_rank()
-    split.Free()
-    return r
+    """Index of this rank among the ranks with its local_rank (its host's index)."""
+    engine.current()
+    return runtime.cross_rank()
 
 
 def mpi_threads_supported() -> bool:
@@ -151,8 +129,6 @@ def nccl_built() -> int:
 
 
 def cuda_built() -> bool:
-    from .. import _C
-
     return bool(getattr(_C, "has_cuda", False))
 
 
@@ -207,10 +183,6 @@ def _check_tensor(tensor: torch.Tensor, dtypes: dict) -> None:
         raise ValueError("Tensor is required to be contiguous.")
 
 
-def _name(name: str | None, kind: str) -> str:
-    return name if name is not None else f"{kind}.noname.{next(_noname)}"
-
-
 def _resolve_op(op: int | None, average: bool | None, fn: str) -> int:
     if op is not None and average is not None:
         raise ValueError(f"{fn}: average and op are mutually exclusive")
@@ -221,76 +193,30 @@ def _resolve_op(op: int | None, average: bool | None, fn: str) -> int:
     op = Average if op is None else op
     if op == Adasum:
         raise NotImplementedError("Adasum is not supported by gtopk_mpi")
-    if op not in _OP_NAMES:
+    if op not in OP_NAMES:
         raise ValueError(f"Unknown reduction op {op!r}")
     return op
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().reshape(-1).numpy()
-
-
-def _mpi_reduce(comm: MPI.Comm, arr: np.ndarray, op: int) -> np.ndarray:
-    """Reduced copy of a 1-D array (Horovod op; float16 reduced in float32, rounded once)."""
-    out = arr.copy()
-    collectives.allreduce_inplace(comm, out, _MPI_OPS[op])
-    return out
 
 
 # -------------------------------------------------------------------------------- allreduce
 
 
-def _scale(t: torch.Tensor, factor: float) -> torch.Tensor:
-    if factor == 1.0:
-        return t
-    if t.dtype.is_floating_point:
-        return t * factor
-    return (t.double() * factor).to(t.dtype)
-
-
-def _average(t: torch.Tensor, n: int) -> torch.Tensor:
-    return t / n if t.dtype.is_floating_point else torch.div(t, n, rounding_mode="floor")
-
-
 def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, postscale: float,
-                    compression, residual: torch.Tensor | None = None) -> Work:
+                    compression) -> Work:
     sparse = isinstance(compression, SparseCompressor)
     if sparse:
         if op not in (Sum, Average):
             raise ValueError("sparse compression supports only op=Sum or op=Average")
         if not tensor.dtype.is_floating_point:
             raise ValueError(f"Tensor type {tensor.type()} is not supported by sparse compression.")
-    shape = tuple(tensor.shape)
-    device = tensor.device
-    on_gpu = sparse and tensor.is_cuda  # sparse: select on the GPU; dense ops reduce a host copy
-    snapshot = tensor.detach().clone() if on_gpu else tensor.detach().to("cpu", copy=True)
+    snapshot = tensor.detach().clone()  # the tensor may change before the op runs
 
-    def run(comm: MPI.Comm, reqs: list[Request]) -> torch.Tensor:
-        x = _scale(snapshot, prescale)
-        if on_gpu:  # the collectives take the GPU path for CUDA tensors
-            flat = x.reshape(-1).contiguous()
-            res = compression.allreduce(flat, resolve_k(flat.numel(), None, compression.density), residual, comm)
-            y = res.to_dense().reshape(shape)
-        elif sparse:
-            flat = _numpy(x.contiguous())
-            k = resolve_k(flat.size, None, compression.density)
-            if k >= flat.size:  # density 1 (or a tiny tensor): exactly the dense result
-                out = _mpi_reduce(comm, flat, Sum)
-                if residual is not None:
-                    residual.zero_()
-            else:
-                out = compression.allreduce(flat, k, None if residual is None else _numpy(residual), comm).to_dense()
-            y = torch.from_numpy(out).reshape(shape)
-        else:
-            c, ctx = compression.compress(x)
-            y = torch.from_numpy(_mpi_reduce(comm, _numpy(c.contiguous()), op)).reshape(shape)
-            y = compression.decompress(y, ctx)
-        if op == Average:
-            y = _average(y, comm.Get_size())
-        return _scale(y, postscale).to(device=device, dtype=tensor.dtype)
+    def run(link: Any, reqs: list[Request]) -> torch.Tensor:
+        y, _ = reduce_flat(link, snapshot.reshape(-1), op, compression, prescale, postscale)
+        return y.reshape(tensor.shape).to(dtype=tensor.dtype)
 
-    req = Request(name, "ALLREDUCE", _DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), shape, _OP_NAMES[op],
-                  float(prescale), float(postscale), -1, "GPU" if tensor.is_cuda else "CPU",
+    req = Request(name, "ALLREDUCE", DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape),
+                  OP_NAMES[op], float(prescale), float(postscale), -1, "GPU" if tensor.is_cuda else "CPU",
                   compression.describe() if sparse or compression is not Compression.none else "none")
     return Work(req, run)
 
@@ -302,13 +228,13 @@ def _submit_allreduces(fn: str, tensors: Sequence[torch.Tensor], name: str | Non
     op = _resolve_op(op, average, fn)
     process_set._check()
     for t in tensors:
-        _check_tensor(t, _DTYPE_NAMES)
+        _check_tensor(t, DTYPE_NAMES)
     if grouped:
-        base = _name(name, "grouped_allreduce")
+        base = op_name(name, "grouped_allreduce")
         names = [f"{base}.{i}" for i in range(len(tensors))]
     else:
-        names = [_name(name, "allreduce")]
-    return [_eng().submit(_allreduce_work(t, n, op, prescale, postscale, compression))
+        names = [op_name(name, "allreduce")]
+    return [submit(_allreduce_work(t, n, op, prescale, postscale, compression))
             for t, n in zip(tensors, names)]
 
 
@@ -417,15 +343,15 @@ def _allgather_work(tensor: torch.Tensor, name: str) -> Work:
     snapshot = tensor.detach().to("cpu", copy=True)
     shape = tuple(tensor.shape)
 
-    def run(comm: MPI.Comm, reqs: list[Request]) -> tuple[torch.Tensor, list[int]]:
+    def run(link: Any, reqs: list[Request]) -> tuple[torch.Tensor, list[int]]:
         rows = [r.shape[0] for r in reqs]
         row = int(np.prod(shape[1:], dtype=np.int64))
         counts = [n * row for n in rows]
         out = np.empty(sum(counts), dtype=snapshot.numpy().dtype)
-        comm.Allgatherv(_numpy(snapshot), [out, counts])
+        link.allgatherv(snapshot.reshape(-1).numpy(), counts, out)
         return torch.from_numpy(out).reshape((sum(rows), *shape[1:])).to(tensor.device), rows
 
-    req = Request(name, "ALLGATHER", _BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), shape,
+    req = Request(name, "ALLGATHER", BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), shape,
                   device="GPU" if tensor.is_cuda else "CPU")
     return Work(req, run)
 
@@ -434,15 +360,15 @@ def allgather_async(tensor: torch.Tensor, name: str | None = None,
                     process_set: ProcessSet = global_process_set) -> int:
     """Start an allgather (concatenation along dim 0; first dims may differ between ranks)."""
     process_set._check()
-    _check_tensor(tensor, _BROADCAST_DTYPES)
-    work = _eng().submit(_allgather_work(tensor, _name(name, "allgather")))
+    _check_tensor(tensor, BROADCAST_DTYPES)
+    work = submit(_allgather_work(tensor, op_name(name, "allgather")))
     return _new_handle([work], lambda r: r[0][0])
 
 
 class _AllgatherFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, name):
-        work = _eng().submit(_allgather_work(tensor, _name(name, "allgather")))
+        work = submit(_allgather_work(tensor, op_name(name, "allgather")))
         out, rows = work.wait()
         ctx.rows = rows
         return out
@@ -458,7 +384,7 @@ def allgather(tensor: torch.Tensor, name: str | None = None,
               process_set: ProcessSet = global_process_set) -> torch.Tensor:
     """Concatenate every rank's tensor along dim 0 (differentiable)."""
     process_set._check()
-    _check_tensor(tensor, _BROADCAST_DTYPES)
+    _check_tensor(tensor, BROADCAST_DTYPES)
     return _AllgatherFn.apply(tensor, name)
 
 
@@ -468,18 +394,14 @@ def allgather(tensor: torch.Tensor, name: str | None = None,
 def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str) -> Work:
     snapshot = tensor.detach().to("cpu", copy=True)
 
-    def run(comm: MPI.Comm, reqs: list[Request]) -> torch.Tensor:
-        if not 0 <= root_rank < comm.Get_size():
-            raise ValueError(f"root_rank {root_rank} is out of range for size {comm.Get_size()}")
+    def run(link: Any, reqs: list[Request]) -> torch.Tensor:
+        if not 0 <= root_rank < link.size:
+            raise ValueError(f"root_rank {root_rank} is out of range for size {link.size}")
         buf = snapshot.reshape(-1).numpy()
-        if buf.dtype == np.bool_:
-            view = buf.view(np.uint8)
-            comm.Bcast(view, root=root_rank)
-        else:
-            comm.Bcast(buf, root=root_rank)
+        link.bcast(buf.view(np.uint8) if buf.dtype == np.bool_ else buf, root_rank)
         return snapshot.to(tensor.device)
 
-    req = Request(name, "BROADCAST", _BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape),
+    req = Request(name, "BROADCAST", BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape),
                   root=int(root_rank), device="GPU" if tensor.is_cuda else "CPU")
     return Work(req, run)
 
@@ -487,16 +409,16 @@ def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str) -> Work:
 def broadcast_async(tensor: torch.Tensor, root_rank: int, name: str | None = None,
                     process_set: ProcessSet = global_process_set) -> int:
     process_set._check()
-    _check_tensor(tensor, _BROADCAST_DTYPES)
-    work = _eng().submit(_broadcast_work(tensor, root_rank, _name(name, "broadcast")))
+    _check_tensor(tensor, BROADCAST_DTYPES)
+    work = submit(_broadcast_work(tensor, root_rank, op_name(name, "broadcast")))
     return _new_handle([work], lambda r: r[0])
 
 
 def broadcast_async_(tensor: torch.Tensor, root_rank: int, name: str | None = None,
                      process_set: ProcessSet = global_process_set) -> int:
     process_set._check()
-    _check_tensor(tensor, _BROADCAST_DTYPES)
-    work = _eng().submit(_broadcast_work(tensor, root_rank, _name(name, "broadcast")))
+    _check_tensor(tensor, BROADCAST_DTYPES)
+    work = submit(_broadcast_work(tensor, root_rank, op_name(name, "broadcast")))
     finish = _copy_into([tensor])
     return _new_handle([work], lambda r: finish(r)[0])
 
@@ -534,7 +456,7 @@ def broadcast_(tensor: torch.Tensor, root_rank: int, name: str | None = None,
 def barrier(process_set: ProcessSet = global_process_set) -> None:
     """Block until every rank has called barrier()."""
     process_set._check()
-    _eng().submit(Work(Request(_name(None, "barrier"), "BARRIER"), lambda comm, reqs: None)).wait()
+    submit(Work(Request(op_name(None, "barrier"), "BARRIER"), lambda link, reqs: None)).wait()
 
 
 def join(device: int = -1) -> int:
@@ -544,6 +466,6 @@ def join(device: int = -1) -> int:
     ranks' collectives: every rank must still issue the same ops before joining.
     Arrival order is judged by each rank's wall clock.
     """
-    req = Request(_name(None, "join"), "JOIN", extra=time.time())
-    return int(_eng().submit(Work(req, lambda comm, reqs: int(np.argmax([r.extra for r in reqs])))).wait())
+    req = Request(op_name(None, "join"), "JOIN", extra=time.time())
+    return int(submit(Work(req, lambda link, reqs: int(np.argmax([r.extra for r in reqs])))).wait())
 

@@ -10,10 +10,10 @@ rest of the backward pass runs. ``step()`` waits for every bucket, writes the
 averaged gradients back into ``p.grad`` and calls the wrapped optimizer.
 
 With ``compression=Compression.gtopk(density, values)`` a bucket's reduction is the
-butterfly gTop-k sparse allreduce with error feedback: state is one residual per
-bucket (keyed by its parameters' names) holding everything this rank has not yet
-sent, so no gradient mass is lost. ``Compression.topk(density)`` is the allgather
-Top-k baseline with the same residuals. Knobs:
+butterfly gTop-k sparse allreduce with error feedback: the optimizer's
+``error_feedback`` (an ErrorFeedback) holds one residual per bucket with everything
+this rank has not yet sent, so no gradient mass is lost. ``Compression.topk(density)``
+is the allgather Top-k baseline with the same residuals. Knobs:
 
 * ``density_warmup`` - densities used for the first optimizer steps, each for
   ``density_warmup_steps`` steps (e.g. [0.25, 0.0625, 0.0156, 0.004] then the
@@ -25,34 +25,33 @@ Top-k baseline with the same residuals. Knobs:
   ``DistributedOptimizer(...)`` without a compression gets Compression.gtopk of
   that density.
 
+Checkpoints: ``state_dict()`` carries this rank's error-feedback state (residuals,
+velocities, the step of the density schedule) next to the wrapped optimizer's, tagged
+with the rank; each rank saves and loads its own (``load_state_dict`` refuses another
+rank's residuals rather than double or drop gradient mass). broadcast_optimizer_state
+leaves every rank's own error-feedback state in place.
+
 Without any of these everything is dense and exact, as in Horovod.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from mpi4py import MPI
 
-from ..selection import resolve_k
+from .. import config
 from .compression import Compression, SparseCompressor
-from .engine import Request, Work
-from .mpi_ops import (
-    _DTYPE_NAMES,
-    _OP_NAMES,
-    Adasum,
-    Average,
-    Sum,
-    _eng,
-    _mpi_reduce,
-    global_process_set,
-)
+from .engine import DTYPE_NAMES, Request, Work, submit
+from .error_feedback import ErrorFeedback
+from .mpi_ops import global_process_set, rank, size
+from .reduction import OP_NAMES, Adasum, Average, Sum, reduce_flat
+
+ERROR_FEEDBACK_KEY = "gtopk_error_feedback"
 
 
 @dataclass
@@ -62,13 +61,6 @@ class _Bucket:
     numel: int
     ready: set[int] = field(default_factory=set)     # ids of params whose gradient is ready
     work: Work | None = None
-    residual: torch.Tensor | None = None             # error feedback (sparse compression)
-    velocity: torch.Tensor | None = None             # momentum correction state
-
-
-def _fusion_threshold() -> float:
-    value = os.environ.get("GTOPK_FUSION_THRESHOLD")
-    return math.inf if not value else float(value)
 
 
 class _DistributedOptimizer(torch.optim.Optimizer):
@@ -78,25 +70,19 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         super(self.__class__, self).__init__(params)
         process_set._check()
         self._compression = compression
-        self._sparse = isinstance(compression, SparseCompressor)
         self._bpps = int(backward_passes_per_step)
         if self._bpps < 1:
             raise ValueError("backward_passes_per_step must be >= 1")
         self._op = op
-        self._sparse_as_dense = sparse_as_dense
-        if op == Average and gradient_predivide_factor != 1.0:
-            # Horovod: prescale 1/f, postscale f/size, summed
-            self._prescale, self._postscale = 1.0 / gradient_predivide_factor, gradient_predivide_factor
-            self._reduce, self._divide = Sum, True
-        else:
-            self._prescale, self._postscale, self._reduce, self._divide = 1.0, 1.0, op, False
-        self._warmup = list(density_warmup or [])
-        self._warmup_steps = int(density_warmup_steps)
-        self._momentum = float(momentum_correction)
-        if self._momentum and any(g.get("momentum", 0) for g in self.param_groups):
-            warnings.warn("momentum_correction applies momentum before compression; set the wrapped "
-                          "optimizer's momentum to 0", stacklevel=3)
-        self._steps = 0
+        # Horovod: an Average split into prescale 1/f and postscale f around the sum
+        self._prescale, self._postscale = 1.0 / gradient_predivide_factor, gradient_predivide_factor
+        self.error_feedback: ErrorFeedback | None = None
+        if isinstance(compression, SparseCompressor):
+            self.error_feedback = ErrorFeedback(compression.density, density_warmup or (), density_warmup_steps,
+                                                momentum_correction)
+            if momentum_correction and any(g.get("momentum", 0) for g in self.param_groups):
+                warnings.warn("momentum_correction applies momentum before compression; set the wrapped "
+                              "optimizer's momentum to 0", stacklevel=3)
         self._timings = {"compression": 0.0, "communication": 0.0}  # seconds, accumulated by the engine
 
         all_params = [p for g in self.param_groups for p in g["params"]]
@@ -137,7 +123,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             per = max(1, math.ceil(len(ordered) / num_groups))
             chunks = [ordered[i : i + per] for i in range(0, len(ordered), per)]
         else:
-            threshold = _fusion_threshold()
+            threshold = config.FUSION_THRESHOLD.get()
             chunks, cur, cur_bytes = [], [], 0
             for n, p in ordered:
                 nbytes = p.numel() * p.element_size()
@@ -159,8 +145,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def current_density(self) -> float:
         """The density the next submitted buckets use (warm-up schedule, then the compression's)."""
-        stage = self._steps // max(1, self._warmup_steps)
-        return self._warmup[stage] if stage < len(self._warmup) else self._compression.density
+        ef = self.error_feedback
+        return ef.current_density() if ef is not None else 1.0
 
     def _hook(self, p: torch.Tensor) -> None:
         bucket = self._bucket_of[id(p)]
@@ -186,71 +172,21 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def _submit(self, bucket: _Bucket) -> None:
         flat = self._flat_grad(bucket)
-        comp = self._compression
-        if self._sparse:
-            comp = comp.with_density(self.current_density())
-            if bucket.residual is None:
-                bucket.residual = torch.zeros_like(flat)
-            if self._momentum and bucket.velocity is None:
-                bucket.velocity = torch.zeros_like(flat)
-        run = self._sparse_run(bucket, flat, comp) if self._sparse else self._dense_run(flat)
-        describe = comp.describe() if (self._sparse or comp is not Compression.none) else "none"
-        req = Request(bucket.name, "ALLREDUCE", _DTYPE_NAMES.get(flat.dtype, str(flat.dtype)), (bucket.numel,),
-                      _OP_NAMES[self._reduce], self._prescale, self._postscale, -1,
-                      "GPU" if flat.is_cuda else "CPU", describe)
-        bucket.work = _eng().submit(Work(req, run))
+        comp, ef = self._compression, self.error_feedback
+        feedback = (ef, bucket.name) if ef is not None else None
 
-    def _finish(self, comm: MPI.Comm, y: torch.Tensor) -> torch.Tensor:
-        if self._reduce == Average:
-            y = y / comm.Get_size()
-        if self._divide:
-            y = y * (self._postscale / comm.Get_size())
-        return y
+        def run(link: Any, reqs) -> torch.Tensor:
+            y, stats = reduce_flat(link, flat, self._op, comp, self._prescale, self._postscale, feedback)
+            self._timings["compression"] += stats.select_s + stats.merge_s
+            self._timings["communication"] += stats.comm_s
+            return y
 
-    def _dense_run(self, flat: torch.Tensor):
-        comp = self._compression
-
-        def run(comm: MPI.Comm, reqs) -> torch.Tensor:
-            x = flat * self._prescale if self._prescale != 1.0 else flat
-            c, ctx = comp.compress(x)
-            t0 = time.perf_counter()
-            reduced = _mpi_reduce(comm, c.contiguous().cpu().numpy(), self._reduce)  # CUDA: through the host
-            self._timings["communication"] += time.perf_counter() - t0
-            y = comp.decompress(torch.from_numpy(reduced).to(flat.device), ctx)
-            return self._finish(comm, y.to(flat.dtype))
-
-        return run
-
-    def _sparse_run(self, bucket: _Bucket, flat: torch.Tensor, comp: SparseCompressor):
-        def run(comm: MPI.Comm, reqs) -> torch.Tensor:
-            x = flat * self._prescale if self._prescale != 1.0 else flat
-            m = x.numel()
-            k = resolve_k(m, None, comp.density)
-            if k >= m:  # density 1: exactly the dense reduction (bit-identical to Compression.none)
-                total = bucket.residual + x if bool(bucket.residual.any()) else x
-                t0 = time.perf_counter()
-                out = torch.from_numpy(_mpi_reduce(comm, total.contiguous().cpu().numpy(), Sum)).to(x.device)
-                self._timings["communication"] += time.perf_counter() - t0
-                bucket.residual.zero_()
-                if bucket.velocity is not None:
-                    bucket.velocity.zero_()
-                return self._finish(comm, out)
-            if bucket.velocity is not None:  # DGC momentum correction: accumulate velocity
-                bucket.velocity.mul_(self._momentum).add_(x)
-                x = bucket.velocity
-            if x.is_cuda:  # selection and residual on the GPU; only the k pairs cross PCIe
-                res = comp.allreduce(x, k, bucket.residual, comm)
-                dense = res.to_dense()
-            else:
-                res = comp.allreduce(x.contiguous().numpy(), k, bucket.residual.numpy(), comm)
-                dense = torch.from_numpy(res.to_dense())
-            self._timings["compression"] += res.stats.select_s + res.stats.merge_s
-            self._timings["communication"] += res.stats.comm_s
-            if bucket.velocity is not None:  # momentum masking where values were sent
-                bucket.velocity[torch.as_tensor(res.carried, device=x.device, dtype=torch.int64)] = 0
-            return self._finish(comm, dense)
-
-        return run
+        describe = comp.with_density(ef.current_density()).describe() if ef else (
+            "none" if comp is Compression.none else comp.describe())
+        req = Request(bucket.name, "ALLREDUCE", DTYPE_NAMES.get(flat.dtype, str(flat.dtype)), (bucket.numel,),
+                      OP_NAMES[self._op], self._prescale, self._postscale, -1, "GPU" if flat.is_cuda else "CPU",
+                      describe)
+        bucket.work = submit(Work(req, run))
 
     # -- Horovod's optimizer API ------------------------------------------------------
     def synchronize(self) -> None:
@@ -278,7 +214,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 bucket.ready.clear()
             for key in self._counts:
                 self._counts[key] = 0
-        self._steps += 1
+        if self.error_feedback is not None:
+            self.error_feedback.step += 1
         self._synchronized = True
 
     @contextmanager
@@ -317,9 +254,35 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 self._timings[key] = 0.0
         return out
 
-    def residual_state(self) -> dict[tuple[str, ...], torch.Tensor]:
-        """Error-feedback residuals, keyed by the names of each bucket's parameters."""
-        return {tuple(n for n, _ in b.params): b.residual for b in self._buckets if b.residual is not None}
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state dict, plus (sparse compression) this rank's
+        error-feedback state under ERROR_FEEDBACK_KEY, tagged with the rank and the layout."""
+        state = super(self.__class__, self).state_dict()
+        if self.error_feedback is not None:
+            state[ERROR_FEEDBACK_KEY] = {"rank": rank(), "size": size(), "buckets": self._layout(),
+                                         **self.error_feedback.state_dict()}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state_dict() of this rank (the error-feedback state must be this rank's own,
+        saved by the same number of ranks and the same bucket layout, else ValueError)."""
+        state = dict(state_dict)
+        feedback = state.pop(ERROR_FEEDBACK_KEY, None)
+        if feedback is not None and self.error_feedback is not None:
+            where = (feedback["rank"], feedback["size"])
+            if where != (rank(), size()):
+                raise ValueError(f"this checkpoint holds the error-feedback state (residuals) of rank {where[0]} of "
+                                 f"{where[1]}; this is rank {rank()} of {size()}. Each rank must load its own "
+                                 f"optimizer.state_dict(), or drop the '{ERROR_FEEDBACK_KEY}' entry to start "
+                                 "with empty residuals (losing the gradient mass they held).")
+            if feedback["buckets"] != self._layout():
+                raise ValueError("the checkpoint's error-feedback state was saved with other gradient buckets "
+                                 "(model, named_parameters, GTOPK_FUSION_THRESHOLD or groups differ)")
+            self.error_feedback.load_state_dict(feedback)
+        super(self.__class__, self).load_state_dict(state)
+
+    def _layout(self) -> dict[str, list[str]]:
+        return {b.name: [n for n, _ in b.params] for b in self._buckets}
 
 
 def DistributedOptimizer(optimizer: torch.optim.Optimizer, named_parameters=None, compression=Compression.none,
@@ -337,13 +300,10 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer, named_parameters=None
         raise NotImplementedError("Adasum is not supported by gtopk_mpi")
     if gradient_predivide_factor != 1.0 and op != Average:
         raise ValueError("gradient_predivide_factor not supported with op != Average")
-    if compression is Compression.none and os.environ.get("GTOPK_DENSITY"):
-        compression = Compression.gtopk(float(os.environ["GTOPK_DENSITY"]))
+    if compression is Compression.none and config.DENSITY.get() is not None:
+        compression = Compression.gtopk(config.DENSITY.get())
     if isinstance(compression, SparseCompressor) and op not in (Average, Sum):
         raise ValueError("sparse compression supports only op=Average or op=Sum")
-    for d in density_warmup or []:
-        if not 0.0 < float(d) <= 1.0:
-            raise ValueError(f"density_warmup entries must be in (0, 1], got {d!r}")
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,), dict(_DistributedOptimizer.__dict__))
     return cls(optimizer.param_groups, named_parameters, compression, backward_passes_per_step, op,
                gradient_predivide_factor, num_groups, groups, sparse_as_dense, process_set, density_warmup,

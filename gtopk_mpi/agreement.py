@@ -1,0 +1,104 @@
+"""Agreement between ranks: bad input or disagreeing arguments end the call with the
+same error on every rank, never a hang.
+
+A rank whose own arguments break a rule (arguments.py) does not raise at once: it
+turns the ValueError into an :class:`Error` and still takes part in every message of
+the call. Every message header states the call (sequence number, dtype, length, k,
+average, values mode); a receiver compares its partner's header with its own. An error
+travels through the remaining rounds like data, and when two meet the smaller one
+wins, so every rank ends holding the same error and raises it in the same call. The
+collectives without pairwise messages (dense, allgather Top-k) agree by one allgather
+of every rank's header and error first. Afterwards the transport is in a clean state:
+the next call works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import wire
+
+VALUE_ERROR, MISMATCH = 1, 2  # header "error" codes
+
+
+class MismatchError(RuntimeError):
+    """Ranks called the same collective with arguments that do not agree.
+
+    Raised on every rank of the communicator, in the same call and with the same
+    message, which names what differed and the values seen. The communicator stays
+    usable: the next call works.
+    """
+
+
+@dataclass(frozen=True)
+class Error:
+    """An error that travels with the data. min() of two is the one every rank keeps."""
+
+    code: int
+    text: str
+
+    def __lt__(self, other: Error) -> bool:
+        return (self.code, self.text) < (other.code, other.text)
+
+    def raise_(self) -> None:
+        raise (ValueError if self.code == VALUE_ERROR else MismatchError)(self.text)
+
+
+# Header fields compared between ranks, in the order a mismatch is reported.
+CHECKED_FIELDS = (
+    ("seq", "call sequence number"),
+    ("dtype", "dtype"),
+    ("m", "length"),
+    ("k", "k"),
+    ("average", "average"),
+    ("values", "values mode"),
+)
+
+
+def _field_text(field: str, value: int) -> str:
+    if field == "dtype":
+        return wire.dtype_name(value) or "invalid"
+    if field == "values":
+        return next((name for name, code in wire.VALUE_MODES.items() if code == value), "invalid")
+    if field == "average":
+        return str(bool(value))
+    return str(int(value))
+
+
+def first_mismatch(op: str, headers: np.ndarray) -> Error | None:
+    """MismatchError for the first checked field on which ``headers`` (none in error) differ.
+
+    The values are listed sorted, so every rank that sees the same headers, in any
+    order (both partners of a butterfly round, or all ranks after an allgather),
+    derives the same text.
+    """
+    for field, label in CHECKED_FIELDS:
+        vals = sorted({int(v) for v in headers[field]})
+        if len(vals) > 1:
+            shown = " vs ".join(_field_text(field, v) for v in vals)
+            return Error(MISMATCH, f"{op}: ranks disagree on the {label}: {shown}")
+    return None
+
+
+def local_error(link: Any, check: Callable[[], Any]) -> tuple[Error | None, Any]:
+    """(None, check()) or, if check raised ValueError, (an Error naming this rank, None)."""
+    try:
+        return None, check()
+    except ValueError as e:
+        return Error(VALUE_ERROR, f"rank {link.rank}: {e}"), None
+
+
+def agree(link: Any, op: str, header: np.ndarray, err: Error | None) -> None:
+    """Allgather every rank's header and error; raise the same error on every rank."""
+    gathered = link.allgather_obj((header.tobytes(), err))
+    errors = [e for _, e in gathered if e is not None]
+    if errors:
+        min(errors).raise_()
+    headers = np.frombuffer(b"".join(h for h, _ in gathered), wire.HEADER)
+    mismatch = first_mismatch(op, headers)
+    if mismatch is not None:
+        mismatch.raise_()

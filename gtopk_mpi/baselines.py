@@ -1,0 +1,137 @@
+"""The baselines gTop-k is measured against (Shi et al., ICDCS-W 2019, Table 1).
+
+* :func:`dense_allreduce` - the paper's DenseAllReduce: MPI_Allreduce of the whole vector,
+  about 2m values through each rank's port.
+* :func:`topk_allreduce` - the paper's TopKAllReduce: every rank's local top-k
+  (index, value) pairs allgathered and summed: (P - 1) k entries received per rank.
+* :func:`gtopk_tree_allreduce` - gTopKAllReduce as the paper draws it: a binary reduction
+  tree to rank 0 with the butterfly's merge, then a broadcast of the final k-set; half the
+  ranks idle each round and the broadcast doubles the rounds. No residual tracking: a
+  reference point for benchmarks only.
+
+Each body runs on any memory space (spaces.py) and raises the same error on every rank
+for bad or disagreeing arguments (agreement.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from . import arguments, runtime, spaces, wire
+from .agreement import Error, agree, local_error
+from .butterfly import start
+from .results import CommStats, SparseResult
+
+
+def dense_allreduce(x: Any, average: bool = False, comm: Any = None) -> Any:
+    """The sum over all ranks of a 1-D array, on every rank (a new array, in x's memory).
+
+    x: contiguous 1-D float16/32/64 or int32/64 (NumPy, or a torch CUDA tensor / CuPy
+    array), the same length and dtype on every rank; float16 is summed in float32 and
+    rounded once. ``average`` divides by the number of ranks (integers: floor division).
+    ``comm``: an mpi4py communicator or a Transport (default: init()'s).
+    """
+    link, space = runtime.transport(comm), spaces.space_for(x)
+    with space.activate():
+
+        def check():
+            xs = space.adopt(x)
+            return xs, space.check(xs, "x", arguments.DENSE_DTYPES)
+
+        err, checked = local_error(link, check)
+        xs, dtype = checked if err is None else (None, None)
+        agree(link, "dense_allreduce", wire.make_header(seq=link.next_sequence(), m=-1 if err else len(xs), k=0,
+                                                        count=0, rank=link.rank, dtype=dtype, average=average,
+                                                        values="merged"), err)
+        out = reduce_agreed(link, space, xs)
+        return space.wrap(space.scale_average(out, link.size) if average else out)
+
+
+def reduce_agreed(link: Any, space: Any, xs: Any, op: str = "sum") -> Any:
+    """``op`` over all ranks of xs, an array of ``space`` whose length and dtype the ranks
+    have agreed on, as a new array of ``space``. Device data goes through the message
+    space: staged through host memory, or handed to a CUDA-aware MPI."""
+    sets = spaces.message_space(space)
+    return spaces.move(sets.allreduce(link, spaces.move(xs, space, sets), op), sets, space)
+
+
+def topk_allreduce(x: Any, k: int | None = None, density: float | None = None, average: bool = False,
+                   residual: Any = None, comm: Any = None, align: bool = False) -> SparseResult:
+    """Local top-k, then an allgather of every rank's (index, value) pairs, summed.
+
+    Arguments as gtopk_allreduce's. Returns the union of all ranks' k-sets (up to P*k
+    entries) with values summed in a fixed pairwise order (identical on every rank).
+    With ``residual`` the selection runs on residual + x and every selected entry is sent,
+    so the residual becomes zero there.
+    """
+    t0 = time.perf_counter()
+    link, space, stats = runtime.transport(comm), spaces.space_for(x), CommStats()
+    with space.activate():
+        side, xs, rs = start("topk_allreduce", link, space, x, k, density, residual, "merged", average, align, stats)
+        with stats.phase("comm"):
+            agree(link, "topk_allreduce", side.header, side.err)
+            sets, p = side.space, link.size
+            payload = sets.ready(wire.pack(sets, side.idx, side.val))
+            gathered = link.allgather(payload, sets.empty)
+        size, n = len(payload), len(side.idx)
+        stats.bytes_sent = stats.bytes_received = (p - 1) * int(payload.nbytes)
+        stats.messages_sent = p - 1
+        with stats.phase("merge"):
+            parts = [wire.split(sets, gathered[r * size : (r + 1) * size], n, *side.types)[:2] for r in range(p)]
+            while len(parts) > 1:  # a fixed pairwise tree of exact unions: identical on every rank
+                nxt = [sets.merge(*parts[i], *parts[i + 1], max(1, p * n)) for i in range(0, len(parts) - 1, 2)]
+                parts = nxt + parts[len(nxt) * 2 :]
+            g_idx, g_val = parts[0]
+            if average:
+                g_val = sets.scale_average(g_val, p)
+            carried = spaces.move(side.own_idx, sets, space)
+            if rs is not None:
+                space.zero_at(rs, carried)
+        g_idx, g_val = (spaces.move(a, sets, space) for a in (g_idx, g_val))
+    stats.total_s = time.perf_counter() - t0
+    return SparseResult(space.wrap(g_idx), space.wrap(g_val), int(side.header["m"][0]), stats,
+                        carried=space.wrap(carried), space=space)
+
+
+def gtopk_tree_allreduce(x: Any, k: int | None = None, density: float | None = None, average: bool = False,
+                         comm: Any = None, align: bool = False) -> SparseResult:
+    """gTopKAllReduce as drawn in the paper (see the module docstring). For comparison only."""
+    t0 = time.perf_counter()
+    link, space, stats = runtime.transport(comm), spaces.space_for(x), CommStats()
+    me, p = link.rank, link.size
+    with space.activate():
+        side, _, _ = start("gtopk_tree_allreduce", link, space, x, k, density, None, "merged", average, align, stats)
+        step = 1
+        while step < p:
+            if me % (2 * step) == step:
+                side.send(me - step, side.message())
+                break
+            if me + step < p:
+                side.absorb(side.recv(me + step))
+            step <<= 1
+        # broadcast: the root's header first (its count or error sizes the payload), then the payload
+        sets, hb = side.space, wire.HEADER.itemsize
+        msg = side.message() if me == 0 else None
+        head = sets.to_host(msg[:hb]).copy() if me == 0 else np.zeros(hb, np.uint8)
+        with stats.phase("comm"):
+            link.bcast(head, 0)
+            h = head.view(wire.HEADER)[0]
+            count = int(h["count"])
+            nbytes = count if h["error"] else count * sum(np.dtype(t).itemsize for t in side.types)
+            body = msg[hb:] if me == 0 else sets.empty(nbytes)
+            link.bcast(sets.ready(body), 0)
+        if me == 0:
+            stats.bytes_sent += (hb + nbytes) * (p - 1).bit_length()  # binomial tree: ceil(log2 P) copies
+        else:
+            stats.bytes_received += hb + nbytes
+        if h["error"]:
+            Error(int(h["error"]), bytes(sets.to_host(body)).decode("utf-8", errors="replace")).raise_()
+        g_idx, g_val, _ = wire.split(sets, body, count, *side.types)
+        if average:
+            g_val = sets.scale_average(g_val, p)
+        g_idx, g_val = (spaces.move(a, sets, space) for a in (g_idx, g_val))
+    stats.total_s = time.perf_counter() - t0
+    return SparseResult(space.wrap(g_idx), space.wrap(g_val), int(h["m"]), stats, space=space)

@@ -1,0 +1,105 @@
+"""Every environment knob of gtopk_mpi, declared once: name, type, default and meaning.
+
+The package reads the environment only through these declarations (``knob.get()``, at
+the time of use, so a script may set a variable before the call that needs it). The
+README's knob table is this module's output (``python -m gtopk_mpi.config``) and a test
+checks that the two agree and that no file reads an undeclared ``GTOPK_*`` variable.
+
+This module imports nothing but the standard library: setup.py loads it before the
+package is built.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One environment variable: ``kind`` is int, float, bool, str or choice."""
+
+    name: str
+    kind: str
+    default: object
+    meaning: str
+    scope: str = "runtime"       # runtime (the package), build (setup.py), scripts, tests
+    choices: tuple[str, ...] = ()
+
+    def get(self):
+        """The variable's value, parsed; the default when unset or empty.
+
+        A value that does not parse raises ValueError naming the variable.
+        """
+        raw = os.environ.get(self.name, "").strip()
+        if not raw:
+            return self.default
+        try:
+            if self.kind == "int":
+                return int(raw)
+            if self.kind == "float":
+                return float(raw)
+            if self.kind == "bool":
+                if raw.lower() in _TRUE + _FALSE:
+                    return raw.lower() in _TRUE
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{self.name}={raw!r}: expected {'0 or 1' if self.kind == 'bool' else 'an ' + self.kind}"
+                             ) from None
+        if self.choices and raw.lower() not in self.choices:
+            raise ValueError(f"{self.name}={raw!r}: expected one of {', '.join(self.choices)}")
+        return raw.lower() if self.choices else raw
+
+
+NUM_THREADS = Knob("GTOPK_NUM_THREADS", "int", 1, "OpenMP threads of the CPU top-k selection (ranks share cores)")
+FUSION_THRESHOLD = Knob("GTOPK_FUSION_THRESHOLD", "float", math.inf,
+                        "bytes per gradient bucket of DistributedOptimizer (default: one bucket per dtype)")
+DENSITY = Knob("GTOPK_DENSITY", "float", None,
+               "switch an unchanged Horovod script to gTop-k: DistributedOptimizer without a compression gets "
+               "Compression.gtopk(density)")
+CYCLE_TIME = Knob("GTOPK_CYCLE_TIME", "float", 1.0,
+                  "ms the torch engine sleeps after a round that found nothing to run")
+STALL_CHECK_TIME = Knob("GTOPK_STALL_CHECK_TIME_SECONDS", "float", 60.0,
+                        "warn about ops some ranks have not submitted after this many seconds (0: off)")
+TIMELINE = Knob("GTOPK_TIMELINE", "str", None, "file: rank 0 writes a Chrome trace of every torch op")
+YIELD = Knob("GTOPK_YIELD", "bool", True,
+             "1: yield the core while waiting for a partner (oversubscribed machines); 0: block in MPI")
+CUDA_AWARE = Knob("GTOPK_MPI_CUDA_AWARE", "bool", False,
+                  "1: the collectives on CUDA tensors keep sets and messages in device memory and hand device "
+                  "buffers to a CUDA-aware MPI (merges on the GPU); 0: stage the k pairs through pinned host memory")
+WITH_CUDA = Knob("GTOPK_MPI_WITH_CUDA", "choice", "auto",
+                 "build the CUDA kernels: auto (when a toolkit is under $CUDA_HOME or /usr/local/cuda), 1, 0",
+                 scope="build", choices=("auto", "0", "1"))
+WITH_OPENMP = Knob("GTOPK_MPI_WITH_OPENMP", "bool", True, "build the CPU kernels with OpenMP", scope="build")
+CUDA_ARCHS = Knob("GTOPK_CUDA_ARCHS", "str", "75,80,90", "comma-separated sm_ versions to build (PTX of the last too)",
+                  scope="build")
+MPI = Knob("GTOPK_MPI", "choice", "wheel",
+           "scripts/setup_env.sh: wheel (the mpich wheel) or system (mpi4py built against the mpicc on PATH)",
+           scope="scripts", choices=("wheel", "system"))
+MPIEXEC = Knob("GTOPK_MPIEXEC", "str", None, "the mpiexec that scripts and tests launch with (default: the venv's)",
+               scope="scripts")
+TEST_EMULATE = Knob("GTOPK_TEST_EMULATE", "bool", False,
+                    "tests/cuda_collective_check.py: run on the emulated device instead of a GPU", scope="tests")
+TEST_M = Knob("GTOPK_TEST_M", "int", 1_100_000, "tests/cuda_collective_check.py: vector length", scope="tests")
+TEST_CUDA_AWARE = Knob("GTOPK_TEST_CUDA_AWARE", "bool", False,
+                       "tests/cuda_collective_check.py on a GPU: also check GTOPK_MPI_CUDA_AWARE=1", scope="tests")
+
+KNOBS: tuple[Knob, ...] = tuple(v for v in globals().values() if isinstance(v, Knob))
+
+
+def markdown_table() -> str:
+    """The README's knob table."""
+    lines = ["| variable | scope | default | meaning |", "|---|---|---|---|"]
+    for k in KNOBS:
+        default = "unset" if k.default is None else "inf" if k.default == math.inf else str(k.default)
+        if k.kind == "bool":
+            default = str(int(bool(k.default)))
+        lines.append(f"| `{k.name}` | {k.scope} | {default} | {k.meaning} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,122 @@
+"""DeviceSpace: the memory space (see gtopk_mpi.spaces) of torch tensors on one GPU.
+
+Selection, merge, scatter and residual updates run as CUDA kernels; sets and messages
+(when the call keeps them on the device: GTOPK_MPI_CUDA_AWARE=1) are packed and viewed
+by torch on the device, and only the 40-byte headers and error texts are read on the
+host. Under ``use_emulator()`` the device is the CPU: CPU tensors, emulated kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import kernels as K
+
+
+class DeviceSpace:
+    """Tensors on ``device``; arrays handed back as CuPy arrays when ``cupy``."""
+
+    sparse_dtypes = ("float16", "float32")  # the kernels' dtypes that MPI can also sum
+
+    def __init__(self, device, cupy: bool = False):
+        self.device = device
+        self.cupy = cupy
+
+    def adopt(self, a: Any):
+        return K.as_tensor(a)
+
+    def wrap(self, a: Any) -> Any:
+        return K.as_cupy(a) if self.cupy else a
+
+    def check(self, x, name: str, dtypes: Sequence[str]) -> str:
+        torch = K.torch_module()
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a CUDA tensor or CuPy array like x, got {type(x).__name__}")
+        if x.device != self.device:
+            raise ValueError(f"{name} must be on {self.device}, like x (got {x.device})")
+        return K.check(x, name, dtypes)
+
+    def dtype_name(self, a) -> str:
+        return K.dtype_name(a)
+
+    def activate(self) -> contextlib.AbstractContextManager:
+        return K.on_device(self.device, self.cupy)
+
+    def select(self, x, k: int, residual):
+        return K.select_topk(x, k, residual)
+
+    def merge(self, ia, va, ib, vb, k: int):
+        return K.merge_topk(ia, va, ib, vb, k)
+
+    def survivors(self, mine, kept):
+        return K.torch_module().isin(mine, kept)
+
+    def gather(self, a, ids):
+        return a[ids.long()]
+
+    def zero_at(self, residual, ids) -> None:
+        if len(ids):
+            K.kernels().zero_at(ids, residual)
+
+    def to_dense(self, idx, val, m: int):
+        return self.wrap(K.to_dense(self.adopt(idx), self.adopt(val), m))
+
+    def empty(self, nbytes: int):
+        torch = K.torch_module()
+        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+
+    def empty_set(self):
+        torch = K.torch_module()
+        return (torch.zeros(0, dtype=torch.int32, device=self.device),
+                torch.zeros(0, dtype=torch.float32, device=self.device))
+
+    def ones(self, n: int):
+        torch = K.torch_module()
+        return torch.ones(n, dtype=torch.bool, device=self.device)
+
+    def bytes_of(self, a):
+        return a.contiguous().view(K.torch_module().uint8)
+
+    def view(self, buf, dtype: str):
+        return buf.view(getattr(K.torch_module(), dtype))
+
+    def concat(self, parts: list) -> Any:
+        return K.torch_module().cat(parts)
+
+    def ready(self, buf):
+        K.kernels().synchronize(buf)  # the transport reads device memory outside torch's stream order
+        return buf
+
+    def allreduce(self, link, vals, op: str = "sum"):
+        torch = K.torch_module()
+        wide = vals.float() if vals.dtype == torch.float16 else vals.clone()
+        link.allreduce(self.ready(wide), op)
+        return wide.to(vals.dtype)
+
+    def scale_average(self, vals, p: int):
+        torch = K.torch_module()
+        if not vals.dtype.is_floating_point:
+            return torch.div(vals, p, rounding_mode="floor")
+        return (vals.float() / p).to(vals.dtype) if vals.dtype == torch.float16 else vals / p
+
+    def from_host(self, a: np.ndarray):
+        return K.kernels().to_device(a, self.device)
+
+    def to_host(self, a) -> np.ndarray:
+        return K.kernels().to_host(a)
+
+
+def space_for(x: Any) -> DeviceSpace | None:
+    """A DeviceSpace for a torch CUDA tensor or a CuPy array (for a CPU tensor under the
+    emulator); None for anything else."""
+    cupy = K.is_cupy(x)
+    torch = sys.modules.get("torch")
+    tensor = torch is not None and isinstance(x, torch.Tensor)
+    if cupy or (tensor and (x.is_cuda or isinstance(K.kernels(), K.EmulatedKernels))):
+        return DeviceSpace(K.as_tensor(x).device, cupy)
+    return None

@@ -1,0 +1,64 @@
+"""What a collective returns: the sparse result and what the call cost this rank."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .spaces import HOST
+
+
+@dataclass
+class CommStats:
+    """What one call cost this rank. Times in seconds; bytes are payload handed to the transport."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    select_s: float = 0.0        # local top-k (with the fused residual pass)
+    comm_s: float = 0.0          # inside the transport (MPI)
+    merge_s: float = 0.0         # merges, survivor masks, residual update
+    skew_s: float = 0.0          # align=True: waiting at the barrier for slower ranks' selection
+    total_s: float = 0.0
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the time spent inside the block to ``{name}_s`` (select, comm, merge, skew, total)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            attr = f"{name}_s"
+            setattr(self, attr, getattr(self, attr) + time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class SparseResult:
+    """A sparse vector of dense length ``size``: ``values`` at ascending ``indices``.
+
+    Arrays live where the collective's input lived: NumPy arrays for NumPy input, tensors
+    on the input's device for torch CUDA tensors, CuPy arrays for CuPy input.
+    """
+
+    indices: Any
+    values: Any
+    size: int
+    stats: CommStats = field(default_factory=CommStats, compare=False)
+    #: this rank's own entries whose full value the result carries (their residual is now 0)
+    carried: Any = field(default=None, compare=False)
+    space: Any = field(default=HOST, compare=False, repr=False)  # the spaces.Space the arrays live in
+
+    @property
+    def nnz(self) -> int:
+        return len(self.indices)
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    def to_dense(self):
+        """The dense vector (zeros outside ``indices``), in the same memory as ``values``."""
+        return self.space.to_dense(self.indices, self.values, self.size)

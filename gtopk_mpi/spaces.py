@@ -1,0 +1,200 @@
+"""Where a collective's vectors live, and the kernels that run there: the memory-space seam.
+
+Each collective (butterfly.py, baselines.py) has one body. It asks :func:`space_for` where
+its input lives and does every per-element step through that :class:`Space`: validate,
+select, merge, gather, clear residual entries, pack messages. Two spaces exist:
+
+* :data:`HOST` - NumPy arrays in host memory, the C++ kernels of gtopk_mpi._C;
+* ``gtopk_mpi.cuda.DeviceSpace`` - torch tensors on a GPU (CuPy arrays are viewed as
+  torch tensors), the CUDA kernels; under ``gtopk_mpi.cuda.use_emulator()`` CPU tensors
+  stand in for device memory and the same kernels run on the CPU's SIMT emulator.
+
+The k-sets and messages of a call on device data live on the host (only the k pairs
+cross PCIe, through pinned memory) unless GTOPK_MPI_CUDA_AWARE=1, which keeps them in
+device memory and hands device buffers to a CUDA-aware MPI: :func:`message_space`.
+:func:`move` carries an array from one space to the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import config, cuda, selection
+
+
+class Space(Protocol):
+    """Arrays of one kind (NumPy, or torch on one device) and the kernels on them.
+
+    Vectors are 1-D; index arrays int32 (int64 for m >= 2^31), ascending; masks bool;
+    buffers uint8. Dtypes are named as NumPy and torch name them ("float32", ...).
+    """
+
+    #: value dtypes the sparse collectives take here (kernels exist and MPI can sum them)
+    sparse_dtypes: tuple[str, ...]
+
+    def adopt(self, a: Any) -> Any:
+        """``a`` as this space's own array type (a CuPy array viewed as a torch tensor)."""
+
+    def wrap(self, a: Any) -> Any:
+        """``a`` as the caller's array type (back to CuPy for CuPy input)."""
+
+    def check(self, x: Any, name: str, dtypes: Sequence[str]) -> str:
+        """x's dtype name; ValueError naming the problem unless x is a contiguous 1-D
+        array of this space with one of ``dtypes``."""
+
+    def dtype_name(self, a: Any) -> str: ...
+
+    def activate(self) -> AbstractContextManager[None]:
+        """Run kernels with the data's device current (and on the caller's stream)."""
+
+    def select(self, x: Any, k: int, residual: Any | None) -> tuple[Any, Any]:
+        """Top-min(k, m) of x, or of residual + x with residual updated in place."""
+
+    def merge(self, ia: Any, va: Any, ib: Any, vb: Any, k: int) -> tuple[Any, Any]:
+        """Union of two sets, summed at equal indices, then its top k (symmetric)."""
+
+    def survivors(self, mine: Any, kept: Any) -> Any:
+        """Mask over ``mine``: which of these ascending indices ``kept`` holds."""
+
+    def gather(self, a: Any, ids: Any) -> Any: ...
+
+    def zero_at(self, residual: Any, ids: Any) -> None: ...
+
+    def to_dense(self, idx: Any, val: Any, m: int) -> Any: ...
+
+    def empty(self, nbytes: int) -> Any: ...
+
+    def empty_set(self) -> tuple[Any, Any]: ...
+
+    def ones(self, n: int) -> Any:
+        """A mask of n True."""
+
+    def bytes_of(self, a: Any) -> Any:
+        """A uint8 view of a contiguous array."""
+
+    def view(self, buf: Any, dtype: str) -> Any:
+        """A uint8 buffer seen as ``dtype``."""
+
+    def concat(self, parts: list[Any]) -> Any: ...
+
+    def ready(self, buf: Any) -> Any:
+        """``buf``, once the transport may read it (device work finished)."""
+
+    def allreduce(self, link: Any, vals: Any, op: str = "sum") -> Any:
+        """A new array: vals reduced over the ranks of ``link`` (float16 in float32, rounded once)."""
+
+    def scale_average(self, vals: Any, p: int) -> Any:
+        """vals / p rounded once to vals' dtype (integers: floor division)."""
+
+    def from_host(self, a: np.ndarray) -> Any: ...
+
+    def to_host(self, a: Any) -> np.ndarray: ...
+
+
+class HostSpace:
+    """NumPy arrays in host memory; the C++ kernels of gtopk_mpi._C."""
+
+    sparse_dtypes = selection.KERNEL_DTYPES
+
+    def adopt(self, a: Any) -> Any:
+        return a
+
+    def wrap(self, a: Any) -> Any:
+        return a
+
+    def check(self, x: Any, name: str, dtypes: Sequence[str]) -> str:
+        return selection.check_vector(x, name, dtypes)
+
+    def dtype_name(self, a: np.ndarray) -> str:
+        return a.dtype.name
+
+    def activate(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def select(self, x: np.ndarray, k: int, residual: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if residual is not None:
+            return selection.select_topk_ef(residual, x, k)
+        return selection.select_topk(x, k)
+
+    def merge(self, ia, va, ib, vb, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return selection.merge_topk(ia, va, ib, vb, k)
+
+    def survivors(self, mine: np.ndarray, kept: np.ndarray) -> np.ndarray:
+        return selection.survivors(mine, kept)
+
+    def gather(self, a: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return a[ids]
+
+    def zero_at(self, residual: np.ndarray, ids: np.ndarray) -> None:
+        residual[ids] = 0
+
+    def to_dense(self, idx: np.ndarray, val: np.ndarray, m: int) -> np.ndarray:
+        out = np.zeros(m, val.dtype)
+        out[idx] = val
+        return out
+
+    def empty(self, nbytes: int) -> np.ndarray:
+        return np.empty(nbytes, np.uint8)
+
+    def empty_set(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32)
+
+    def ones(self, n: int) -> np.ndarray:
+        return np.ones(n, bool)
+
+    def bytes_of(self, a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a).view(np.uint8)
+
+    def view(self, buf: np.ndarray, dtype: str) -> np.ndarray:
+        return buf.view(np.dtype(dtype))
+
+    def concat(self, parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts)
+
+    def ready(self, buf: np.ndarray) -> np.ndarray:
+        return buf
+
+    def allreduce(self, link: Any, vals: np.ndarray, op: str = "sum") -> np.ndarray:
+        wide = vals.astype(np.float32) if vals.dtype == np.float16 else np.array(vals, copy=True)
+        link.allreduce(wide, op)
+        return wide.astype(np.float16) if vals.dtype == np.float16 else wide
+
+    def scale_average(self, vals: np.ndarray, p: int) -> np.ndarray:
+        if vals.dtype.kind in "iu":
+            return vals // p
+        if vals.dtype == np.float16:
+            return (vals.astype(np.float32) / np.float32(p)).astype(np.float16)
+        return vals / vals.dtype.type(p)
+
+    def from_host(self, a: np.ndarray) -> np.ndarray:
+        return a
+
+    def to_host(self, a: np.ndarray) -> np.ndarray:
+        return a
+
+
+HOST = HostSpace()
+
+
+def space_for(x: Any) -> Space:
+    """The space of ``x``: a DeviceSpace for torch CUDA tensors and CuPy arrays, else HOST
+    (whose check() then names what is wrong with x)."""
+    if isinstance(x, np.ndarray):
+        return HOST
+    return cuda.space_for(x) or HOST
+
+
+def message_space(space: Space) -> Space:
+    """Where the k-sets and messages of a call on ``space``'s data live: the device itself
+    with GTOPK_MPI_CUDA_AWARE=1, else the host."""
+    return space if space is HOST or config.CUDA_AWARE.get() else HOST
+
+
+def move(a: Any, src: Space, dst: Space) -> Any:
+    """``a`` (an array of ``src``) as an array of ``dst``: the same object when they are one space."""
+    return a if src is dst else dst.from_host(src.to_host(a))

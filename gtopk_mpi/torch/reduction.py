@@ -1,0 +1,95 @@
+"""One reduction of a flat tensor over all ranks, dense or sparse: what hvd.allreduce and
+each DistributedOptimizer bucket run on the engine thread.
+
+Result: postscale * reduce(prescale * flat), reduce being Horovod's op (Average divides
+the sum by the number of ranks; integers by floor division). A Horovod compressor
+(Compression.none / fp16) wraps a dense reduction; a SparseCompressor (Compression.gtopk
+/ topk) makes it the sparse collective it names, with error feedback when an
+ErrorFeedback state and key are given. CPU tensors are reduced as NumPy views, CUDA
+tensors on the GPU path (gtopk_mpi.spaces).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import spaces
+from ..arguments import resolve_k
+from ..baselines import reduce_agreed
+from ..results import CommStats
+from .compression import SparseCompressor
+from .error_feedback import ErrorFeedback
+
+# Reduction ops (Horovod's values)
+Average, Sum, Adasum, Min, Max, Product = 0, 1, 2, 3, 4, 5
+OP_NAMES = {Average: "AVERAGE", Sum: "SUM", Adasum: "ADASUM", Min: "MIN", Max: "MAX", Product: "PRODUCT"}
+_TRANSPORT_OPS = {Average: "sum", Sum: "sum", Min: "min", Max: "max", Product: "prod"}
+
+
+def scale(t: torch.Tensor, factor: float) -> torch.Tensor:
+    if factor == 1.0:
+        return t
+    if t.dtype.is_floating_point:
+        return t * factor
+    return (t.double() * factor).to(t.dtype)
+
+
+def average(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t / n if t.dtype.is_floating_point else torch.div(t, n, rounding_mode="floor")
+
+
+def _array(t: torch.Tensor) -> tuple[Any, Any]:
+    """(space, array) of a tensor: a NumPy view of a CPU tensor, the tensor itself on a GPU."""
+    return (spaces.space_for(t), t) if t.is_cuda else (spaces.HOST, t.numpy())
+
+
+def _tensor(a: Any) -> torch.Tensor:
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+
+
+def dense(link: Any, t: torch.Tensor, op: int = Sum) -> torch.Tensor:
+    """Horovod's ``op`` over all ranks (Average: the sum) of a flat tensor, in a new tensor."""
+    space, arr = _array(t.contiguous())
+    return _tensor(reduce_agreed(link, space, arr, _TRANSPORT_OPS[op]))
+
+
+def reduce_flat(link: Any, flat: torch.Tensor, op: int, compression: Any, prescale: float = 1.0,
+                postscale: float = 1.0, feedback: tuple[ErrorFeedback, str] | None = None
+                ) -> tuple[torch.Tensor, CommStats]:
+    """postscale * op(prescale * flat) over the ranks of ``link``; also what it cost.
+
+    flat: a 1-D tensor, the same shape and dtype on every rank (the engine has agreed).
+    A sparse ``compression`` needs op Sum or Average and a floating dtype; its result has
+    at most k nonzeros, k from the feedback's density schedule (else the compressor's).
+    k >= numel gives exactly the dense reduction of residual + flat.
+    """
+    x = scale(flat, prescale)
+    stats = CommStats()
+    if isinstance(compression, SparseCompressor):
+        state, key = feedback if feedback is not None else (None, "")
+        density = state.current_density() if state is not None else compression.density
+        k = resolve_k(x.numel(), None, density)
+        residual = state.residual(key, x) if state is not None else None
+        if state is not None:
+            x = state.compensate(key, x)
+        if k >= x.numel():  # density 1 (or a tiny tensor): bit-identical to the dense reduction
+            total = residual + x if residual is not None and bool(residual.any()) else x
+            with stats.phase("comm"):
+                y = dense(link, total)
+            carried = None
+        else:
+            arr = _array(x.contiguous())[1]
+            res = compression.allreduce(arr, k, None if residual is None else _array(residual)[1], link)
+            y, stats, carried = _tensor(res.to_dense()), res.stats, res.carried
+        if state is not None:
+            state.sent(key, carried)
+    else:
+        c, ctx = compression.compress(x)
+        with stats.phase("comm"):
+            y = compression.decompress(dense(link, c, op), ctx)
+    if op == Average:
+        y = average(y, link.size)
+    return scale(y, postscale), stats

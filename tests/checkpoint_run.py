@@ -1,0 +1,65 @@
+"""Run by tests/test_torch_mpi.py under mpiexec: train a small model with gTop-k (several
+buckets, DGC momentum correction, a density warm-up) for steps [--start, --stop), after
+loading every rank's checkpoint ``--load PREFIX`` and before saving ``--save PREFIX``
+(one file per rank). Rank 0 prints ``DIGEST <sha256>`` of the parameters and of every
+rank's error-feedback state, so a resumed run can be compared bit for bit with an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+
+import torch
+
+import gtopk_mpi.torch as hvd
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--start", type=int, default=0)
+ap.add_argument("--stop", type=int, required=True)
+ap.add_argument("--load")
+ap.add_argument("--save")
+ap.add_argument("--load-rank", type=int, help="load this rank's checkpoint instead of one's own")
+ap.add_argument("--drop-residuals", action="store_true", help="load without the error-feedback state")
+args = ap.parse_args()
+
+torch.set_num_threads(1)
+os.environ["GTOPK_FUSION_THRESHOLD"] = "600"  # several buckets
+hvd.init()
+r = hvd.rank()
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05),
+                               named_parameters=model.named_parameters(), compression=hvd.Compression.gtopk(0.05),
+                               momentum_correction=0.9, density_warmup=[0.3], density_warmup_steps=4)
+if args.load:
+    ckpt = torch.load(f"{args.load}.rank{r if args.load_rank is None else args.load_rank}.pt")
+    model.load_state_dict(ckpt["model"])
+    if args.drop_residuals:
+        del ckpt["optimizer"][hvd.ERROR_FEEDBACK_KEY]
+    error = None
+    try:
+        opt.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:
+        error = f"rank {r}: ValueError: {e}"
+    if any(hvd.allgather_object(error)):  # a refused load ends every rank, not just this one
+        print(error or f"rank {r}: stopping", flush=True)
+        hvd.shutdown()
+        raise SystemExit(3)
+for step in range(args.start, args.stop):
+    g = torch.Generator().manual_seed(1000 * step + r)
+    x, y = torch.randn(8, 12, generator=g), torch.randn(8, 1, generator=g)
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+if args.save:
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, f"{args.save}.rank{r}.pt")
+ef = opt.error_feedback
+mine = b"".join(t.numpy().tobytes() for table in (ef.residuals, ef.velocities) for _, t in sorted(table.items()))
+everyone = hvd.allgather_object(mine + str(ef.step).encode())
+if r == 0:
+    params = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
+    print("DIGEST " + hashlib.sha256(params + b"".join(everyone)).hexdigest(), flush=True)
+hvd.shutdown()

@@ -1,0 +1,100 @@
+"""The package's structure: no import cycle between its modules, no function-level import of
+its own modules (dispatch goes through spaces.space_for), every GTOPK_* variable declared
+once in gtopk_mpi/config.py, and the README's knob table generated from those declarations."""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+import re
+
+import pytest
+
+from gtopk_mpi import config
+
+from mpi_launch import ROOT
+
+PACKAGE = ROOT / "gtopk_mpi"
+
+
+def modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = ast.parse(path.read_text(), str(path))
+    return out
+
+
+def targets(module: str, node: ast.ImportFrom | ast.Import, known: set[str], is_package: bool) -> set[str]:
+    """The package modules an import statement names."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names if a.name in known}
+    if node.level:
+        base = module.split(".")
+        base = base[: len(base) - node.level + (1 if is_package else 0)]
+        where = ".".join(base + ([node.module] if node.module else []))
+    else:
+        where = node.module or ""
+    found = {f"{where}.{a.name}" for a in node.names if f"{where}.{a.name}" in known}
+    return found or ({where} if where in known else set())
+
+
+def test_no_import_cycle_between_modules():
+    mods = modules()
+    known = set(mods)
+    graph = {}
+    for name, tree in mods.items():
+        is_package = (PACKAGE / "/".join(name.split(".")[1:]) / "__init__.py").exists()
+        deps = set()
+        for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                deps |= targets(name, node, known, is_package)
+        # a module inside a package cannot help running that package's __init__ first
+        graph[name] = {d for d in deps if d != name and not name.startswith(d + ".")}
+    try:
+        list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
+
+
+def test_no_function_level_import_of_the_package():
+    for name, tree in modules().items():
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("gtopk_mpi")):
+                    pytest.fail(f"{name}.{fn.name} imports {'.' * node.level}{node.module or ''} inside a function")
+
+
+def test_every_environment_variable_is_declared_in_config():
+    macros = set()
+    for path in (ROOT / "csrc").rglob("*"):
+        if path.is_file():
+            macros |= set(re.findall(r"\bGTOPK_[A-Z0-9_]+", path.read_text()))
+    files = [*ROOT.glob("*.py"), *ROOT.glob("*.md"), *ROOT.glob("docs/*.md"), ROOT / ".ci" / "run",
+             *(p for d in ("gtopk_mpi", "scripts", "tests") for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".sh"))]
+    used = {}
+    for path in files:
+        for var in set(re.findall(r"\bGTOPK_[A-Z0-9_]+", path.read_text())) - macros:
+            used.setdefault(var, path.relative_to(ROOT))
+    declared = {k.name for k in config.KNOBS}
+    undeclared = {v: str(p) for v, p in used.items() if v not in declared}
+    assert not undeclared, f"GTOPK_* variables used but not declared in gtopk_mpi/config.py: {undeclared}"
+
+
+def test_readme_knob_table_is_generated_from_config():
+    readme = (ROOT / "README.md").read_text()
+    assert config.markdown_table() in readme, "README's knob table differs from `python -m gtopk_mpi.config`"
+
+
+def test_a_bad_knob_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv("GTOPK_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="GTOPK_NUM_THREADS='two': expected an int"):
+        config.NUM_THREADS.get()
+    monkeypatch.setenv("GTOPK_MPI_WITH_CUDA", "maybe")
+    with pytest.raises(ValueError, match="expected one of auto, 0, 1"):
+        config.WITH_CUDA.get()
+    monkeypatch.setenv("GTOPK_YIELD", "0")
+    assert config.YIELD.get() is False
