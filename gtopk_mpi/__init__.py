@@ -21,23 +21,7 @@ from .results import CommStats, SparseResult
 from .runtime import init, is_initialized, local_rank, local_size, rank, shutdown, size
 from .selection import merge_topk, select_topk, select_topk_ef
 
-__all__ = [
-    "CommStats",
-    "MismatchError",
-    "SparseResult",
-    "dense_allreduce",
-    "gtopk_allreduce",
-    "gtopk_tree_allreduce",
-    "init",
-    "is_initialized",
-    "local_rank",
-    "local_size",
-    "merge_topk",
-    "rank",
-    "select_topk",
-    "select_topk_ef",
-    "shutdown",
-    "size",
-    "topk_allreduce",
-]
+__all__ = ["CommStats", "MismatchError", "SparseResult", "dense_allreduce", "gtopk_allreduce", "gtopk_tree_allreduce",
+           "init", "is_initialized", "local_rank", "local_size", "merge_topk", "rank", "select_topk", "select_topk_ef",
+           "shutdown", "size", "topk_allreduce"]
 __version__ = "0.1.0"

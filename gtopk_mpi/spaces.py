@@ -31,68 +31,38 @@ class Space(Protocol):
     """Arrays of one kind (NumPy, or torch on one device) and the kernels on them.
 
     Vectors are 1-D; index arrays int32 (int64 for m >= 2^31), ascending; masks bool;
-    buffers uint8. Dtypes are named as NumPy and torch name them ("float32", ...).
+    buffers uint8; dtypes named as NumPy and torch name them ("float32", ...). Kernels:
+    ``select`` is the top-min(k, m) of x (of residual + x, residual updated in place,
+    when given); ``merge`` the union of two sets summed at equal indices, then its top k
+    (symmetric); ``survivors`` the mask over ``mine`` of the indices ``kept`` holds.
+    ``allreduce`` returns a new array reduced over the ranks of ``link`` (float16 in
+    float32, rounded once); ``scale_average`` divides by p, rounded once (integers:
+    floor). ``check`` returns x's dtype name or raises ValueError naming the problem.
     """
 
-    #: value dtypes the sparse collectives take here (kernels exist and MPI can sum them)
-    sparse_dtypes: tuple[str, ...]
+    sparse_dtypes: tuple[str, ...]  # value dtypes of the sparse collectives here (kernels and MPI sums)
 
-    def adopt(self, a: Any) -> Any:
-        """``a`` as this space's own array type (a CuPy array viewed as a torch tensor)."""
-
-    def wrap(self, a: Any) -> Any:
-        """``a`` as the caller's array type (back to CuPy for CuPy input)."""
-
-    def check(self, x: Any, name: str, dtypes: Sequence[str]) -> str:
-        """x's dtype name; ValueError naming the problem unless x is a contiguous 1-D
-        array of this space with one of ``dtypes``."""
-
+    def adopt(self, a: Any) -> Any: ...  # a as this space's array type (CuPy viewed as torch)
+    def wrap(self, a: Any) -> Any: ...  # a as the caller's array type (back to CuPy)
+    def check(self, x: Any, name: str, dtypes: Sequence[str]) -> str: ...
     def dtype_name(self, a: Any) -> str: ...
-
-    def activate(self) -> AbstractContextManager[None]:
-        """Run kernels with the data's device current (and on the caller's stream)."""
-
-    def select(self, x: Any, k: int, residual: Any | None) -> tuple[Any, Any]:
-        """Top-min(k, m) of x, or of residual + x with residual updated in place."""
-
-    def merge(self, ia: Any, va: Any, ib: Any, vb: Any, k: int) -> tuple[Any, Any]:
-        """Union of two sets, summed at equal indices, then its top k (symmetric)."""
-
-    def survivors(self, mine: Any, kept: Any) -> Any:
-        """Mask over ``mine``: which of these ascending indices ``kept`` holds."""
-
+    def activate(self) -> AbstractContextManager[None]: ...  # the data's device (and caller's stream) current
+    def select(self, x: Any, k: int, residual: Any | None) -> tuple[Any, Any]: ...
+    def merge(self, ia: Any, va: Any, ib: Any, vb: Any, k: int) -> tuple[Any, Any]: ...
+    def survivors(self, mine: Any, kept: Any) -> Any: ...
     def gather(self, a: Any, ids: Any) -> Any: ...
-
     def zero_at(self, residual: Any, ids: Any) -> None: ...
-
     def to_dense(self, idx: Any, val: Any, m: int) -> Any: ...
-
     def empty(self, nbytes: int) -> Any: ...
-
     def empty_set(self) -> tuple[Any, Any]: ...
-
-    def ones(self, n: int) -> Any:
-        """A mask of n True."""
-
-    def bytes_of(self, a: Any) -> Any:
-        """A uint8 view of a contiguous array."""
-
-    def view(self, buf: Any, dtype: str) -> Any:
-        """A uint8 buffer seen as ``dtype``."""
-
+    def ones(self, n: int) -> Any: ...  # a mask of n True
+    def bytes_of(self, a: Any) -> Any: ...  # a uint8 view of a contiguous array
+    def view(self, buf: Any, dtype: str) -> Any: ...  # a uint8 buffer seen as dtype
     def concat(self, parts: list[Any]) -> Any: ...
-
-    def ready(self, buf: Any) -> Any:
-        """``buf``, once the transport may read it (device work finished)."""
-
-    def allreduce(self, link: Any, vals: Any, op: str = "sum") -> Any:
-        """A new array: vals reduced over the ranks of ``link`` (float16 in float32, rounded once)."""
-
-    def scale_average(self, vals: Any, p: int) -> Any:
-        """vals / p rounded once to vals' dtype (integers: floor division)."""
-
+    def ready(self, buf: Any) -> Any: ...  # buf, once the transport may read it (device work done)
+    def allreduce(self, link: Any, vals: Any, op: str = "sum") -> Any: ...
+    def scale_average(self, vals: Any, p: int) -> Any: ...
     def from_host(self, a: np.ndarray) -> Any: ...
-
     def to_host(self, a: Any) -> np.ndarray: ...
 
 

@@ -28,38 +28,26 @@ TAG = 0x6770
 
 
 class Transport(Protocol):
-    """What a collective may ask of the ranks it runs on (see the module docstring)."""
+    """What a collective may ask of the ranks it runs on. ``next_sequence`` numbers the
+    calls (every rank counts alike; checked in message headers); ``recv`` takes the next
+    message from ``source`` into ``alloc(nbytes)``; ``sendrecv`` is one butterfly round;
+    ``allreduce`` (op: sum, min, max, prod) and ``bcast`` work in place; ``allgather``
+    concatenates every rank's equal-size byte buffer in rank order, ``allgatherv`` every
+    rank's counts[rank] elements into ``out``."""
 
     rank: int
     size: int
 
-    def next_sequence(self) -> int:
-        """Number this collective call; every rank counts alike (checked in message headers)."""
-
+    def next_sequence(self) -> int: ...
     def send(self, buf: Any, dest: int) -> None: ...
-
-    def recv(self, source: int, alloc: Alloc) -> Any:
-        """The next message from ``source``, in a buffer from ``alloc(nbytes)``."""
-
-    def sendrecv(self, buf: Any, peer: int, alloc: Alloc) -> Any:
-        """Send ``buf`` to ``peer`` and receive its message at the same time (one round)."""
-
-    def allreduce(self, buf: Any, op: str = "sum") -> None:
-        """In place over all ranks; op: sum, min, max or prod."""
-
-    def allgather(self, buf: Any, alloc: Alloc) -> Any:
-        """Every rank's equal-size byte buffer, concatenated in rank order."""
-
-    def allgatherv(self, buf: Any, counts: list[int], out: Any) -> None:
-        """Every rank's buffer of counts[rank] elements, concatenated in rank order into out."""
-
-    def bcast(self, buf: Any, root: int) -> None:
-        """In place: root's buffer on every rank."""
-
+    def recv(self, source: int, alloc: Alloc) -> Any: ...
+    def sendrecv(self, buf: Any, peer: int, alloc: Alloc) -> Any: ...
+    def allreduce(self, buf: Any, op: str = "sum") -> None: ...
+    def allgather(self, buf: Any, alloc: Alloc) -> Any: ...
+    def allgatherv(self, buf: Any, counts: list[int], out: Any) -> None: ...
+    def bcast(self, buf: Any, root: int) -> None: ...
     def allgather_obj(self, obj: Any) -> list[Any]: ...
-
     def bcast_obj(self, obj: Any, root: int) -> Any: ...
-
     def barrier(self) -> None: ...
 
 

@@ -16,7 +16,9 @@ import csv
 import math
 from collections import defaultdict
 
-from gtopk_mpi import costmodel, models
+from gtopk_mpi import costmodel
+
+import models  # scripts/models.py
 
 ALGOS = ("dense", "topk", "gtopk")
 

@@ -104,7 +104,8 @@ def main() -> int:
         return 0
 
     import gtopk_mpi.torch as hvd
-    from gtopk_mpi import models
+
+    import models  # scripts/models.py
 
     hvd.init()
     rank, size = hvd.rank(), hvd.size()

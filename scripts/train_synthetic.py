@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import gtopk_mpi.torch as hvd
-from gtopk_mpi import models
+
+import models  # scripts/models.py
 
 
 def parse_args() -> argparse.Namespace:

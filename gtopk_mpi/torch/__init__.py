@@ -56,8 +56,8 @@ from .reduction import Adasum, Average, Max, Min, Product, Sum
 from .sync_batch_norm import SyncBatchNorm
 
 __all__ = [
-    "Adasum", "Average", "Compression", "Compressor", "DistributedOptimizer", "ERROR_FEEDBACK_KEY", "ErrorFeedback", "HorovodInternalError",
-    "Max", "Min",
+    "Adasum", "Average", "Compression", "Compressor", "DistributedOptimizer", "ERROR_FEEDBACK_KEY", "ErrorFeedback",
+    "HorovodInternalError", "Max", "Min",
     "ProcessSet", "Product", "SparseCompressor", "Sum", "SyncBatchNorm", "TensorMismatchError", "allgather",
     "allgather_async",
     "allgather_object", "allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "barrier", "broadcast",
