@@ -3,13 +3,18 @@ same error on every rank, never a hang.
 
 A rank whose own arguments break a rule (arguments.py) does not raise at once: it
 turns the ValueError into an :class:`Error` and still takes part in every message of
-the call. Every message header states the call (sequence number, dtype, length, k,
-average, values mode); a receiver compares its partner's header with its own. An error
-travels through the remaining rounds like data, and when two meet the smaller one
-wins, so every rank ends holding the same error and raises it in the same call. The
-collectives without pairwise messages (dense, allgather Top-k) agree by one allgather
-of every rank's header and error first. Afterwards the transport is in a clean state:
-the next call works.
+the call. Every message header states the call (which collective, sequence number,
+dtype, length, k, average, values mode, align); a receiver compares its partner's header
+with its own. An error travels through the remaining rounds like data, and when two
+meet the smaller one wins, so every rank ends holding the same error and raises it in
+the same call.
+
+Every collective begins with the same pairwise schedule (butterfly.py: fold-in,
+log2(P) exchange rounds, fold-back): the gTop-k butterfly carries its data in it, the
+others (dense, allgather Top-k, the tree, and gTop-k with align=True) send headers alone
+first. So even ranks that called different collectives exchange headers, find out, and
+raise the same MismatchError instead of waiting on each other forever. Afterwards the
+transport is in a clean state: the next call works.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class Error:
 # Header fields compared between ranks, in the order a mismatch is reported.
 CHECKED_FIELDS = (
     ("seq", "call sequence number"),
+    ("op", "collective"),
+    ("align", "align"),
     ("dtype", "dtype"),
     ("m", "length"),
     ("k", "k"),
@@ -62,20 +69,22 @@ CHECKED_FIELDS = (
 def _field_text(field: str, value: int) -> str:
     if field == "dtype":
         return wire.dtype_name(value) or "invalid"
-    if field == "values":
-        return next((name for name, code in wire.VALUE_MODES.items() if code == value), "invalid")
-    if field == "average":
+    for name, table in (("values", wire.VALUE_MODES), ("op", wire.OPS)):
+        if field == name:
+            return next((key for key, code in table.items() if code == value), "invalid")
+    if field in ("average", "align"):
         return str(bool(value))
     return str(int(value))
 
 
-def first_mismatch(op: str, headers: np.ndarray) -> Error | None:
+def first_mismatch(headers: np.ndarray) -> Error | None:
     """MismatchError for the first checked field on which ``headers`` (none in error) differ.
 
-    The values are listed sorted, so every rank that sees the same headers, in any
-    order (both partners of a butterfly round, or all ranks after an allgather),
-    derives the same text.
+    The values are listed sorted (and the text starts with the collective of the lowest
+    code among them), so every rank that sees the same headers, in any order, derives the
+    same text.
     """
+    op = _field_text("op", int(min(headers["op"])))
     for field, label in CHECKED_FIELDS:
         vals = sorted({int(v) for v in headers[field]})
         if len(vals) > 1:
@@ -90,15 +99,3 @@ def local_error(link: Any, check: Callable[[], Any]) -> tuple[Error | None, Any]
         return None, check()
     except ValueError as e:
         return Error(VALUE_ERROR, f"rank {link.rank}: {e}"), None
-
-
-def agree(link: Any, op: str, header: np.ndarray, err: Error | None) -> None:
-    """Allgather every rank's header and error; raise the same error on every rank."""
-    gathered = link.allgather_obj((header.tobytes(), err))
-    errors = [e for _, e in gathered if e is not None]
-    if errors:
-        min(errors).raise_()
-    headers = np.frombuffer(b"".join(h for h, _ in gathered), wire.HEADER)
-    mismatch = first_mismatch(op, headers)
-    if mismatch is not None:
-        mismatch.raise_()

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from . import arguments, runtime, spaces, wire
-from .agreement import Error, agree, local_error
-from .butterfly import start
+from .agreement import Error, local_error
+from .butterfly import agree, begin, start
 from .results import CommStats, SparseResult
 
 
@@ -41,11 +41,11 @@ def dense_allreduce(x: Any, average: bool = False, comm: Any = None) -> Any:
             xs = space.adopt(x)
             return xs, space.check(xs, "x", arguments.DENSE_DTYPES)
 
+        seq = begin(link, "dense_allreduce")
         err, checked = local_error(link, check)
         xs, dtype = checked if err is None else (None, None)
-        agree(link, "dense_allreduce", wire.make_header(seq=link.next_sequence(), m=-1 if err else len(xs), k=0,
-                                                        count=0, rank=link.rank, dtype=dtype, average=average,
-                                                        values="merged"), err)
+        agree(link, wire.make_header(op="dense_allreduce", seq=seq, m=-1 if err else len(xs), k=0, count=0,
+                                     rank=link.rank, dtype=dtype, average=average, values="merged"), err)
         out = reduce_agreed(link, space, xs)
         return space.wrap(space.scale_average(out, link.size) if average else out)
 
@@ -72,7 +72,10 @@ def topk_allreduce(x: Any, k: int | None = None, density: float | None = None, a
     with space.activate():
         side, xs, rs = start("topk_allreduce", link, space, x, k, density, residual, "merged", average, align, stats)
         with stats.phase("comm"):
-            agree(link, "topk_allreduce", side.header, side.err)
+            if not align:  # (with align, start() ran the agreement pass)
+                side.agree()
+            if side.err is not None:
+                side.err.raise_()
             sets, p = side.space, link.size
             payload = sets.ready(wire.pack(sets, side.idx, side.val))
             gathered = link.allgather(payload, sets.empty)
@@ -104,6 +107,11 @@ def gtopk_tree_allreduce(x: Any, k: int | None = None, density: float | None = N
     me, p = link.rank, link.size
     with space.activate():
         side, _, _ = start("gtopk_tree_allreduce", link, space, x, k, density, None, "merged", average, align, stats)
+        if not align:
+            with stats.phase("comm"):
+                side.agree()
+        if side.err is not None:
+            side.err.raise_()
         step = 1
         while step < p:
             if me % (2 * step) == step:

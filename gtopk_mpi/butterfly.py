@@ -23,9 +23,11 @@ not carry::
 ``values="exact"`` adds one allreduce of acc[G] over the agreed index set G, so the
 values are the exact sums over all ranks (and every rank's residual is 0 on G).
 
-Errors: see agreement.py. If the call raises, x has already been added into
-``residual`` on ranks whose own input was valid: nothing was sent, so no gradient mass
-is lost. Memory: see spaces.py (the same body runs on NumPy arrays and on GPU tensors).
+Errors: see agreement.py; every collective begins with this module's schedule, the
+others with headers alone (:meth:`Butterfly.agree`). If the call raises, x has already
+been added into ``residual`` on ranks whose own input was valid: nothing was sent, so no
+gradient mass is lost. Memory: see spaces.py (the same body runs on NumPy arrays and on
+GPU tensors).
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ from .results import CommStats, SparseResult
 
 
 class Butterfly:
-    """One rank's side of a sparse exchange: its current set (or error) and the survivor
+    """One rank's side of a collective call: its current set (or error) and the survivor
     masks of its own entries and of a folded rank's. Sets and messages live in ``space``."""
 
     def __init__(self, link: Any, space: Any, header: np.ndarray, idx: Any, val: Any, err: Error | None,
-                 stats: CommStats, op: str):
-        self.link, self.space, self.stats, self.op = link, space, stats, op
+                 stats: CommStats):
+        self.link, self.space, self.stats = link, space, stats
+        self.headers_only = False      # an agreement pass: headers (or errors) alone
         self.header = header           # this call's parameters (count is rewritten per message)
         self.k = int(header["k"][0])
         self.idx, self.val = idx, val  # current set
@@ -64,6 +67,9 @@ class Butterfly:
             text = self.err.text.encode("utf-8")
             h["error"], h["count"] = self.err.code, len(text)
             return self.space.ready(wire.pack(self.space, h, text))
+        if self.headers_only:
+            h["count"] = 0
+            return self.space.ready(wire.pack(self.space, h))
         h["count"] = len(self.idx)
         parts = (h, self.idx, self.val) + ((tail,) if tail is not None else ())
         return self.space.ready(wire.pack(self.space, *parts))
@@ -107,8 +113,8 @@ class Butterfly:
                 return None
             if self.err is not None:
                 return None
-            self.err = first_mismatch(self.op, np.array([self.header[0], theirs], dtype=wire.HEADER))
-            if self.err is not None:
+            self.err = first_mismatch(np.array([self.header[0], theirs], dtype=wire.HEADER))
+            if self.err is not None or self.headers_only:
                 return None
             t_idx, t_val, _ = wire.entries(self.space, buf, int(theirs["count"]), *self.types)
             self.idx, self.val = self.space.merge(self.idx, self.val, t_idx, t_val, self.k)
@@ -132,7 +138,7 @@ class Butterfly:
             h = wire.header_of(self.space, buf)
             if h["error"]:
                 self.err = Error(int(h["error"]), wire.error_text(self.space, buf))
-            else:
+            elif not self.headers_only:
                 self.idx, self.val, tail = wire.entries(self.space, buf, int(h["count"]), *self.types)
                 self.own_alive = self.space.view(tail, "bool")
             return
@@ -146,18 +152,46 @@ class Butterfly:
             self.absorb(self.exchange(me ^ step))
             step <<= 1
         if me + p2 < p:
-            self.send(me + p2, self.message(self.folded_alive))
+            self.send(me + p2, self.message(None if self.headers_only else self.folded_alive))
+
+    def agree(self) -> None:
+        """The same schedule with headers alone: afterwards every rank holds the same error
+        (err), or none when all ranks called the same collective with agreeing arguments."""
+        self.headers_only = True
+        try:
+            self.run()
+        finally:
+            self.headers_only = False
+
+
+def begin(link: Any, op: str) -> int:
+    """Number this call of ``op`` on ``link`` and name it for the transport's messages."""
+    seq = link.next_sequence()
+    link.activity = f"{op} call #{seq}"
+    return seq
+
+
+def agree(link: Any, header: np.ndarray, err: Error | None, stats: CommStats | None = None) -> None:
+    """The agreement pass of a collective without pairwise data (dense): raises the same
+    error on every rank, or returns when all ranks agree."""
+    side = Butterfly(link, spaces.HOST, header, *spaces.HOST.empty_set(), err, stats or CommStats())
+    side.agree()
+    if side.err is not None:
+        side.err.raise_()
 
 
 def start(op: str, link: Any, space: Any, x: Any, k: int | None, density: float | None, residual: Any,
           values: str, average: bool, align: bool, stats: CommStats) -> tuple[Butterfly, Any, Any]:
     """Validate this rank's arguments, select its k-set (fused with the residual), and set
-    up its side of the exchange in the message space. A rank with bad input starts in the
-    error state with an empty set, so it still takes part in every message.
+    up its side of the call in the message space. A rank with bad input starts in the
+    error state with an empty set, so it still takes part in every message. With
+    ``align`` (benchmarks) an agreement pass runs here, after selection, so that "comm"
+    measures the network and the wait for slower ranks goes to "skew".
 
-    Returns (the exchange, x and residual as arrays of ``space``).
+    Returns (this rank's side, x and residual as arrays of ``space``).
     """
     sets = spaces.message_space(space)
+    seq = begin(link, op)
     with stats.phase("select"):
 
         def check():
@@ -172,12 +206,13 @@ def start(op: str, link: Any, space: Any, x: Any, k: int | None, density: float 
             xs = rs = dtype = None
             kk = 0
             idx, val = sets.empty_set()
-    header = wire.make_header(seq=link.next_sequence(), m=-1 if err else len(xs), k=kk, count=len(idx),
-                              rank=link.rank, dtype=dtype, average=average, values=values)
-    if align:  # benchmarks: wait for the slowest selection here, so "comm" measures the network
+    header = wire.make_header(op=op, seq=seq, m=-1 if err else len(xs), k=kk, count=len(idx), rank=link.rank,
+                              dtype=dtype, average=average, values=values, align=align)
+    side = Butterfly(link, sets, header, idx, val, err, stats)
+    if align:
         with stats.phase("skew"):
-            link.barrier()
-    return Butterfly(link, sets, header, idx, val, err, stats, op), xs, rs
+            side.agree()
+    return side, xs, rs
 
 
 def gtopk_allreduce(x: Any, k: int | None = None, density: float | None = None, average: bool = False,
@@ -199,7 +234,8 @@ def gtopk_allreduce(x: Any, k: int | None = None, density: float | None = None, 
     link, space, stats = runtime.transport(comm), spaces.space_for(x), CommStats()
     with space.activate():
         bf, xs, rs = start("gtopk_allreduce", link, space, x, k, density, residual, values, average, align, stats)
-        bf.run()
+        if not (align and bf.err is not None):  # (after align's agreement pass an error is everyone's)
+            bf.run()
         if bf.err is not None:
             bf.err.raise_()
         sets, m = bf.space, int(bf.header["m"][0])

@@ -64,6 +64,12 @@ CYCLE_TIME = Knob("GTOPK_CYCLE_TIME", "float", 1.0,
                   "ms the torch engine sleeps after a round that found nothing to run")
 STALL_CHECK_TIME = Knob("GTOPK_STALL_CHECK_TIME_SECONDS", "float", 60.0,
                         "warn about ops some ranks have not submitted after this many seconds (0: off)")
+STALL_SHUTDOWN_TIME = Knob("GTOPK_STALL_SHUTDOWN_TIME_SECONDS", "float", 0.0,
+                           "after this many seconds a stall ends the call on every rank (torch engine) or the job "
+                           "(a collective waiting on a rank) instead of waiting on (0: never)")
+ABORT_ON_ERROR = Knob("GTOPK_ABORT_ON_ERROR", "bool", True,
+                      "1: an uncaught exception on any rank ends the whole job within about a second; 0: the rank "
+                      "exits alone and ranks waiting on it raise PeerGoneError")
 TIMELINE = Knob("GTOPK_TIMELINE", "str", None, "file: rank 0 writes a Chrome trace of every torch op")
 YIELD = Knob("GTOPK_YIELD", "bool", True,
              "1: yield the core while waiting for a partner (oversubscribed machines); 0: block in MPI")

@@ -13,6 +13,7 @@ from typing import Any
 
 from mpi4py import MPI
 
+from . import failures
 from . import transport as _transport
 
 
@@ -55,15 +56,18 @@ def init(comm: MPI.Comm | Sequence[int] | None = None) -> None:
     local = dup.Split_type(MPI.COMM_TYPE_SHARED, key=dup.Get_rank())
     cross = dup.Split(color=local.Get_rank(), key=dup.Get_rank())
     _state = _State(comm=dup, local_comm=local, cross_comm=cross)
+    failures.start(dup)
 
 
 def shutdown() -> None:
-    """Release the library's communicators. ``init`` may be called again afterwards."""
+    """Release the library's communicators (collective: every rank calls it). ``init`` may be
+    called again afterwards."""
     global _state
     if _state is None:
         return
+    failures.stop()
     _transport.forget(_state.comm)
-    if not MPI.Is_finalized():
+    if not MPI.Is_finalized() and not failures.abandoned():  # after a rank left, freeing would wait on it
         for c in (_state.cross_comm, _state.local_comm, _state.comm):
             c.Free()
     _state = None

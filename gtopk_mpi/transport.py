@@ -15,12 +15,16 @@ Buffers are contiguous NumPy arrays, or device tensors when the MPI is CUDA-awar
 from __future__ import annotations
 
 import os
+import pickle
+import sys
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
 from mpi4py import MPI
 
-from . import config
+from . import config, failures
 
 Alloc = Callable[[int], Any]
 _OPS = {"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX, "prod": MPI.PROD}
@@ -41,6 +45,7 @@ class Transport(Protocol):
     def next_sequence(self) -> int: ...
     def send(self, buf: Any, dest: int) -> None: ...
     def recv(self, source: int, alloc: Alloc) -> Any: ...
+    def probe_any(self, alloc: Alloc) -> tuple[int, Any] | None: ...  # a waiting message, if any: (source, buf)
     def sendrecv(self, buf: Any, peer: int, alloc: Alloc) -> Any: ...
     def allreduce(self, buf: Any, op: str = "sum") -> None: ...
     def allgather(self, buf: Any, alloc: Alloc) -> Any: ...
@@ -54,14 +59,18 @@ class Transport(Protocol):
 class MpiTransport:
     """The Transport over an mpi4py intracommunicator (messages tagged TAG).
 
-    Waiting for a partner: MPI's blocking calls busy-poll a core. With more ranks than
-    cores (oversubscribed test and benchmark machines) that starves the very rank being
-    waited for, so by default (GTOPK_YIELD=1) we poll and yield the core between polls.
+    Every wait is a poll loop over non-blocking MPI calls, never a blocking one, so that a
+    wait can notice a rank that left (failures.PeerGoneError), warn when it stalls, and
+    end the job past GTOPK_STALL_SHUTDOWN_TIME_SECONDS. Between polls it yields the core
+    (GTOPK_YIELD=1, the default): with more ranks than cores, spinning starves the very
+    rank being waited for. ``activity`` names the call in progress for those messages.
     """
 
     def __init__(self, comm: MPI.Comm):
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.world_ranks = comm.Get_group().Translate_ranks(list(range(self.size)), MPI.COMM_WORLD.Get_group())
+        self.activity = "a collective"
         self._sequence = 0
         self._yield = config.YIELD.get()
 
@@ -69,62 +78,97 @@ class MpiTransport:
         self._sequence += 1
         return self._sequence
 
-    def _probe(self, source: int) -> tuple[MPI.Message, int]:
-        status = MPI.Status()
-        if self._yield:
-            while (msg := self.comm.Improbe(source=source, tag=TAG, status=status)) is None:
+    def _poll(self, ready: Callable[[], Any], peer: int | None) -> Any:
+        """Poll ``ready()`` until it returns something other than None or False."""
+        out = ready()
+        if out:
+            return out
+        t0, polls, warned = time.monotonic(), 0, False
+        warn_s, end_s = failures.stall_limits()
+        who = f"rank {peer}" if peer is not None else "the other ranks"
+        while not (out := ready()):
+            if self._yield:
                 os.sched_yield()
-        else:
-            msg = self.comm.Mprobe(source=source, tag=TAG, status=status)
-        return msg, status.Get_count(MPI.BYTE)
+            polls += 1
+            if polls % 256:
+                continue
+            why = failures.gone(None if peer is None else [self.world_ranks[peer]])
+            if why:
+                raise failures.abandon(f"gtopk_mpi: rank {self.rank}: {self.activity} waited on {who}, but {why}", why)
+            waited = time.monotonic() - t0
+            if warn_s and waited > warn_s and not warned:
+                warned = True
+                print(f"gtopk_mpi: rank {self.rank}: {self.activity} has waited {waited:.0f} s for {who} "
+                      "(a rank is late, skipped a call, or called another collective)", file=sys.stderr, flush=True)
+            if end_s and waited > end_s:
+                failures.end_job(f"gtopk_mpi: rank {self.rank}: {self.activity} stalled {waited:.0f} s waiting for "
+                                 f"{who} (GTOPK_STALL_SHUTDOWN_TIME_SECONDS); ending the job")
+        return out
 
-    def _complete(self, req: MPI.Request) -> None:
-        if self._yield:
-            while not req.Test():
-                os.sched_yield()
-        else:
-            req.Wait()
+    def _wait(self, req: MPI.Request, peer: int | None = None) -> None:
+        self._poll(req.Test, peer)
 
     def _receive(self, source: int, alloc: Alloc) -> Any:
-        msg, nbytes = self._probe(source)
-        buf = alloc(nbytes)
+        status = MPI.Status()
+        msg = self._poll(lambda: self.comm.Improbe(source=source, tag=TAG, status=status), source)
+        buf = alloc(status.Get_count(MPI.BYTE))
         msg.Recv([buf, MPI.BYTE])
         return buf
 
     def send(self, buf: Any, dest: int) -> None:
-        self._complete(self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=TAG))
+        self._wait(self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=TAG), dest)
 
     def recv(self, source: int, alloc: Alloc) -> Any:
         return self._receive(source, alloc)
 
+    def probe_any(self, alloc: Alloc) -> tuple[int, Any] | None:
+        status = MPI.Status()
+        msg = self.comm.Improbe(source=MPI.ANY_SOURCE, tag=TAG, status=status)
+        if msg is None:
+            return None
+        buf = alloc(status.Get_count(MPI.BYTE))
+        msg.Recv([buf, MPI.BYTE])
+        return status.Get_source(), buf
+
     def sendrecv(self, buf: Any, peer: int, alloc: Alloc) -> Any:
         req = self.comm.Isend([buf, MPI.BYTE], dest=peer, tag=TAG)
         out = self._receive(peer, alloc)
-        self._complete(req)
+        self._wait(req, peer)
         return out
 
     def allreduce(self, buf: Any, op: str = "sum") -> None:
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=_OPS[op])
+        self._wait(self.comm.Iallreduce(MPI.IN_PLACE, buf, op=_OPS[op]))
 
     def allgather(self, buf: Any, alloc: Alloc) -> Any:
         out = alloc(self.size * len(buf))
-        self.comm.Allgather([buf, MPI.BYTE], [out, MPI.BYTE])
+        self._wait(self.comm.Iallgather([buf, MPI.BYTE], [out, MPI.BYTE]))
         return out
 
     def allgatherv(self, buf: Any, counts: list[int], out: Any) -> None:
-        self.comm.Allgatherv(buf, [out, counts])
+        self._wait(self.comm.Iallgatherv(buf, [out, counts]))
 
     def bcast(self, buf: Any, root: int) -> None:
-        self.comm.Bcast(buf, root=root)
+        self._wait(self.comm.Ibcast(buf, root=root), root)
 
     def allgather_obj(self, obj: Any) -> list[Any]:
-        return self.comm.allgather(obj)
+        data = np.frombuffer(pickle.dumps(obj), np.uint8)
+        sizes = np.zeros(self.size, np.int64)
+        self._wait(self.comm.Iallgather(np.array([data.size], np.int64), sizes))
+        out = np.empty(int(sizes.sum()), np.uint8)
+        self.allgatherv(data, [int(n) for n in sizes], out)
+        ends = np.cumsum(sizes)
+        return [pickle.loads(out[e - n : e].tobytes()) for n, e in zip(sizes, ends)]
 
     def bcast_obj(self, obj: Any, root: int) -> Any:
-        return self.comm.bcast(obj, root=root)
+        data = np.frombuffer(pickle.dumps(obj), np.uint8) if self.rank == root else None
+        size = np.array([0 if data is None else data.size], np.int64)
+        self.bcast(size, root)
+        buf = data.copy() if data is not None else np.empty(int(size[0]), np.uint8)
+        self.bcast(buf, root)
+        return obj if self.rank == root else pickle.loads(buf.tobytes())
 
     def barrier(self) -> None:
-        self.comm.Barrier()
+        self._wait(self.comm.Ibarrier())
 
 
 _transports: dict[int, MpiTransport] = {}

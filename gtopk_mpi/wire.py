@@ -2,14 +2,15 @@
 
 One message per butterfly round::
 
-    header (40 bytes) | indices (count x int32 or int64) | values (count x dtype) | tail
+    header (48 bytes) | indices (count x int32 or int64) | values (count x dtype) | tail
 
 ``tail`` carries, on the last message to a folded rank, that rank's survivor mask
 (one byte per entry it contributed). A message whose header has ``error != 0``
-carries instead the UTF-8 text of the error (``count`` is then its length in bytes).
-The header lets every receiver check that both sides run the same call (see
-agreement.py) before it touches the payload. The allgather Top-k sends the payload
-alone (indices | values).
+carries instead the UTF-8 text of the error (``count`` is then its length in bytes). A
+header alone (``count`` 0) is an agreement message: the collectives without pairwise
+data agree through the same butterfly of headers. The header lets every receiver check
+that both sides run the same call (see agreement.py) before it touches the payload. The
+allgather Top-k sends the payload alone (indices | values).
 
 Messages are packed and read in any memory space (spaces.py): only the header (and an
 error's text) is ever copied to the host to be read.
@@ -34,11 +35,15 @@ HEADER = np.dtype(
         ("average", "u1"),
         ("values", "u1"),    # VALUE_MODES
         ("error", "u1"),     # agreement.Error code (0: none)
+        ("op", "u1"),        # OPS: which collective
+        ("align", "u1"),     # align=True (benchmarks): an agreement pass before the data
+        ("reserved", "u1", (6,)),
     ]
 )
-assert HEADER.itemsize == 40
+assert HEADER.itemsize == 48
 
 VALUE_MODES = {"merged": 0, "exact": 1}
+OPS = {"gtopk_allreduce": 1, "topk_allreduce": 2, "dense_allreduce": 3, "gtopk_tree_allreduce": 4}
 
 
 def dtype_code(name: str | None) -> int:
@@ -51,12 +56,12 @@ def dtype_name(code: int) -> str | None:
     return next((name for name, member in _C.DType.__members__.items() if int(member) == code), None)
 
 
-def make_header(*, seq: int, m: int, k: int, count: int, rank: int, dtype: str | None, average: bool,
-                values: str, error: int = 0) -> np.ndarray:
+def make_header(*, op: str, seq: int, m: int, k: int, count: int, rank: int, dtype: str | None, average: bool,
+                values: str, align: bool = False, error: int = 0) -> np.ndarray:
     h = np.zeros(1, HEADER)
-    h["seq"], h["m"], h["k"], h["count"], h["rank"] = seq, m, k, count, rank
+    h["op"], h["seq"], h["m"], h["k"], h["count"], h["rank"] = OPS[op], seq, m, k, count, rank
     h["dtype"] = dtype_code(dtype)
-    h["average"] = bool(average)
+    h["average"], h["align"] = bool(average), bool(align)
     h["values"] = VALUE_MODES.get(values, 255)
     h["error"] = error
     return h

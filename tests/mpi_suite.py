@@ -257,6 +257,30 @@ def mismatches_raise_on_every_rank_then_recover():
 
 
 @check
+def different_collectives_raise_on_every_rank_then_recover():
+    """One rank calls another collective (or the same one with align=True): every rank
+    raises the same MismatchError instead of waiting on a message that never comes."""
+    if P < 2:
+        return
+    x = inputs(18, 1000)[RANK]
+    calls = {"gtopk_allreduce": lambda: g.gtopk_allreduce(x, k=5),
+             "topk_allreduce": lambda: g.topk_allreduce(x, k=5),
+             "dense_allreduce": lambda: g.dense_allreduce(x),
+             "gtopk_tree_allreduce": lambda: g.gtopk_tree_allreduce(x, k=5),
+             "aligned gtopk_allreduce": lambda: g.gtopk_allreduce(x, k=5, align=True),
+             "aligned topk_allreduce": lambda: g.topk_allreduce(x, k=5, align=True)}
+    for mine in calls:
+        for odd in calls:
+            if mine == odd:
+                continue
+            fragment = "disagree on the align" if mine.split()[-1] == odd.split()[-1] else "disagree on the collective"
+            expect_error(g.MismatchError, fragment, calls[odd] if RANK == P - 1 else calls[mine])
+    recover()
+    calls["aligned gtopk_allreduce"]()
+    recover()
+
+
+@check
 def bad_local_input_raises_valueerror_everywhere():
     bad = RANK == P // 2
     x = inputs(15, 500)[RANK]

@@ -49,3 +49,10 @@ def test_train_script_learns_and_writes_csv(algo, tmp_path):
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     if algo != "dense":
         assert float(rows[0]["density"]) == 0.25 and float(rows[-1]["density"]) == 0.01
+
+
+def test_soak_check_runs_short():
+    """scripts/soak.py, shortened: RSS flat, conservation exact, no thread left after shutdown."""
+    proc = run(2, ["scripts/soak.py", "--calls", "300", "--steps", "100", "--numel", "200000"], timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "conservation exact: True" in proc.stdout and proc.stdout.count("threads left after shutdown: none; OK") == 2

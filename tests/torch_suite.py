@@ -246,6 +246,53 @@ def mismatch_errors_twice_then_good_op():
         assert float(hvd.allreduce(torch.tensor(1.0), op=hvd.Sum, name="mm.good")) == P
 
 
+def expect_everywhere(exc_type, fragment: str, fn) -> None:
+    try:
+        fn()
+    except exc_type as e:
+        assert fragment in str(e), str(e)
+        SUITE.identical_on_all_ranks(f"{type(e).__name__}: {e}".encode(), "error messages")
+        return
+    raise AssertionError(f"no {exc_type.__name__} ({fragment})")
+
+
+@check
+def one_sided_bad_input_raises_the_same_error_on_every_rank():
+    """A local check that fails on one rank only reaches every rank in the same call, and
+    the next call works."""
+    bad = RANK == P - 1
+    cases = [
+        ("Tensor is required to be contiguous.", lambda: hvd.allreduce(
+            torch.ones(4, 4).t() if bad else torch.ones(4, 4), name="bad.contig")),
+        ("Tensor type torch.IntTensor is not supported by sparse compression", lambda: hvd.allreduce(
+            torch.ones(8, dtype=torch.int32 if bad else torch.float32), name="bad.sparse",
+            compression=hvd.Compression.gtopk(0.5))),
+        ("Tensor type torch.CharTensor is not supported.", lambda: hvd.allreduce(
+            torch.ones(3, dtype=torch.int8 if bad else torch.float32), name="bad.int8")),
+        ("Tensor is required to be contiguous.", lambda: hvd.allgather(
+            torch.ones(4, 4).t() if bad else torch.ones(4, 4), name="bad.gather")),
+        ("Tensor is required to be contiguous.", lambda: hvd.broadcast(
+            torch.ones(4, 4).t() if bad else torch.ones(4, 4), 0, name="bad.bcast")),
+        ("average and op are mutually exclusive", lambda: hvd.allreduce(
+            torch.ones(3), average=True if bad else None, op=hvd.Sum, name="bad.op")),
+    ]
+    for fragment, fn in cases:
+        expect_everywhere(ValueError, f"rank {P - 1}: {fragment}", fn)
+        assert float(hvd.allreduce(torch.tensor(1.0), op=hvd.Sum, name="bad.next")) == P
+    expect_everywhere(NotImplementedError, "Adasum", lambda: hvd.allreduce(
+        torch.ones(3), op=hvd.Adasum if bad else hvd.Sum, name="bad.adasum"))
+
+
+@check
+def grouped_count_mismatch_raises_on_every_rank():
+    n = 3 if RANK == P - 1 else 2
+    if P > 1:
+        expect_everywhere(hvd.TensorMismatchError, "group sizes", lambda: hvd.grouped_allreduce(
+            [torch.ones(3)] * n, name="grp.count", op=hvd.Sum))
+    out = hvd.grouped_allreduce([torch.ones(3), torch.ones(2)], name="grp.ok", op=hvd.Sum)
+    assert torch.equal(out[0], torch.full((3,), float(P))) and torch.equal(out[1], torch.full((2,), float(P)))
+
+
 @check
 def duplicate_name_in_flight_is_local_valueerror():
     if P < 2:

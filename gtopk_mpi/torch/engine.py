@@ -2,18 +2,29 @@
 
 Hooks fire in different orders on different ranks, so an op is never sent to MPI
 when it is submitted. Each submitted op announces a Request (name, op type,
-dtype, shape, reduction, scale factors, root, device, compression). A single
-background thread repeatedly allgathers every rank's pending requests; the names
-pending on every rank run, in sorted-name order, on the engine's private
-communicator; the rest wait for the next round. Requests that disagree become the
-same TensorMismatchError on every rank (Horovod's checks and wording, in its
-order: data type, operation, shape, scale factors, root rank, device), and the
-engine carries on. All traffic of the front end happens on this one thread, through
-the engine's own Transport (gtopk_mpi.transport: MPI today).
+dtype, shape, reduction, scale factors, root, device, compression, group size, or
+the error its local checks raised). A single background thread negotiates in
+sessions: a rank with work rings every other rank (a one-integer message), and all
+engines then allgather their pending requests round after round; the names pending
+on every rank run, in sorted-name order, on the engine's data transport; the rest
+wait for the next round; the session ends, on every rank in the same round, when no
+rank has anything pending. Idle engines send nothing. Requests that disagree become the
+same TensorMismatchError on every rank (Horovod's checks and wording, in its order:
+data type, operation, shape, scale factors, root rank, device), a request whose local
+checks failed on one rank becomes that ValueError on every rank, and the engine
+carries on. All traffic of the front end happens on this one thread, through the
+engine's own Transports (gtopk_mpi.transport: MPI today).
+
+Stalls: a rank whose script is late still answers the negotiation (its engine thread
+runs beside it), so the others see which ranks have not submitted an op: after
+GTOPK_STALL_CHECK_TIME_SECONDS each waiting rank warns, naming them; after
+GTOPK_STALL_SHUTDOWN_TIME_SECONDS (default off) the op fails on every rank, late
+submissions of it too. A rank that leaves the job fails every pending op with
+failures.PeerGoneError.
 
 Knobs (environment): GTOPK_CYCLE_TIME (ms between rounds that found nothing to
-run, default 1), GTOPK_STALL_CHECK_TIME_SECONDS (warn about ops pending on some
-ranks only, default 60; 0 disables), GTOPK_TIMELINE (file: rank 0 writes a Chrome
+run, default 1), GTOPK_STALL_CHECK_TIME_SECONDS (default 60; 0 disables),
+GTOPK_STALL_SHUTDOWN_TIME_SECONDS, GTOPK_TIMELINE (file: rank 0 writes a Chrome
 trace, chrome://tracing or Perfetto, with each op's NEGOTIATE span from submission
 to agreement and its RUN span).
 """
@@ -29,9 +40,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
-from .. import config
+from .. import config, failures
 from ..agreement import MismatchError
 
 
@@ -68,10 +80,14 @@ class Request:
     device: str = "CPU"
     compression: str = ""
     extra: float = 0.0           # join: this rank's arrival time
+    group: int = 0               # grouped ops: how many tensors the group has
+    error: str = ""              # what this rank's local checks raised ("rank R: ..."): every rank raises it
+    error_type: str = ""         # ValueError or NotImplementedError
 
 
 # Horovod's checks, in its order; {op} is the op type, {a} and {b} the two values seen.
 _CHECKS_BEFORE_SHAPE = (
+    ("group", "Mismatched {op} group sizes: One rank grouped {a} tensors, but another rank grouped {b} tensors."),
     ("dtype", "Mismatched data types: One rank had type {a}, but another rank had type {b}."),
     ("op_type", "Mismatched MPI operations: One rank did an {a}, but another rank did an {b}."),
     ("reduce_op", "Mismatched {op} reduction operations: One rank did a {a}, but another rank did a {b}."),
@@ -117,10 +133,15 @@ def _shape_difference(reqs: list[Request]) -> str | None:
     return None
 
 
-def check_requests(reqs: list[Request]) -> str | None:
-    """Horovod's consistency checks over every rank's request for one name (None: all agree)."""
-    return (_first_difference(reqs, _CHECKS_BEFORE_SHAPE) or _shape_difference(reqs)
+def check_requests(reqs: list[Request]) -> BaseException | None:
+    """The error every rank raises for one name: the lowest rank's failed local check, else
+    Horovod's consistency checks over every rank's request (None: all agree)."""
+    failed = next((r for r in reqs if r.error), None)
+    if failed is not None:
+        return (NotImplementedError if failed.error_type == "NotImplementedError" else ValueError)(failed.error)
+    text = (_first_difference(reqs, _CHECKS_BEFORE_SHAPE) or _shape_difference(reqs)
             or _first_difference(reqs, _CHECKS_AFTER_SHAPE))
+    return TensorMismatchError(text) if text is not None else None
 
 
 @dataclass
@@ -143,15 +164,21 @@ class Work:
 
 
 class Engine:
-    """Owns the front end's transport and the one thread that uses it."""
+    """Owns the front end's transports (``control`` for negotiation, ``link`` for the ops'
+    data) and the one thread that uses them."""
 
-    def __init__(self, link: Any):
-        self.link = link
+    def __init__(self, control: Any, link: Any):
+        self.control, self.link = control, link
         self._cv = threading.Condition()
         self._pending: dict[str, Work] = {}
         self._in_flight: set[str] = set()
+        self._stalled: dict[str, BaseException] = {}  # names failed by the stall shutdown
+        self._epoch = 0                               # negotiation sessions so far (every rank counts alike)
+        self._dead: BaseException | None = None       # the engine cannot run ops any more (a rank left)
+        self._halt = False                            # interpreter exit: stop without a collective shutdown
         self._cycle_s = config.CYCLE_TIME.get() / 1e3
-        self._stall_s = config.STALL_CHECK_TIME.get()
+        self._stall_s, self._stall_end_s = failures.stall_limits()
+        control.activity = "the gtopk_mpi.torch engine's negotiation"
         self._timeline = None
         path = config.TIMELINE.get()
         if path and link.rank == 0:
@@ -161,6 +188,7 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="gtopk_mpi.torch engine", daemon=True)
         self._stopped = False
         self._thread.start()
+        failures.on_exit(self.halt)
 
     def submit(self, work: Work) -> Work:
         name = work.request.name
@@ -169,55 +197,125 @@ class Engine:
                 raise ValueError("gtopk_mpi.torch has been shut down; call init() first")
             if name in self._in_flight:
                 raise ValueError(DUPLICATE_NAME_ERROR.format(op=work.request.op_type.lower()))
+            error = self._dead or self._stalled.get(name)
+            if error is not None:
+                work.error = error
+                work.done.set()
+                return work
             self._in_flight.add(name)
             self._pending[name] = work
             self._cv.notify()
         return work
 
     def stop(self) -> None:
-        """Collective: every rank's engine runs a SHUTDOWN op, then its thread ends."""
+        """Collective: every rank's engine runs a SHUTDOWN op, then its thread ends (at once
+        when a rank has left the job)."""
         work = self.submit(Work(Request("__gtopk_shutdown__", "SHUTDOWN"), lambda link, reqs: None))
-        work.wait()
+        if self._dead is None:
+            work.wait()
         self._thread.join()
+
+    def halt(self) -> None:
+        """The interpreter is exiting without shutdown(): stop after the current round."""
+        with self._cv:
+            self._halt = True
+            self._cv.notify()
+        self._thread.join(timeout=5)
 
     # -- the engine thread ------------------------------------------------------------
     def _loop(self) -> None:
-        idle = self._cycle_s
+        try:
+            while self._idle():
+                if self._session():
+                    return
+        except BaseException as e:  # noqa: BLE001 - a rank left (PeerGoneError) or a bug: fail, never hang
+            with self._cv:
+                self._dead = e
+                works, self._pending = list(self._pending.values()), {}
+                self._in_flight.clear()
+            for w in works:
+                w.error = e
+                w.done.set()
+
+    def _idle(self) -> bool:
+        """Wait until this rank has work (then ring the others) or another rank rings for
+        the next session. False: the interpreter is exiting."""
         while True:
             with self._cv:
-                while not self._pending:
-                    self._cv.wait()
-                batch = sorted(self._pending)
-                requests = [self._pending[n].request for n in batch]
-            everyone = self.link.allgather_obj(requests)
-            tables = [{r.name: r for r in reqs} for reqs in everyone]
+                if self._halt:
+                    return False
+                if self._pending:
+                    break
+                self._cv.wait(0.002)
+            while (msg := self.control.probe_any(lambda n: np.empty(n, np.uint8))) is not None:
+                if int(msg[1].view(np.int64)[0]) == self._epoch + 1:
+                    self._epoch += 1
+                    return True
+        self._epoch += 1
+        bell = np.array([self._epoch], np.int64).view(np.uint8)
+        for q in range(self.control.size):
+            if q != self.control.rank:
+                self.control.send(bell, q)
+        return True
+
+    def _session(self) -> bool:
+        """Negotiation rounds until no rank has anything pending. True: shut down."""
+        idle = self._cycle_s
+        while True:
+            now = time.monotonic()
+            with self._cv:
+                if self._halt:
+                    return True
+                mine = [(w.request, now - w.submitted) for _, w in sorted(self._pending.items())]
+            everyone = self.control.allgather_obj(mine)
+            tables = [{r.name: (r, age) for r, age in reqs} for reqs in everyone]
+            if not any(tables):
+                return False
             ready = sorted(set.intersection(*(set(t) for t in tables)))
+            for name in ready:
+                if self._run(name, [t[name][0] for t in tables]):
+                    return True
+            self._stall_check(tables)
             if not ready:
-                self._stall_check(tables)
                 time.sleep(idle)
                 idle = min(idle * 2, 0.01)
-                continue
-            idle = self._cycle_s
-            for name in ready:
-                with self._cv:
-                    work = self._pending.pop(name)
-                reqs = [t[name] for t in tables]
-                text = check_requests(reqs)
-                started = time.monotonic()
-                try:
-                    if text is not None:
-                        raise TensorMismatchError(text)
-                    work.result = work.run(self.link, reqs)
-                except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
-                    work.error = e
-                self._trace(work, started, time.monotonic())
-                with self._cv:
-                    self._in_flight.discard(name)
-                    if work.request.op_type == "SHUTDOWN":
-                        self._stopped = True
-                work.done.set()
-                if work.request.op_type == "SHUTDOWN":
-                    return
+            else:
+                idle = self._cycle_s
+
+    def _run(self, name: str, reqs: list[Request]) -> bool:
+        with self._cv:
+            work = self._pending.pop(name, None)
+        if work is None:  # failed with the rest of its group earlier in this round
+            return False
+        started = time.monotonic()
+        error = check_requests(reqs)
+        try:
+            if error is not None:
+                raise error
+            work.result = work.run(self.link, reqs)
+        except failures.PeerGoneError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+            work.error = e
+        self._trace(work, started, time.monotonic())
+        shutdown = work.request.op_type == "SHUTDOWN"
+        with self._cv:
+            self._in_flight.discard(name)
+            self._stopped |= shutdown
+        work.done.set()
+        if error is not None and work.request.group:  # the rest of a failed group fails alike
+            self._fail_group(work.request, error)
+        return shutdown
+
+    def _fail_group(self, request: Request, error: BaseException) -> None:
+        base = request.name.rsplit(".", 1)[0]
+        with self._cv:
+            siblings = [n for n in self._pending if n.rsplit(".", 1)[0] == base and self._pending[n].request.group]
+            works = [self._pending.pop(n) for n in siblings]
+            self._in_flight.difference_update(siblings)
+        for w in works:
+            w.error = error
+            w.done.set()
 
     def _trace(self, work: Work, started: float, ended: float) -> None:
         if self._timeline is None:
@@ -235,18 +333,35 @@ class Engine:
         else:
             self._timeline.flush()
 
-    def _stall_check(self, tables: list[dict[str, Request]]) -> None:
-        if self._stall_s <= 0:
-            return
-        now = time.monotonic()
-        with self._cv:
-            late = [w for w in self._pending.values() if not w.warned and now - w.submitted > self._stall_s]
-        for w in late:
-            missing = [q for q, t in enumerate(tables) if w.request.name not in t]
-            print(f"gtopk_mpi.torch: rank {self.link.rank}: {w.request.op_type} '{w.request.name}' has "
-                  f"waited {now - w.submitted:.0f}s for ranks {missing}, which have not submitted it "
-                  "(one rank skipped an op or submitted ops in a different order?)", file=sys.stderr, flush=True)
-            w.warned = True
+    def _stall_check(self, tables: list[dict[str, tuple[Request, float]]]) -> None:
+        """Ops some ranks have submitted and others not: warn after the stall time (each
+        waiting rank, naming the missing ones); past the shutdown time fail the op on every
+        rank (all ranks decide alike, on the oldest age any rank reported)."""
+        names = set().union(*tables) - set.intersection(*(set(t) for t in tables))
+        for name in sorted(names):
+            missing = [q for q, t in enumerate(tables) if name not in t]
+            oldest = max(t[name][1] for t in tables if name in t)
+            if self._stall_end_s and oldest > self._stall_end_s:
+                op = next(t[name][0].op_type for t in tables if name in t)
+                error = HorovodInternalError(
+                    f"{op} '{name}' stalled for {oldest:.0f} s: ranks {missing} did not submit it "
+                    "(GTOPK_STALL_SHUTDOWN_TIME_SECONDS)")
+                with self._cv:
+                    self._stalled[name] = error
+                    work = self._pending.pop(name, None)
+                    self._in_flight.discard(name)
+                if work is not None:
+                    work.error = error
+                    work.done.set()
+                continue
+            with self._cv:
+                work = self._pending.get(name)
+            if self._stall_s and work is not None and not work.warned and name in tables[self.link.rank] \
+                    and tables[self.link.rank][name][1] > self._stall_s:
+                work.warned = True
+                print(f"gtopk_mpi.torch: rank {self.link.rank}: {work.request.op_type} '{name}' has waited "
+                      f"{tables[self.link.rank][name][1]:.0f} s for ranks {missing}, which have not submitted it "
+                      "(one rank is late, skipped an op, or submitted another name)", file=sys.stderr, flush=True)
 
 
 # -- the front end's one engine -----------------------------------------------------------
@@ -255,18 +370,18 @@ _engine: Engine | None = None
 _noname = itertools.count()
 
 
-def start(link: Any) -> None:
-    """Run the engine on ``link`` (a Transport of its own)."""
+def start(control: Any, link: Any) -> None:
+    """Run the engine on two Transports of its own: negotiation, and the ops' data."""
     global _engine
-    _engine = Engine(link)
+    _engine = Engine(control, link)
 
 
-def stop() -> Any:
-    """Collective: stop the engine; returns its transport (for the caller to release)."""
+def stop() -> tuple[Any, Any]:
+    """Collective: stop the engine; returns its transports (for the caller to release)."""
     global _engine
     engine, _engine = _engine, None
     engine.stop()
-    return engine.link
+    return engine.control, engine.link
 
 
 def running() -> bool:
@@ -282,6 +397,19 @@ def current() -> Engine:
 
 def submit(work: Work) -> Work:
     return current().submit(work)
+
+
+def submit_checked(op_type: str, names: list[str], build: Callable[[], list[Work]], group: int = 0) -> list[Work]:
+    """Submit the works ``build()`` makes for ``names``. If this rank's local checks in it
+    raise, submit the names as failed requests instead: the engine then raises that error
+    on every rank for them, so no rank waits on one that raised alone."""
+    try:
+        works = build()
+    except (ValueError, NotImplementedError) as e:
+        text = f"rank {current().link.rank}: {e}"
+        works = [Work(Request(n, op_type, group=group, error=text, error_type=type(e).__name__),
+                      lambda link, reqs: None) for n in names]
+    return [submit(w) for w in works]
 
 
 def op_name(name: str | None, kind: str) -> str:

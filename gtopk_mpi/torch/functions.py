@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .engine import Request, Work, op_name, submit
+from .engine import Request, Work, op_name, submit_checked
 from .mpi_ops import broadcast_async_, global_process_set, rank, synchronize
 from .optimizer import ERROR_FEEDBACK_KEY
 
@@ -38,16 +38,26 @@ def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: 
 
 def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, process_set=global_process_set) -> Any:
     """Return root_rank's (picklable) object on every rank."""
-    process_set._check()
-    req = Request(op_name(name, "broadcast_object"), "BROADCAST", dtype="OBJECT", root=int(root_rank))
-    return submit(Work(req, lambda link, reqs: link.bcast_obj(obj, root_rank))).wait()
+    names = [op_name(name, "broadcast_object")]
+
+    def build() -> list[Work]:
+        process_set._check()
+        req = Request(names[0], "BROADCAST", dtype="OBJECT", root=int(root_rank))
+        return [Work(req, lambda link, reqs: link.bcast_obj(obj, root_rank))]
+
+    return submit_checked("BROADCAST", names, build)[0].wait()
 
 
 def allgather_object(obj: Any, name: str | None = None, process_set=global_process_set) -> list[Any]:
     """List of every rank's (picklable) object, in rank order."""
-    process_set._check()
-    req = Request(op_name(name, "allgather_object"), "ALLGATHER", dtype="OBJECT", shape=(1,))
-    return submit(Work(req, lambda link, reqs: link.allgather_obj(obj))).wait()
+    names = [op_name(name, "allgather_object")]
+
+    def build() -> list[Work]:
+        process_set._check()
+        return [Work(Request(names[0], "ALLGATHER", dtype="OBJECT", shape=(1,)),
+                     lambda link, reqs: link.allgather_obj(obj))]
+
+    return submit_checked("ALLGATHER", names, build)[0].wait()
 
 
 def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int,

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from .. import _C, runtime, transport
+from .. import _C, failures, runtime, transport
 from . import engine
 from .compression import Compression, SparseCompressor
-from .engine import BROADCAST_DTYPES, DTYPE_NAMES, Request, Work, op_name, submit
+from .engine import BROADCAST_DTYPES, DTYPE_NAMES, Request, Work, op_name, submit, submit_checked
 from .reduction import OP_NAMES, Adasum, Average, Sum, reduce_flat
 
 
@@ -55,7 +55,7 @@ def init(comm=None) -> None:
         if engine.running():
             return
         runtime.init(comm)
-        engine.start(transport.MpiTransport(runtime.comm().Dup()))
+        engine.start(*(transport.MpiTransport(runtime.comm().Dup()) for _ in range(2)))
 
 
 def shutdown() -> None:
@@ -63,7 +63,9 @@ def shutdown() -> None:
     with _lock:
         if not engine.running():
             return
-        engine.stop().comm.Free()
+        for link in engine.stop():
+            if not failures.abandoned():
+                link.comm.Free()
         _handles.clear()
         runtime.shutdown()
 
@@ -185,7 +187,7 @@ def _check_tensor(tensor: torch.Tensor, dtypes: dict) -> None:
 
 def _resolve_op(op: int | None, average: bool | None, fn: str) -> int:
     if op is not None and average is not None:
-        raise ValueError(f"{fn}: average and op are mutually exclusive")
+        raise ValueError("average and op are mutually exclusive")
     if average is not None:
         warnings.warn("Parameter `average` has been replaced with `op` and will be removed", DeprecationWarning,
                       stacklevel=3)
@@ -202,7 +204,7 @@ def _resolve_op(op: int | None, average: bool | None, fn: str) -> int:
 
 
 def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, postscale: float,
-                    compression) -> Work:
+                    compression, group: int = 0) -> Work:
     sparse = isinstance(compression, SparseCompressor)
     if sparse:
         if op not in (Sum, Average):
@@ -217,25 +219,30 @@ def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, p
 
     req = Request(name, "ALLREDUCE", DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape),
                   OP_NAMES[op], float(prescale), float(postscale), -1, "GPU" if tensor.is_cuda else "CPU",
-                  compression.describe() if sparse or compression is not Compression.none else "none")
+                  compression.describe() if sparse or compression is not Compression.none else "none", group=group)
     return Work(req, run)
 
 
 def _submit_allreduces(fn: str, tensors: Sequence[torch.Tensor], name: str | None, grouped: bool,
                        average: bool | None, op: int | None, prescale: float, postscale: float,
                        process_set: ProcessSet, compression) -> list[Work]:
-    """Validate, then submit one named allreduce per tensor (grouped: ``{name}.{i}``)."""
-    op = _resolve_op(op, average, fn)
-    process_set._check()
-    for t in tensors:
-        _check_tensor(t, DTYPE_NAMES)
+    """Check, then submit one named allreduce per tensor (grouped: ``{name}.{i}``)."""
     if grouped:
         base = op_name(name, "grouped_allreduce")
         names = [f"{base}.{i}" for i in range(len(tensors))]
     else:
         names = [op_name(name, "allreduce")]
-    return [submit(_allreduce_work(t, n, op, prescale, postscale, compression))
-            for t, n in zip(tensors, names)]
+    group = len(tensors) if grouped else 0
+
+    def build() -> list[Work]:
+        resolved = _resolve_op(op, average, fn)
+        process_set._check()
+        for t in tensors:
+            _check_tensor(t, DTYPE_NAMES)
+        return [_allreduce_work(t, n, resolved, prescale, postscale, compression, group)
+                for t, n in zip(tensors, names)]
+
+    return submit_checked("ALLREDUCE", names, build, group)
 
 
 def _copy_into(tensors: Sequence[torch.Tensor]) -> Callable[[list[object]], list[torch.Tensor]]:
@@ -270,28 +277,25 @@ def allreduce_async_(tensor: torch.Tensor, average: bool | None = None, name: st
 
 class _AllreduceFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor, name, op, prescale, postscale, compression):
+    def forward(ctx, tensor, name, average, op, prescale, postscale, process_set, compression):
         ctx.args = (op, prescale, postscale)
-        return synchronize(allreduce_async(tensor, name=name, op=op, prescale_factor=prescale,
-                                           postscale_factor=postscale, compression=compression))
+        return synchronize(allreduce_async(tensor, average, name, op, prescale, postscale, process_set, compression))
 
     @staticmethod
     def backward(ctx, grad):
         op, prescale, postscale = ctx.args
         return (allreduce(grad.contiguous(), op=op, prescale_factor=prescale, postscale_factor=postscale),
-                None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def allreduce(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
               compression=Compression.none, op: int | None = None, prescale_factor: float = 1.0,
               postscale_factor: float = 1.0, process_set: ProcessSet = global_process_set) -> torch.Tensor:
     """Reduce ``tensor`` over all ranks (default: average); differentiable. Returns a new tensor."""
-    op = _resolve_op(op, average, "allreduce")
-    process_set._check()
-    if isinstance(compression, SparseCompressor):
-        return synchronize(allreduce_async(tensor, name=name, op=op, prescale_factor=prescale_factor,
-                                           postscale_factor=postscale_factor, compression=compression))
-    return _AllreduceFn.apply(tensor, name, op, prescale_factor, postscale_factor, compression)
+    if isinstance(compression, SparseCompressor) or not isinstance(tensor, torch.Tensor):
+        return synchronize(allreduce_async(tensor, average, name, op, prescale_factor, postscale_factor,
+                                           process_set, compression))
+    return _AllreduceFn.apply(tensor, name, average, op, prescale_factor, postscale_factor, process_set, compression)
 
 
 def allreduce_(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
@@ -359,17 +363,24 @@ def _allgather_work(tensor: torch.Tensor, name: str) -> Work:
 def allgather_async(tensor: torch.Tensor, name: str | None = None,
                     process_set: ProcessSet = global_process_set) -> int:
     """Start an allgather (concatenation along dim 0; first dims may differ between ranks)."""
-    process_set._check()
-    _check_tensor(tensor, BROADCAST_DTYPES)
-    work = submit(_allgather_work(tensor, op_name(name, "allgather")))
-    return _new_handle([work], lambda r: r[0][0])
+    return _new_handle(_submit_allgather(tensor, name, process_set), lambda r: r[0][0])
+
+
+def _submit_allgather(tensor: torch.Tensor, name: str | None, process_set: ProcessSet) -> list[Work]:
+    names = [op_name(name, "allgather")]
+
+    def build() -> list[Work]:
+        process_set._check()
+        _check_tensor(tensor, BROADCAST_DTYPES)
+        return [_allgather_work(tensor, names[0])]
+
+    return submit_checked("ALLGATHER", names, build)
 
 
 class _AllgatherFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor, name):
-        work = submit(_allgather_work(tensor, op_name(name, "allgather")))
-        out, rows = work.wait()
+    def forward(ctx, tensor, name, process_set):
+        out, rows = _submit_allgather(tensor, name, process_set)[0].wait()
         ctx.rows = rows
         return out
 
@@ -377,15 +388,15 @@ class _AllgatherFn(torch.autograd.Function):
     def backward(ctx, grad):
         reduced = allreduce(grad.contiguous(), op=Sum)
         start = sum(ctx.rows[: rank()])
-        return reduced.narrow(0, start, ctx.rows[rank()]), None
+        return reduced.narrow(0, start, ctx.rows[rank()]), None, None
 
 
 def allgather(tensor: torch.Tensor, name: str | None = None,
               process_set: ProcessSet = global_process_set) -> torch.Tensor:
     """Concatenate every rank's tensor along dim 0 (differentiable)."""
-    process_set._check()
-    _check_tensor(tensor, BROADCAST_DTYPES)
-    return _AllgatherFn.apply(tensor, name)
+    if not isinstance(tensor, torch.Tensor):
+        return synchronize(allgather_async(tensor, name, process_set))
+    return _AllgatherFn.apply(tensor, name, process_set)
 
 
 # -------------------------------------------------------------------------------- broadcast
@@ -406,42 +417,49 @@ def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str) -> Work:
     return Work(req, run)
 
 
+def _submit_broadcast(tensor: torch.Tensor, root_rank: int, name: str | None, process_set: ProcessSet
+                      ) -> list[Work]:
+    names = [op_name(name, "broadcast")]
+
+    def build() -> list[Work]:
+        process_set._check()
+        _check_tensor(tensor, BROADCAST_DTYPES)
+        return [_broadcast_work(tensor, root_rank, names[0])]
+
+    return submit_checked("BROADCAST", names, build)
+
+
 def broadcast_async(tensor: torch.Tensor, root_rank: int, name: str | None = None,
                     process_set: ProcessSet = global_process_set) -> int:
-    process_set._check()
-    _check_tensor(tensor, BROADCAST_DTYPES)
-    work = submit(_broadcast_work(tensor, root_rank, op_name(name, "broadcast")))
-    return _new_handle([work], lambda r: r[0])
+    return _new_handle(_submit_broadcast(tensor, root_rank, name, process_set), lambda r: r[0])
 
 
 def broadcast_async_(tensor: torch.Tensor, root_rank: int, name: str | None = None,
                      process_set: ProcessSet = global_process_set) -> int:
-    process_set._check()
-    _check_tensor(tensor, BROADCAST_DTYPES)
-    work = submit(_broadcast_work(tensor, root_rank, op_name(name, "broadcast")))
     finish = _copy_into([tensor])
-    return _new_handle([work], lambda r: finish(r)[0])
+    return _new_handle(_submit_broadcast(tensor, root_rank, name, process_set), lambda r: finish(r)[0])
 
 
 class _BroadcastFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor, root_rank, name):
+    def forward(ctx, tensor, root_rank, name, process_set):
         ctx.root_rank = root_rank
-        return synchronize(broadcast_async(tensor, root_rank, name))
+        return synchronize(broadcast_async(tensor, root_rank, name, process_set))
 
     @staticmethod
     def backward(ctx, grad):
         reduced = allreduce(grad.contiguous(), op=Average)
         if rank() != ctx.root_rank:
             reduced = reduced * 0
-        return reduced, None, None
+        return reduced, None, None, None
 
 
 def broadcast(tensor: torch.Tensor, root_rank: int, name: str | None = None,
               process_set: ProcessSet = global_process_set) -> torch.Tensor:
     """Return root_rank's tensor on every rank (differentiable)."""
-    process_set._check()
-    return _BroadcastFn.apply(tensor, root_rank, name)
+    if not isinstance(tensor, torch.Tensor):
+        return synchronize(broadcast_async(tensor, root_rank, name, process_set))
+    return _BroadcastFn.apply(tensor, root_rank, name, process_set)
 
 
 def broadcast_(tensor: torch.Tensor, root_rank: int, name: str | None = None,
@@ -455,8 +473,13 @@ def broadcast_(tensor: torch.Tensor, root_rank: int, name: str | None = None,
 
 def barrier(process_set: ProcessSet = global_process_set) -> None:
     """Block until every rank has called barrier()."""
-    process_set._check()
-    submit(Work(Request(op_name(None, "barrier"), "BARRIER"), lambda link, reqs: None)).wait()
+    names = [op_name(None, "barrier")]
+
+    def build() -> list[Work]:
+        process_set._check()
+        return [Work(Request(names[0], "BARRIER"), lambda link, reqs: None)]
+
+    submit_checked("BARRIER", names, build)[0].wait()
 
 
 def join(device: int = -1) -> int:
