@@ -5,11 +5,13 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "codec.h"
 #include "merge.h"
 #include "select.h"
 #include "select_plan.h"
@@ -104,25 +106,40 @@ py::tuple select_topk_ef(py::array residual, const py::array& x, int64_t k, int 
   return select_dispatch<true>(x, &residual, k, threads);
 }
 
+const uint32_t* tags_of(const py::object& t, size_t n, const char* name) {
+  if (t.is_none()) return nullptr;
+  const auto a = py::cast<py::array_t<uint32_t, py::array::c_style>>(t);
+  if (static_cast<size_t>(a.size()) != n) throw py::value_error(std::string(name) + " must have one tag per entry");
+  return a.data();
+}
+
 template <class T, class I>
-py::tuple merge_typed(const py::array& ia, const py::array& va, const py::array& ib, const py::array& vb, size_t k) {
+py::tuple merge_typed(const py::array& ia, const py::array& va, const py::object& ta, const py::array& ib,
+                      const py::array& vb, const py::object& tb, size_t k) {
   const size_t na = static_cast<size_t>(ia.size()), nb = static_cast<size_t>(ib.size());
   const size_t cap = std::min(k, na + nb);
+  const bool tagged = !ta.is_none() || !tb.is_none();
+  const uint32_t* pta = tags_of(ta, na, "tags_a");
+  const uint32_t* ptb = tags_of(tb, nb, "tags_b");
   std::vector<I> idx(cap);
   std::vector<T> val(cap);
+  std::vector<uint32_t> tag(tagged ? cap : 0);
   size_t n;
   {
     py::gil_scoped_release nogil;
-    n = gtopk::merge_topk<T, I>(static_cast<const I*>(ia.data()), static_cast<const T*>(va.data()), na,
-                                static_cast<const I*>(ib.data()), static_cast<const T*>(vb.data()), nb, k, idx.data(),
-                                val.data());
+    n = gtopk::merge_topk<T, I>(static_cast<const I*>(ia.data()), static_cast<const T*>(va.data()), pta, na,
+                                static_cast<const I*>(ib.data()), static_cast<const T*>(vb.data()), ptb, nb, k,
+                                idx.data(), val.data(), tagged ? tag.data() : nullptr);
   }
   idx.resize(n);
   val.resize(n);
-  return py::make_tuple(own(std::move(idx)), own(std::move(val)));
+  if (!tagged) return py::make_tuple(own(std::move(idx)), own(std::move(val)));
+  tag.resize(n);
+  return py::make_tuple(own(std::move(idx)), own(std::move(val)), own(std::move(tag)));
 }
 
-py::tuple merge_topk(const py::array& ia, const py::array& va, const py::array& ib, const py::array& vb, int64_t k) {
+py::tuple merge_topk(const py::array& ia, const py::array& va, const py::array& ib, const py::array& vb, int64_t k,
+                     const py::object& ta, const py::object& tb) {
   check_1d_contiguous(ia, "idx_a");
   check_1d_contiguous(va, "val_a");
   check_1d_contiguous(ib, "idx_b");
@@ -135,7 +152,8 @@ py::tuple merge_topk(const py::array& ia, const py::array& va, const py::array& 
     throw py::value_error("indices must both be int32 or both int64");
   const bool i32 = inum == kNpyInt32;
   const size_t kk = static_cast<size_t>(k);
-#define GTOPK_CASE(T) return i32 ? merge_typed<T, int32_t>(ia, va, ib, vb, kk) : merge_typed<T, int64_t>(ia, va, ib, vb, kk)
+#define GTOPK_CASE(T) \
+  return i32 ? merge_typed<T, int32_t>(ia, va, ta, ib, vb, tb, kk) : merge_typed<T, int64_t>(ia, va, ta, ib, vb, tb, kk)
   switch (value_dtype(va, "val_a")) {
     case DType::kFloat16: GTOPK_CASE(half_t);
     case DType::kFloat32: GTOPK_CASE(float);
@@ -144,6 +162,116 @@ py::tuple merge_topk(const py::array& ia, const py::array& va, const py::array& 
   }
 #undef GTOPK_CASE
   throw py::value_error("unreachable dtype");
+}
+
+// ---- wire codecs (codec.h) ----------------------------------------------------------------
+enum ValueCode : int { kRawValues = 0, kBF16 = 1, kFP16 = 2 };
+
+// payload = indices (raw, or packed gaps) | values (raw, or 16-bit per value_code).
+// pack: 1 packed, 0 raw, -1 whichever is smaller. With `rounded` (a lossy value_code), also
+// the float32 values the receiver will decode (what both partners of a round must merge)
+// and the rounding errors values - decoded (0 where not finite: an infinity or NaN
+// travels as itself). Returns (payload uint8, index_bytes, scale, packed, decoded or None,
+// errors or None).
+py::tuple encode_entries(const py::array& idx, const py::array& val, int value_code, int pack, bool rounded) {
+  check_1d_contiguous(idx, "indices");
+  check_1d_contiguous(val, "values");
+  const size_t n = static_cast<size_t>(idx.size());
+  if (static_cast<size_t>(val.size()) != n) throw py::value_error("indices and values differ in length");
+  const int inum = idx.dtype().num();
+  if (inum != kNpyInt32 && inum != kNpyInt64) throw py::value_error("indices must be int32 or int64");
+  if (value_code != kRawValues && val.dtype().num() != kNpyFloat)
+    throw py::value_error("16-bit wire values are encoded from float32 values");
+  const size_t vbytes = value_code == kRawValues ? n * static_cast<size_t>(val.itemsize()) : 2 * n;
+  const size_t raw_ibytes = n * static_cast<size_t>(idx.itemsize());
+  size_t ibytes = raw_ibytes;
+  bool packed = false;
+  if (pack != 0) {
+    const size_t pb = inum == kNpyInt32 ? gtopk::packed_index_bytes(static_cast<const int32_t*>(idx.data()), n)
+                                        : gtopk::packed_index_bytes(static_cast<const int64_t*>(idx.data()), n);
+    packed = pack == 1 || pb < raw_ibytes;
+    if (packed) ibytes = pb;
+  }
+  std::vector<uint8_t> out(ibytes + vbytes);
+  std::vector<float> back(rounded && value_code != kRawValues ? n : 0);
+  int scale = 0;
+  {
+    py::gil_scoped_release nogil;
+    if (!packed) {
+      std::memcpy(out.data(), idx.data(), ibytes);
+    } else if (inum == kNpyInt32) {
+      gtopk::encode_indices(static_cast<const int32_t*>(idx.data()), n, out.data());
+    } else {
+      gtopk::encode_indices(static_cast<const int64_t*>(idx.data()), n, out.data());
+    }
+    uint8_t* vo = out.data() + ibytes;
+    const float* vf = static_cast<const float*>(val.data());
+    if (value_code == kRawValues) {
+      std::memcpy(vo, val.data(), vbytes);
+    } else {
+      std::vector<uint16_t> h(n);
+      if (value_code == kBF16) {
+        for (size_t j = 0; j < n; ++j) h[j] = gtopk::to_bf16(vf[j]);
+        if (!back.empty())
+          for (size_t j = 0; j < n; ++j) back[j] = gtopk::from_bf16(h[j]);
+      } else {
+        scale = gtopk::fp16_scale(vf, n);
+        gtopk::encode_fp16(vf, n, scale, h.data());
+        if (!back.empty()) gtopk::decode_fp16(h.data(), n, scale, back.data());
+      }
+      std::memcpy(vo, h.data(), 2 * n);
+    }
+  }
+  if (back.empty()) return py::make_tuple(own(std::move(out)), ibytes, scale, packed, py::none(), py::none());
+  std::vector<float> err(n);
+  const float* vf = static_cast<const float*>(val.data());
+  for (size_t j = 0; j < n; ++j) {
+    const float e = vf[j] - back[j];
+    err[j] = std::isfinite(e) ? e : 0.0f;
+  }
+  return py::make_tuple(own(std::move(out)), ibytes, scale, packed, own(std::move(back)), own(std::move(err)));
+}
+
+// The inverse: (indices, values: float32 for 16-bit codes, else `dtype`). Indices (packed
+// when `packed`) must be < limit; the body holds exactly these entries plus `tail` bytes.
+py::tuple decode_entries(const py::array& body, size_t n, bool packed, size_t index_bytes, bool idx64, int value_code,
+                         int scale, const py::dtype& dtype, uint64_t limit, size_t tail) {
+  check_1d_contiguous(body, "body");
+  const size_t isize = idx64 ? 8 : 4;
+  const size_t vsize = value_code == kRawValues ? static_cast<size_t>(dtype.itemsize()) : 2;
+  const size_t have = static_cast<size_t>(body.size()) * static_cast<size_t>(body.itemsize());
+  if ((!packed && index_bytes != n * isize) || have != index_bytes + n * vsize + tail)
+    throw py::value_error("message size does not match its header");
+  const uint8_t* in = static_cast<const uint8_t*>(body.data());
+  std::vector<int64_t> idx64v(idx64 ? n : 0);
+  std::vector<int32_t> idx32v(idx64 ? 0 : n);
+  std::vector<uint8_t> raw(value_code == kRawValues ? n * vsize : 0);
+  std::vector<float> vals(value_code == kRawValues ? 0 : n);
+  {
+    py::gil_scoped_release nogil;
+    if (packed && idx64) {
+      gtopk::decode_indices(in, index_bytes, n, limit, idx64v.data());
+    } else if (packed) {
+      gtopk::decode_indices(in, index_bytes, n, limit, idx32v.data());
+    } else {
+      std::memcpy(idx64 ? static_cast<void*>(idx64v.data()) : static_cast<void*>(idx32v.data()), in, index_bytes);
+    }
+    const uint8_t* vi = in + index_bytes;
+    if (value_code == kRawValues) {
+      std::memcpy(raw.data(), vi, n * vsize);
+    } else {
+      std::vector<uint16_t> h(n);
+      std::memcpy(h.data(), vi, 2 * n);
+      if (value_code == kBF16) {
+        for (size_t j = 0; j < n; ++j) vals[j] = gtopk::from_bf16(h[j]);
+      } else {
+        gtopk::decode_fp16(h.data(), n, scale, vals.data());
+      }
+    }
+  }
+  py::object idx = idx64 ? own(std::move(idx64v)) : own(std::move(idx32v));
+  py::object val = value_code == kRawValues ? own(std::move(raw)).attr("view")(dtype) : own(std::move(vals));
+  return py::make_tuple(idx, val);
 }
 
 py::array isin_sorted(const py::array& a, const py::array& b) {
@@ -250,8 +378,19 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("select_topk_ef", &select_topk_ef, py::arg("residual"), py::arg("x"), py::arg("k"), py::arg("threads") = 1,
           "Fused error feedback: residual += x in place (one pass), then the top-k of the new residual.");
   mod.def("merge_topk", &merge_topk, py::arg("idx_a"), py::arg("val_a"), py::arg("idx_b"), py::arg("val_b"),
-          py::arg("k"),
-          "Union of two index-ascending sparse sets, values summed at equal indices, then top-k by |value|.");
+          py::arg("k"), py::arg("tags_a") = py::none(), py::arg("tags_b") = py::none(),
+          "Union of two index-ascending sparse sets, values summed at equal indices (uint32 tags OR-ed), then\n"
+          "top-k by |value|. Returns (indices, values), or (indices, values, tags) when tags are given.");
+  mod.def("encode_entries", &encode_entries, py::arg("indices"), py::arg("values"), py::arg("value_code"),
+          py::arg("pack") = -1, py::arg("rounded") = false,
+          "Wire payload of a sparse set: indices raw or as packed gaps (pack: 1, 0, -1 = whichever is smaller),\n"
+          "values raw or 16-bit (value_code 1: bfloat16, 2: float16 scaled by 2^scale). Returns (payload uint8,\n"
+          "index_bytes, scale, packed, decoded, errors): with `rounded` and a 16-bit code, the float32 values the\n"
+          "receiver decodes and values - decoded (0 where not finite), else None, None.");
+  mod.def("decode_entries", &decode_entries, py::arg("body"), py::arg("count"), py::arg("packed"),
+          py::arg("index_bytes"), py::arg("idx64"), py::arg("value_code"), py::arg("scale"), py::arg("dtype"),
+          py::arg("limit"), py::arg("tail") = 0,
+          "Inverse of encode_entries: (indices, values) of a payload (16-bit values come back as float32).");
   mod.def("isin_sorted", &isin_sorted, py::arg("a"), py::arg("b"),
           "Boolean mask over a: a[j] occurs in b (both strictly ascending).");
   mod.def("sample_plan", &sample_plan, py::arg("m"), py::arg("k"),

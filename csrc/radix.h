@@ -8,29 +8,35 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
-#include <vector>
+#include <algorithm>
 
 #include "numeric.h"
 #include "select_plan.h"
 
 namespace gtopk {
 
-// keys: n canonical keys (< 2^kBits), 1 <= k <= n.
+// Continue a radix select from state st at digit `first` over the keys still in play
+// (keys not matching st's prefix are skipped); returns the k-th key and its ties.
 template <class T>
-KthKey<key_of<T>> kth_largest_key(const key_of<T>* keys, size_t n, size_t k) {
+KthKey<key_of<T>> kth_largest_key_from(const key_of<T>* keys, size_t n, RadixState<key_of<T>> st, int first) {
   using U = key_of<T>;
-  RadixState<U> st{0, 0, k};
-  std::vector<uint32_t> hist(size_t{1} << kRadixBits);
-  for (int d = 0;; ++d) {
+  uint32_t hist[size_t{1} << kRadixBits];
+  for (int d = first;; ++d) {
     const RadixDigit dg = radix_digit(Num<T>::kBits, d);
-    std::fill(hist.begin(), hist.end(), 0u);
+    std::fill(hist, hist + (size_t{1} << kRadixBits), 0u);
     for (size_t j = 0; j < n; ++j) {
       const U key = keys[j];
       if ((key & st.mask) == st.prefix) ++hist[(key >> dg.shift) & dg.mask];
     }
-    radix_pick(hist.data(), dg, st);
+    radix_pick(hist, dg, st);
     if (dg.last) return st.kth();
   }
+}
+
+// keys: n canonical keys (< 2^kBits), 1 <= k <= n.
+template <class T>
+KthKey<key_of<T>> kth_largest_key(const key_of<T>* keys, size_t n, size_t k) {
+  return kth_largest_key_from<T>(keys, n, RadixState<key_of<T>>{0, 0, k}, 0);
 }
 
 }  // namespace gtopk

@@ -63,13 +63,14 @@ CHECKED_FIELDS = (
     ("k", "k"),
     ("average", "average"),
     ("values", "values mode"),
+    ("wire", "wire"),
 )
 
 
 def _field_text(field: str, value: int) -> str:
     if field == "dtype":
         return wire.dtype_name(value) or "invalid"
-    for name, table in (("values", wire.VALUE_MODES), ("op", wire.OPS)):
+    for name, table in (("values", wire.VALUE_MODES), ("op", wire.OPS), ("wire", wire.WIRES)):
         if field == name:
             return next((key for key, code in table.items() if code == value), "invalid")
     if field in ("average", "align"):

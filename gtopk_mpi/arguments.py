@@ -34,11 +34,15 @@ def resolve_k(m: int, k: int | None, density: float | None) -> int:
 
 
 def check_sparse(space: Any, x: Any, k: int | None, density: float | None, residual: Any | None,
-                 values: str) -> tuple[int, str]:
+                 values: str, wire_format: str = "fp32") -> tuple[int, str]:
     """(k, dtype name) of a sparse collective's arguments on this rank (x in ``space``)."""
     dtype = space.check(x, "x", space.sparse_dtypes)
     if values not in wire.VALUE_MODES:
         raise ValueError(f"values must be 'merged' or 'exact', got {values!r}")
+    if wire_format not in wire.WIRES:
+        raise ValueError(f"wire must be one of {', '.join(map(repr, wire.WIRES))}, got {wire_format!r}")
+    if wire_format != "fp32" and dtype not in ("float32", "float16"):
+        raise ValueError(f"wire={wire_format!r} sends float32 values in 16 bits; x is {dtype}")
     kk = resolve_k(len(x), k, density)
     if residual is not None:
         space.check(residual, "residual", space.sparse_dtypes)

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from . import arguments, runtime, spaces, wire
+from . import arguments, runtime, spaces
+from . import wire as wire_format
 from .agreement import Error, local_error
 from .butterfly import agree, begin, start
 from .results import CommStats, SparseResult
@@ -44,7 +45,7 @@ def dense_allreduce(x: Any, average: bool = False, comm: Any = None) -> Any:
         seq = begin(link, "dense_allreduce")
         err, checked = local_error(link, check)
         xs, dtype = checked if err is None else (None, None)
-        agree(link, wire.make_header(op="dense_allreduce", seq=seq, m=-1 if err else len(xs), k=0, count=0,
+        agree(link, wire_format.make_header(op="dense_allreduce", seq=seq, m=-1 if err else len(xs), k=0, count=0,
                                      rank=link.rank, dtype=dtype, average=average, values="merged"), err)
         out = reduce_agreed(link, space, xs)
         return space.wrap(space.scale_average(out, link.size) if average else out)
@@ -59,33 +60,41 @@ def reduce_agreed(link: Any, space: Any, xs: Any, op: str = "sum") -> Any:
 
 
 def topk_allreduce(x: Any, k: int | None = None, density: float | None = None, average: bool = False,
-                   residual: Any = None, comm: Any = None, align: bool = False) -> SparseResult:
+                   residual: Any = None, comm: Any = None, align: bool = False, wire: str = "fp32") -> SparseResult:
     """Local top-k, then an allgather of every rank's (index, value) pairs, summed.
 
     Arguments as gtopk_allreduce's. Returns the union of all ranks' k-sets (up to P*k
     entries) with values summed in a fixed pairwise order (identical on every rank).
     With ``residual`` the selection runs on residual + x and every selected entry is sent,
-    so the residual becomes zero there.
+    so the residual becomes zero there (with a 16-bit ``wire``: the rounding error).
     """
     t0 = time.perf_counter()
     link, space, stats = runtime.transport(comm), spaces.space_for(x), CommStats()
     with space.activate():
-        side, xs, rs = start("topk_allreduce", link, space, x, k, density, residual, "merged", average, align, stats)
+        side, xs, rs = start("topk_allreduce", link, space, x, k, density, residual, "merged", average, align, stats,
+                             wire)
         with stats.phase("comm"):
             if not align:  # (with align, start() ran the agreement pass)
                 side.agree()
             if side.err is not None:
                 side.err.raise_()
-            sets, p = side.space, link.size
-            payload = sets.ready(wire.pack(sets, side.idx, side.val))
-            gathered = link.allgather(payload, sets.empty)
-        size, n = len(payload), len(side.idx)
-        stats.bytes_sent = stats.bytes_received = (p - 1) * int(payload.nbytes)
+        sets, p = side.space, link.size
+        with stats.phase("merge"):  # the whole k-set as one message, values rounded as the others decode them
+            msg, _, errors = wire_format.encode(sets, side.header, side.idx, side.val, side.code,
+                                                rounded=side.code != 0)
+        with stats.phase("comm"):
+            gathered, sizes = link.allgather(msg, sets.empty)
+        stats.bytes_sent, stats.bytes_received = (p - 1) * len(msg), sum(sizes) - len(msg)
         stats.messages_sent = p - 1
         with stats.phase("merge"):
-            parts = [wire.split(sets, gathered[r * size : (r + 1) * size], n, *side.types)[:2] for r in range(p)]
+            parts, off = [], 0
+            for size in sizes:
+                buf = gathered[off : off + size]
+                parts.append(wire_format.decode(sets, buf, wire_format.header_of(sets, buf), *side.types)[:2])
+                off += size
             while len(parts) > 1:  # a fixed pairwise tree of exact unions: identical on every rank
-                nxt = [sets.merge(*parts[i], *parts[i + 1], max(1, p * n)) for i in range(0, len(parts) - 1, 2)]
+                nxt = [sets.merge(*parts[i], *parts[i + 1], max(1, p * len(side.idx)))
+                       for i in range(0, len(parts) - 1, 2)]
                 parts = nxt + parts[len(nxt) * 2 :]
             g_idx, g_val = parts[0]
             if average:
@@ -93,6 +102,8 @@ def topk_allreduce(x: Any, k: int | None = None, density: float | None = None, a
             carried = spaces.move(side.own_idx, sets, space)
             if rs is not None:
                 space.zero_at(rs, carried)
+                if errors is not None:  # every entry was sent, rounded: the rounding error stays
+                    space.add_at(rs, carried, spaces.move(errors, sets, space))
         g_idx, g_val = (spaces.move(a, sets, space) for a in (g_idx, g_val))
     stats.total_s = time.perf_counter() - t0
     return SparseResult(space.wrap(g_idx), space.wrap(g_val), int(side.header["m"][0]), stats,
@@ -121,14 +132,14 @@ def gtopk_tree_allreduce(x: Any, k: int | None = None, density: float | None = N
                 side.absorb(side.recv(me + step))
             step <<= 1
         # broadcast: the root's header first (its count or error sizes the payload), then the payload
-        sets, hb = side.space, wire.HEADER.itemsize
+        sets, hb = side.space, wire_format.HEADER.itemsize
         msg = side.message() if me == 0 else None
         head = sets.to_host(msg[:hb]).copy() if me == 0 else np.zeros(hb, np.uint8)
         with stats.phase("comm"):
             link.bcast(head, 0)
-            h = head.view(wire.HEADER)[0]
-            count = int(h["count"])
-            nbytes = count if h["error"] else count * sum(np.dtype(t).itemsize for t in side.types)
+            h = head.view(wire_format.HEADER)[0]
+            value_bytes = int(h["count"]) * np.dtype(side.types[1]).itemsize  # the tree sends raw values
+            nbytes = int(h["count"]) if h["error"] else int(h["index_bytes"]) + value_bytes
             body = msg[hb:] if me == 0 else sets.empty(nbytes)
             link.bcast(sets.ready(body), 0)
         if me == 0:
@@ -137,7 +148,7 @@ def gtopk_tree_allreduce(x: Any, k: int | None = None, density: float | None = N
             stats.bytes_received += hb + nbytes
         if h["error"]:
             Error(int(h["error"]), bytes(sets.to_host(body)).decode("utf-8", errors="replace")).raise_()
-        g_idx, g_val, _ = wire.split(sets, body, count, *side.types)
+        g_idx, g_val, _ = wire_format.decode(sets, sets.concat([sets.from_host(head), body]), h, *side.types)
         if average:
             g_val = sets.scale_average(g_val, p)
         g_idx, g_val = (spaces.move(a, sets, space) for a in (g_idx, g_val))

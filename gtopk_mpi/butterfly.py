@@ -41,38 +41,51 @@ from . import arguments, runtime, spaces, wire
 from .agreement import Error, first_mismatch, local_error
 from .results import CommStats, SparseResult
 
+OWN, FOLDED = 1, 2  # tag bits: this rank's own entries, the folded rank's; bit 2 + r: round r's rounding error
+
 
 class Butterfly:
-    """One rank's side of a collective call: its current set (or error) and the survivor
-    masks of its own entries and of a folded rank's. Sets and messages live in ``space``."""
+    """One rank's side of a collective call: its current set (or error), tags that follow
+    every entry through the merges (which hold this rank's own contribution, a folded
+    rank's, or a rounding error this rank owns) and those rounding errors. Sets and
+    messages live in ``space``."""
 
     def __init__(self, link: Any, space: Any, header: np.ndarray, idx: Any, val: Any, err: Error | None,
                  stats: CommStats):
         self.link, self.space, self.stats = link, space, stats
         self.headers_only = False      # an agreement pass: headers (or errors) alone
-        self.header = header           # this call's parameters (count is rewritten per message)
+        self.header = header           # this call's parameters
         self.k = int(header["k"][0])
         self.idx, self.val = idx, val  # current set
         self.err = err
         self.types = space.dtype_name(idx), space.dtype_name(val)
+        self.code = int(header["wire"][0]) if self.types[1] == "float32" else 0  # wire.WIRES codes = value codes
+        self.tags = space.tags(len(idx), OWN)
         self.own_idx = idx             # this rank's entries
-        self.own_alive = space.ones(len(idx))
+        self.own_alive: Any = None     # a folded rank: which of its entries the result carries
         self.folded_idx: Any = None    # entries of the rank folded into this one
-        self.folded_alive: Any = None
+        self.errors: list[tuple[int, Any, Any]] = []  # (tag bit, indices, rounding errors) this rank owns
 
     # -- messages -------------------------------------------------------------------
-    def message(self, tail: Any = None) -> Any:
-        h = self.header.copy()
+    def message(self, owner_bit: int = 0, tail: Any = None, code: int | None = None) -> Any:
+        """This rank's next message. A lossy value code rounds the set: the rank then holds
+        (and merges) the values its partner decodes; with ``owner_bit`` it owns the
+        rounding error, kept with that tag bit on the entries that carry it."""
         if self.err is not None:
             text = self.err.text.encode("utf-8")
+            h = self.header.copy()
             h["error"], h["count"] = self.err.code, len(text)
             return self.space.ready(wire.pack(self.space, h, text))
         if self.headers_only:
-            h["count"] = 0
-            return self.space.ready(wire.pack(self.space, h))
-        h["count"] = len(self.idx)
-        parts = (h, self.idx, self.val) + ((tail,) if tail is not None else ())
-        return self.space.ready(wire.pack(self.space, *parts))
+            return self.space.ready(wire.pack(self.space, self.header))
+        code = self.code if code is None else code
+        buf, rounded, errors = wire.encode(self.space, self.header, self.idx, self.val, code, tail, rounded=code != 0)
+        if rounded is not None:
+            if owner_bit:
+                self.errors.append((owner_bit, self.idx, errors))
+                self.tags = self.tags | owner_bit
+            self.val = rounded
+        return buf
 
     def _count(self, sent: Any, received: Any) -> None:
         if sent is not None:
@@ -92,67 +105,88 @@ class Butterfly:
         self._count(None, buf)
         return buf
 
-    def exchange(self, partner: int) -> Any:
-        out = self.message()
+    def exchange(self, partner: int, owner_bit: int = 0) -> Any:
+        with self.stats.phase("merge"):
+            out = self.message(owner_bit)
         with self.stats.phase("comm"):
             buf = self.link.sendrecv(out, partner, self.space.empty)
         self._count(out, buf)
         return buf
 
     # -- merging --------------------------------------------------------------------
-    def absorb(self, buf: Any) -> tuple[Any, Any] | None:
-        """Merge a partner's message into the current set (both partners end equal).
-
-        Returns the partner's (indices, values) when both sides were valid.
-        """
-        with self.stats.phase("merge"):
-            theirs = wire.header_of(self.space, buf)
-            if theirs["error"]:
-                other = Error(int(theirs["error"]), wire.error_text(self.space, buf))
-                self.err = other if self.err is None else min(self.err, other)
-                return None
-            if self.err is not None:
-                return None
+    def _check(self, buf: Any) -> np.void | None:
+        """The partner's header when both sides are valid and agree; else None (err set)."""
+        theirs = wire.header_of(self.space, buf)
+        if theirs["error"]:
+            other = Error(int(theirs["error"]), wire.error_text(self.space, buf))
+            self.err = other if self.err is None else min(self.err, other)
+            return None
+        if self.err is None:
             self.err = first_mismatch(np.array([self.header[0], theirs], dtype=wire.HEADER))
-            if self.err is not None or self.headers_only:
+        return theirs if self.err is None else None
+
+    def absorb(self, buf: Any, their_tags: int = 0) -> Any:
+        """Merge a partner's message into the current set (both partners end equal). Their
+        entries get ``their_tags``. Returns the partner's indices when both sides were valid."""
+        with self.stats.phase("merge"):
+            theirs = self._check(buf)
+            if theirs is None or self.headers_only:
                 return None
-            t_idx, t_val, _ = wire.entries(self.space, buf, int(theirs["count"]), *self.types)
-            self.idx, self.val = self.space.merge(self.idx, self.val, t_idx, t_val, self.k)
-            # an entry dropped now stays out, even if its index returns later
-            self.own_alive &= self.space.survivors(self.own_idx, self.idx)
-            if self.folded_idx is not None:
-                self.folded_alive &= self.space.survivors(self.folded_idx, self.idx)
-            return t_idx, t_val
+            try:
+                t_idx, t_val, _ = wire.decode(self.space, buf, theirs, *self.types)
+            except ValueError as e:
+                self.err = Error(1, f"rank {self.link.rank}: malformed message: {e}")
+                return None
+            tb = self.space.tags(len(t_idx), their_tags) if their_tags else None
+            self.idx, self.val, self.tags = self.space.merge(self.idx, self.val, t_idx, t_val, self.k, self.tags, tb)
+            return t_idx
 
     def run(self) -> None:
         """The fold-in, the log2(p2) exchange rounds and the fold-back, for this rank.
 
-        Afterwards idx/val hold the global k-set (or err the common error) and own_alive
-        marks which of this rank's entries the result carries.
+        Afterwards idx/val hold the global k-set (or err the common error); the entries
+        with the OWN tag carry this rank's contribution (a folded rank: own_alive).
         """
         me, p = self.link.rank, self.link.size
         p2 = 1 << (p.bit_length() - 1)  # ranks >= p2 fold into rank - p2
         if me >= p2:
-            self.send(me - p2, self.message())
-            buf = self.recv(me - p2)
-            h = wire.header_of(self.space, buf)
-            if h["error"]:
-                self.err = Error(int(h["error"]), wire.error_text(self.space, buf))
-            elif not self.headers_only:
-                self.idx, self.val, tail = wire.entries(self.space, buf, int(h["count"]), *self.types)
+            self.send(me - p2, self.message(owner_bit=1 << 2))
+            theirs = self._check(buf := self.recv(me - p2))
+            if theirs is not None and not self.headers_only:
+                self.idx, self.val, tail = wire.decode(self.space, buf, theirs, *self.types, tail=len(self.own_idx))
                 self.own_alive = self.space.view(tail, "bool")
             return
         if me + p2 < p:
-            theirs = self.absorb(self.recv(me + p2))
-            if theirs is not None:
-                self.folded_idx = theirs[0]
-                self.folded_alive = self.space.survivors(theirs[0], self.idx)
-        step = 1
+            self.folded_idx = self.absorb(self.recv(me + p2), FOLDED)
+        step, rnd = 1, 0
         while step < p2:
-            self.absorb(self.exchange(me ^ step))
-            step <<= 1
+            # the partial sum of this rank's group (ranks me - me % step ...) is rounded by
+            # its lowest rank, which owns the rounding error
+            self.absorb(self.exchange(me ^ step, owner_bit=(1 << (2 + rnd)) if me % step == 0 else 0))
+            step, rnd = step << 1, rnd + 1
         if me + p2 < p:
-            self.send(me + p2, self.message(None if self.headers_only else self.folded_alive))
+            tail = None
+            if self.folded_idx is not None and self.err is None and not self.headers_only:
+                tail = self.space.bytes_of(self.space.survivors(self.folded_idx, self.idx[(self.tags & FOLDED) != 0]))
+            self.send(me + p2, self.message(tail=tail, code=0))  # the result itself: lossless
+
+    def carried(self) -> Any:
+        """This rank's own entries whose value the result carries (in the message space)."""
+        if self.own_alive is not None:
+            return self.own_idx[self.own_alive]
+        return self.idx[(self.tags & OWN) != 0]
+
+    def rounding_errors(self) -> list[tuple[Any, Any]]:
+        """(indices, errors) of the rounding errors this rank owns whose entries reached the
+        result: they belong in its residual (the rest went back with the entries dropped)."""
+        out = []
+        for bit, idx, err in self.errors:
+            if self.own_alive is not None:  # a folded rank: its own rounding, on its carried entries
+                out.append((idx[self.own_alive], err[self.own_alive]))
+                continue
+            kept = self.idx[(self.tags & bit) != 0]
+            out.append((kept, err[self.space.survivors(idx, kept)]))
+        return out
 
     def agree(self) -> None:
         """The same schedule with headers alone: afterwards every rank holds the same error
@@ -181,7 +215,8 @@ def agree(link: Any, header: np.ndarray, err: Error | None, stats: CommStats | N
 
 
 def start(op: str, link: Any, space: Any, x: Any, k: int | None, density: float | None, residual: Any,
-          values: str, average: bool, align: bool, stats: CommStats) -> tuple[Butterfly, Any, Any]:
+          values: str, average: bool, align: bool, stats: CommStats, wire_format: str = "fp32"
+          ) -> tuple[Butterfly, Any, Any]:
     """Validate this rank's arguments, select its k-set (fused with the residual), and set
     up its side of the call in the message space. A rank with bad input starts in the
     error state with an empty set, so it still takes part in every message. With
@@ -196,7 +231,7 @@ def start(op: str, link: Any, space: Any, x: Any, k: int | None, density: float 
 
         def check():
             xs, rs = space.adopt(x), None if residual is None else space.adopt(residual)
-            return (xs, rs, *arguments.check_sparse(space, xs, k, density, rs, values))
+            return (xs, rs, *arguments.check_sparse(space, xs, k, density, rs, values, wire_format))
 
         err, checked = local_error(link, check)
         if err is None:
@@ -207,7 +242,7 @@ def start(op: str, link: Any, space: Any, x: Any, k: int | None, density: float 
             kk = 0
             idx, val = sets.empty_set()
     header = wire.make_header(op=op, seq=seq, m=-1 if err else len(xs), k=kk, count=len(idx), rank=link.rank,
-                              dtype=dtype, average=average, values=values, align=align)
+                              dtype=dtype, average=average, values=values, align=align, wire=wire_format)
     side = Butterfly(link, sets, header, idx, val, err, stats)
     if align:
         with stats.phase("skew"):
@@ -216,8 +251,8 @@ def start(op: str, link: Any, space: Any, x: Any, k: int | None, density: float 
 
 
 def gtopk_allreduce(x: Any, k: int | None = None, density: float | None = None, average: bool = False,
-                    residual: Any = None, values: str = "merged", comm: Any = None, align: bool = False
-                    ) -> SparseResult:
+                    residual: Any = None, values: str = "merged", comm: Any = None, align: bool = False,
+                    wire: str = "fp32") -> SparseResult:
     """Global top-k sparse allreduce (butterfly gTopKAllReduce); see the module docstring.
 
     Every rank passes a contiguous 1-D ``x`` of the same length and dtype (NumPy
@@ -225,7 +260,9 @@ def gtopk_allreduce(x: Any, k: int | None = None, density: float | None = None, 
     (entries, >= 1) or ``density`` (rho in (0, 1], k = max(1, ceil(rho * m))), ``average``,
     ``values`` ("merged" or "exact") and, if any, a ``residual`` like x (same memory;
     updated in place). Returns a SparseResult with at most k entries, bit-identical on
-    every rank, in x's memory. k >= m gives the dense sum. ``comm``: an mpi4py
+    every rank, in x's memory. k >= m gives the dense sum. ``wire``: how values travel
+    ("fp32": in x's dtype, lossless; "bf16" / "fp16": 16 bits for float32 x, see the module
+    docstring); indices travel packed when that is smaller. ``comm``: an mpi4py
     communicator or a Transport (default: init()'s). ``align`` (benchmarks): a barrier
     between selection and the first message, so ``stats.comm_s`` measures the network,
     not slower ranks' selection (that wait goes to ``stats.skew_s``).
@@ -233,7 +270,8 @@ def gtopk_allreduce(x: Any, k: int | None = None, density: float | None = None, 
     t0 = time.perf_counter()
     link, space, stats = runtime.transport(comm), spaces.space_for(x), CommStats()
     with space.activate():
-        bf, xs, rs = start("gtopk_allreduce", link, space, x, k, density, residual, values, average, align, stats)
+        bf, xs, rs = start("gtopk_allreduce", link, space, x, k, density, residual, values, average, align, stats,
+                           wire)
         if not (align and bf.err is not None):  # (after align's agreement pass an error is everyone's)
             bf.run()
         if bf.err is not None:
@@ -246,9 +284,11 @@ def gtopk_allreduce(x: Any, k: int | None = None, density: float | None = None, 
             with stats.phase("comm"):
                 g_val = sets.allreduce(link, g_val)
         with stats.phase("merge"):
-            carried = g_idx if values == "exact" else spaces.move(bf.own_idx[bf.own_alive], sets, space)
+            carried = g_idx if values == "exact" else spaces.move(bf.carried(), sets, space)
             if rs is not None:
                 space.zero_at(rs, carried)
+                for e_idx, e_val in bf.rounding_errors() if values == "merged" else ():
+                    space.add_at(rs, spaces.move(e_idx, sets, space), spaces.move(e_val, sets, space))
             if average:
                 g_val = sets.scale_average(g_val, link.size)
         g_val = spaces.move(g_val, sets, space)

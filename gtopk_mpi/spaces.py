@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import config, cuda, selection
+from . import _C, config, cuda, selection
 
 
 class Space(Protocol):
@@ -34,7 +34,10 @@ class Space(Protocol):
     buffers uint8; dtypes named as NumPy and torch name them ("float32", ...). Kernels:
     ``select`` is the top-min(k, m) of x (of residual + x, residual updated in place,
     when given); ``merge`` the union of two sets summed at equal indices, then its top k
-    (symmetric); ``survivors`` the mask over ``mine`` of the indices ``kept`` holds.
+    (symmetric), carrying uint32 tags (OR-ed at equal indices) when given; ``survivors``
+    the mask over ``mine`` of the indices ``kept`` holds; ``encode`` / ``decode`` the wire
+    payload of a set (wire.py; ``encode`` returns (payload, index_bytes, scale, packed,
+    the values the receiver decodes if ``rounded``)).
     ``allreduce`` returns a new array reduced over the ranks of ``link`` (float16 in
     float32, rounded once); ``scale_average`` divides by p, rounded once (integers:
     floor). ``check`` returns x's dtype name or raises ValueError naming the problem.
@@ -48,10 +51,15 @@ class Space(Protocol):
     def dtype_name(self, a: Any) -> str: ...
     def activate(self) -> AbstractContextManager[None]: ...  # the data's device (and caller's stream) current
     def select(self, x: Any, k: int, residual: Any | None) -> tuple[Any, Any]: ...
-    def merge(self, ia: Any, va: Any, ib: Any, vb: Any, k: int) -> tuple[Any, Any]: ...
+    def merge(self, ia: Any, va: Any, ib: Any, vb: Any, k: int, ta: Any = None, tb: Any = None) -> tuple: ...
+    def encode(self, idx: Any, val: Any, code: int, rounded: bool) -> tuple: ...
+    def decode(self, body: Any, count: int, packed: bool, index_bytes: int, idx64: bool, code: int, scale: int,
+               dtype: str, limit: int) -> tuple[Any, Any]: ...
     def survivors(self, mine: Any, kept: Any) -> Any: ...
     def gather(self, a: Any, ids: Any) -> Any: ...
     def zero_at(self, residual: Any, ids: Any) -> None: ...
+    def add_at(self, residual: Any, ids: Any, vals: Any) -> None: ...  # residual[ids] += vals (ids distinct)
+    def tags(self, n: int, bits: int) -> Any: ...  # n tags (uint32 on the host) set to bits
     def to_dense(self, idx: Any, val: Any, m: int) -> Any: ...
     def empty(self, nbytes: int) -> Any: ...
     def empty_set(self) -> tuple[Any, Any]: ...
@@ -91,8 +99,15 @@ class HostSpace:
             return selection.select_topk_ef(residual, x, k)
         return selection.select_topk(x, k)
 
-    def merge(self, ia, va, ib, vb, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return selection.merge_topk(ia, va, ib, vb, k)
+    def merge(self, ia, va, ib, vb, k: int, ta=None, tb=None) -> tuple:
+        return _C.merge_topk(ia, va, ib, vb, int(k), ta, tb)
+
+    def encode(self, idx: np.ndarray, val: np.ndarray, code: int, rounded: bool) -> tuple:
+        return _C.encode_entries(idx, val, code, -1, rounded)
+
+    def decode(self, body: np.ndarray, count: int, packed: bool, index_bytes: int, idx64: bool, code: int,
+               scale: int, dtype: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        return _C.decode_entries(body, count, packed, index_bytes, idx64, code, scale, np.dtype(dtype), limit)
 
     def survivors(self, mine: np.ndarray, kept: np.ndarray) -> np.ndarray:
         return selection.survivors(mine, kept)
@@ -102,6 +117,12 @@ class HostSpace:
 
     def zero_at(self, residual: np.ndarray, ids: np.ndarray) -> None:
         residual[ids] = 0
+
+    def add_at(self, residual: np.ndarray, ids: np.ndarray, vals: np.ndarray) -> None:
+        residual[ids] += vals.astype(residual.dtype, copy=False)
+
+    def tags(self, n: int, bits: int) -> np.ndarray:
+        return np.full(n, bits, np.uint32)
 
     def to_dense(self, idx: np.ndarray, val: np.ndarray, m: int) -> np.ndarray:
         out = np.zeros(m, val.dtype)

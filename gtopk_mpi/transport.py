@@ -36,8 +36,8 @@ class Transport(Protocol):
     calls (every rank counts alike; checked in message headers); ``recv`` takes the next
     message from ``source`` into ``alloc(nbytes)``; ``sendrecv`` is one butterfly round;
     ``allreduce`` (op: sum, min, max, prod) and ``bcast`` work in place; ``allgather``
-    concatenates every rank's equal-size byte buffer in rank order, ``allgatherv`` every
-    rank's counts[rank] elements into ``out``."""
+    concatenates every rank's byte buffer in rank order and returns it with the sizes,
+    ``allgatherv`` every rank's counts[rank] elements into ``out``."""
 
     rank: int
     size: int
@@ -48,7 +48,7 @@ class Transport(Protocol):
     def probe_any(self, alloc: Alloc) -> tuple[int, Any] | None: ...  # a waiting message, if any: (source, buf)
     def sendrecv(self, buf: Any, peer: int, alloc: Alloc) -> Any: ...
     def allreduce(self, buf: Any, op: str = "sum") -> None: ...
-    def allgather(self, buf: Any, alloc: Alloc) -> Any: ...
+    def allgather(self, buf: Any, alloc: Alloc) -> tuple[Any, list[int]]: ...
     def allgatherv(self, buf: Any, counts: list[int], out: Any) -> None: ...
     def bcast(self, buf: Any, root: int) -> None: ...
     def allgather_obj(self, obj: Any) -> list[Any]: ...
@@ -139,10 +139,13 @@ class MpiTransport:
     def allreduce(self, buf: Any, op: str = "sum") -> None:
         self._wait(self.comm.Iallreduce(MPI.IN_PLACE, buf, op=_OPS[op]))
 
-    def allgather(self, buf: Any, alloc: Alloc) -> Any:
-        out = alloc(self.size * len(buf))
-        self._wait(self.comm.Iallgather([buf, MPI.BYTE], [out, MPI.BYTE]))
-        return out
+    def allgather(self, buf: Any, alloc: Alloc) -> tuple[Any, list[int]]:
+        sizes = np.zeros(self.size, np.int64)
+        self._wait(self.comm.Iallgather(np.array([len(buf)], np.int64), sizes))
+        out = alloc(int(sizes.sum()))
+        counts = [int(n) for n in sizes]
+        self._wait(self.comm.Iallgatherv([buf, MPI.BYTE], [out, counts, MPI.BYTE]))
+        return out, counts
 
     def allgatherv(self, buf: Any, counts: list[int], out: Any) -> None:
         self._wait(self.comm.Iallgatherv(buf, [out, counts]))
@@ -151,11 +154,7 @@ class MpiTransport:
         self._wait(self.comm.Ibcast(buf, root=root), root)
 
     def allgather_obj(self, obj: Any) -> list[Any]:
-        data = np.frombuffer(pickle.dumps(obj), np.uint8)
-        sizes = np.zeros(self.size, np.int64)
-        self._wait(self.comm.Iallgather(np.array([data.size], np.int64), sizes))
-        out = np.empty(int(sizes.sum()), np.uint8)
-        self.allgatherv(data, [int(n) for n in sizes], out)
+        out, sizes = self.allgather(np.frombuffer(pickle.dumps(obj), np.uint8), lambda n: np.empty(n, np.uint8))
         ends = np.cumsum(sizes)
         return [pickle.loads(out[e - n : e].tobytes()) for n, e in zip(sizes, ends)]
 

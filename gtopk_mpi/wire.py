@@ -2,15 +2,23 @@
 
 One message per butterfly round::
 
-    header (48 bytes) | indices (count x int32 or int64) | values (count x dtype) | tail
+    header (56 bytes) | indices | values | tail
 
-``tail`` carries, on the last message to a folded rank, that rank's survivor mask
-(one byte per entry it contributed). A message whose header has ``error != 0``
-carries instead the UTF-8 text of the error (``count`` is then its length in bytes). A
-header alone (``count`` 0) is an agreement message: the collectives without pairwise
-data agree through the same butterfly of headers. The header lets every receiver check
-that both sides run the same call (see agreement.py) before it touches the payload. The
-allgather Top-k sends the payload alone (indices | values).
+Indices are raw int32/int64 or, when that is smaller (nearly always), packed gaps: blocks
+of 32 gaps between consecutive indices, each block in the bit width of its largest gap
+(csrc/codec.h; ~12 bits per entry for a ResNet-50 gradient at density 0.001). Values are
+raw (the vector's dtype) or, with ``wire="bf16"`` / ``"fp16"`` for float32 vectors, 16
+bits each: bfloat16, or float16 after scaling by a power of two 2^scale chosen per
+message (no underflow, and the scaling is exact). The header records which encoding
+each message uses, so the receiver decodes without guessing.
+
+``tail`` carries, on the last message to a folded rank, that rank's survivor mask (one
+byte per entry it contributed). A message whose header has ``error != 0`` carries instead
+the UTF-8 text of the error (``count`` is then its length in bytes). A header alone
+(``count`` 0) is an agreement message: the collectives without pairwise data agree
+through the same butterfly of headers. The header lets every receiver check that both
+sides run the same call (see agreement.py) before it touches the payload. The allgather
+Top-k sends header-less payloads.
 
 Messages are packed and read in any memory space (spaces.py): only the header (and an
 error's text) is ever copied to the host to be read.
@@ -26,24 +34,30 @@ from . import _C
 
 HEADER = np.dtype(
     [
-        ("seq", "<i8"),      # call number on this transport
-        ("m", "<i8"),        # dense length
-        ("k", "<i8"),        # entries kept per round
-        ("count", "<i8"),    # entries in this message (error: text bytes)
-        ("rank", "<i4"),     # sender
-        ("dtype", "u1"),     # value dtype: gtopk_mpi._C.DType (0: none)
+        ("seq", "<i8"),          # call number on this transport
+        ("m", "<i8"),            # dense length
+        ("k", "<i8"),            # entries kept per round
+        ("count", "<i8"),        # entries in this message (error: text bytes)
+        ("index_bytes", "<i8"),  # bytes of the indices in this message
+        ("rank", "<i4"),         # sender
+        ("dtype", "u1"),         # value dtype: gtopk_mpi._C.DType (0: none)
         ("average", "u1"),
-        ("values", "u1"),    # VALUE_MODES
-        ("error", "u1"),     # agreement.Error code (0: none)
-        ("op", "u1"),        # OPS: which collective
-        ("align", "u1"),     # align=True (benchmarks): an agreement pass before the data
-        ("reserved", "u1", (6,)),
+        ("values", "u1"),        # VALUE_MODES
+        ("error", "u1"),         # agreement.Error code (0: none)
+        ("op", "u1"),            # OPS: which collective
+        ("align", "u1"),         # align=True (benchmarks): an agreement pass before the data
+        ("wire", "u1"),          # WIRES: the value encoding the call asked for
+        ("value_code", "u1"),    # this message's values: 0 raw, 1 bfloat16, 2 float16 scaled by 2^scale
+        ("packed", "u1"),        # this message's indices: 0 raw, 1 packed gaps
+        ("scale", "i1"),
+        ("reserved", "u1", (2,)),
     ]
 )
-assert HEADER.itemsize == 48
+assert HEADER.itemsize == 56
 
 VALUE_MODES = {"merged": 0, "exact": 1}
 OPS = {"gtopk_allreduce": 1, "topk_allreduce": 2, "dense_allreduce": 3, "gtopk_tree_allreduce": 4}
+WIRES = {"fp32": 0, "bf16": 1, "fp16": 2}
 
 
 def dtype_code(name: str | None) -> int:
@@ -57,12 +71,13 @@ def dtype_name(code: int) -> str | None:
 
 
 def make_header(*, op: str, seq: int, m: int, k: int, count: int, rank: int, dtype: str | None, average: bool,
-                values: str, align: bool = False, error: int = 0) -> np.ndarray:
+                values: str, align: bool = False, wire: str = "fp32", error: int = 0) -> np.ndarray:
     h = np.zeros(1, HEADER)
     h["op"], h["seq"], h["m"], h["k"], h["count"], h["rank"] = OPS[op], seq, m, k, count, rank
     h["dtype"] = dtype_code(dtype)
     h["average"], h["align"] = bool(average), bool(align)
     h["values"] = VALUE_MODES.get(values, 255)
+    h["wire"] = WIRES.get(wire, 255)
     h["error"] = error
     return h
 
@@ -81,20 +96,37 @@ def pack(space: Any, *parts: Any) -> Any:
     return space.concat(chunks)
 
 
+def encode(space: Any, header: np.ndarray, idx: Any, val: Any, code: int, tail: Any = None,
+           rounded: bool = False) -> tuple[Any, Any, Any]:
+    """A data message of the set (idx, val) with values encoded per ``code``: (buffer, and
+    when ``rounded`` and the code is lossy, the float32 values the receiver will decode and
+    the rounding errors val - decoded, 0 where not finite; else None, None)."""
+    payload, index_bytes, scale, packed, back, err = space.encode(idx, val, code, rounded)
+    h = header.copy()
+    h["count"], h["index_bytes"], h["value_code"], h["packed"], h["scale"] = len(idx), index_bytes, code, packed, scale
+    parts = (h, payload) + ((tail,) if tail is not None else ())
+    return space.ready(pack(space, *parts)), back, err
+
+
 def header_of(space: Any, buf: Any) -> np.void:
     return space.to_host(buf[: HEADER.itemsize]).view(HEADER)[0]
 
 
+def decode(space: Any, buf: Any, h: np.void, idx_dtype: str, val_dtype: str, tail: int = 0) -> tuple[Any, Any, Any]:
+    """(indices, values, the last ``tail`` bytes) of a data message whose header is ``h``;
+    16-bit values come back as float32. ValueError if the message is malformed."""
+    body = buf[HEADER.itemsize :]
+    end = len(body) - tail
+    idx, val = space.decode(body[:end], int(h["count"]), bool(h["packed"]), int(h["index_bytes"]),
+                            idx_dtype == "int64", int(h["value_code"]), int(h["scale"]), val_dtype, int(h["m"]))
+    return idx, val, body[end:]
+
+
 def split(space: Any, body: Any, count: int, idx_dtype: str, val_dtype: str) -> tuple[Any, Any, Any]:
-    """(indices, values, the rest) of a payload of ``count`` entries."""
+    """(indices, values, the rest) of a raw payload of ``count`` entries."""
     ni = count * np.dtype(idx_dtype).itemsize
     nv = count * np.dtype(val_dtype).itemsize
     return space.view(body[:ni], idx_dtype), space.view(body[ni : ni + nv], val_dtype), body[ni + nv :]
-
-
-def entries(space: Any, buf: Any, count: int, idx_dtype: str, val_dtype: str) -> tuple[Any, Any, Any]:
-    """(indices, values, tail) of a message that is not an error."""
-    return split(space, buf[HEADER.itemsize :], count, idx_dtype, val_dtype)
 
 
 def error_text(space: Any, buf: Any) -> str:

@@ -77,6 +77,11 @@ for step in range(3):
     b = g.gtopk_allreduce(x.numpy(), k=k, values="exact", average=True)
     assert same(a.indices, b.indices) and same(a.values, b.values)
 
+    r16_gpu, r16_cpu = dev(torch.zeros(m)), np.zeros(m, np.float32)  # 16-bit wire: rounding errors kept alike
+    a = g.gtopk_allreduce(dev(x), k=k, residual=r16_gpu, wire="bf16")
+    b = g.gtopk_allreduce(x.numpy(), k=k, residual=r16_cpu, wire="bf16")
+    assert same(a.indices, b.indices) and same(a.values, b.values) and same(r16_gpu, r16_cpu)
+
     a = g.topk_allreduce(dev(x), k=k, residual=tres_gpu, average=True)
     b = g.topk_allreduce(x.numpy(), k=k, residual=tres_cpu, average=True)
     assert a.values.device.type == DEV and same(a.indices, b.indices) and same(a.values, b.values)
@@ -90,8 +95,8 @@ if EMULATED or config.TEST_CUDA_AWARE.get():  # device buffers straight to MPI
     tres_gpu, tres_cpu = torch.zeros(m, device=DEV), np.zeros(m, np.float32)
     for step in range(2):
         x = torch.randn(m, generator=torch.Generator().manual_seed(1000 * step + r))
-        a = g.gtopk_allreduce(dev(x), k=k, residual=res_gpu, average=True)
-        b = g.gtopk_allreduce(x.numpy(), k=k, residual=res_cpu, average=True)
+        a = g.gtopk_allreduce(dev(x), k=k, residual=res_gpu, average=True, wire="fp16" if step else "fp32")
+        b = g.gtopk_allreduce(x.numpy(), k=k, residual=res_cpu, average=True, wire="fp16" if step else "fp32")
         assert a.values.device.type == DEV and same(a.indices, b.indices) and same(a.values, b.values)
         assert same(res_gpu, res_cpu) and same(a.carried, b.carried)
         a = g.gtopk_allreduce(dev(x).half(), k=k, values="exact")

@@ -53,15 +53,129 @@ def merge(a, b, k: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     return topk(np.array(keys, dtype=np.int64), np.array([table[i] for i in keys], dtype=dtype), k)
 
 
+# ---- wire codecs (gtopk_mpi/wire.py, csrc/codec.h) ---------------------------------------
+
+
+def round_bf16(v: np.ndarray) -> np.ndarray:
+    """float32 values as they arrive through bfloat16: nearest even, NaN -> quiet NaN."""
+    u = np.asarray(v, np.float32).view(np.uint32).astype(np.uint64)
+    kept = (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32)
+    kept[np.isnan(v)] = 0x7FC00000
+    return kept.view(np.float32)
+
+
+def fp16_scale(v: np.ndarray) -> int:
+    """s with the largest finite |v| * 2^s in [2^14, 2^15), clipped to [-24, 40] (0: none)."""
+    finite = np.abs(v[np.isfinite(v)])
+    if finite.size == 0 or finite.max() == 0:
+        return 0
+    return int(np.clip(15 - math.frexp(float(finite.max()))[1], -24, 40))
+
+
+def round_fp16(v: np.ndarray) -> np.ndarray:
+    """float32 values as they arrive through float16 scaled by 2^s."""
+    s = fp16_scale(v)
+    with np.errstate(over="ignore"):
+        out = (v * np.float32(2.0**s)).astype(np.float16).astype(np.float32) * np.float32(2.0**-s)
+    out[np.isnan(v)] = np.float32("nan")
+    return out.astype(np.float32)
+
+
+def wire_round(v: np.ndarray, wire: str) -> np.ndarray:
+    """What a receiver decodes of values v sent with ``wire`` (only float32 is rounded)."""
+    if wire == "fp32" or v.dtype != np.float32:
+        return v
+    return round_bf16(v) if wire == "bf16" else round_fp16(v)
+
+
+def pack_gaps(indices) -> bytes:
+    """Packed gaps of ascending indices: blocks of 32, a width byte, then w-bit gaps LSB first."""
+    out = bytearray()
+    prev = -1
+    idx = [int(i) for i in indices]
+    for b in range(0, len(idx), 32):
+        gaps = []
+        for i in idx[b : b + 32]:
+            gaps.append(i - prev - 1)
+            prev = i
+        w = max(gaps).bit_length()
+        out.append(w)
+        bits = sum(g << (w * j) for j, g in enumerate(gaps))
+        out += bits.to_bytes((len(gaps) * w + 7) // 8, "little")
+    return bytes(out)
+
+
+def unpack_gaps(data: bytes, n: int) -> list[int]:
+    out, pos, prev = [], 0, -1
+    for b in range(0, n, 32):
+        length = min(32, n - b)
+        w = data[pos]
+        nbytes = (length * w + 7) // 8
+        bits = int.from_bytes(data[pos + 1 : pos + 1 + nbytes], "little")
+        for j in range(length):
+            prev = prev + 1 + ((bits >> (w * j)) & ((1 << w) - 1))
+            out.append(prev)
+        pos += 1 + nbytes
+    return out
+
+
+def index_bytes(indices, itemsize: int = 4) -> int:
+    """Bytes the indices take on the wire: packed when that is smaller."""
+    return min(len(pack_gaps(indices)), len(indices) * itemsize)
+
+
+# ---- the collectives ----------------------------------------------------------------------
+
+
+def merge_tracked(a, b, k: int, dtype):
+    """merge() of (indices, values, pending) sets, where pending[j] maps a rank to the rounding
+    error it owns on entry j: the maps follow their entries (joined at equal indices) and are
+    dropped with them."""
+    ia, va, pa = a
+    ib, vb, pb = b
+    table = {int(i): (np.array(v, dtype=dtype), dict(p)) for i, v, p in zip(ia, va, pa)}
+    for i, v, p in zip(ib, vb, pb):
+        if int(i) in table:
+            w, q = table[int(i)]
+            table[int(i)] = (add(w, v, dtype), {**q, **p})
+        else:
+            table[int(i)] = (np.array(v, dtype=dtype), dict(p))
+    keys = sorted(table)
+    idx, val = topk(np.array(keys, dtype=np.int64), np.array([table[i][0] for i in keys], dtype=dtype), k)
+    return idx, val, [table[int(i)][1] for i in idx]
+
+
+def rounding_error(v, back):
+    """v - back in float32, 0 where that is not finite (an infinity or NaN travels as itself)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.float32(v) - np.float32(back)
+    return e if np.isfinite(e) else np.float32(0)
+
+
+def sent(state, owner: int, wire: str):
+    """A set as its partner receives it; the rounding error, if any, owned by ``owner``
+    (pending[j][owner]: that rank's errors on entry j, in the order they arose)."""
+    idx, val, pend = state
+    back = wire_round(val, wire)
+    if back is val:
+        return state
+    pend = [{**p, owner: [*p.get(owner, []), rounding_error(v, r)]} for p, v, r in zip(pend, val, back)]
+    return idx, back, pend
+
+
 def gtopk(xs: list[np.ndarray], k: int, residuals: list[np.ndarray] | None = None,
-          values: str = "merged", average: bool = False):
+          values: str = "merged", average: bool = False, wire: str = "fp32", trace: dict | None = None):
     """The butterfly gTop-k over P = len(xs) ranks, simulated one rank after another.
 
     Returns (indices, values, residuals_after). Ranks p2 + i (p2 = largest power of
-    two <= P) fold into rank i first; each round r merges rank q with q XOR 2^r.
-    A rank's entry counts as carried only while it survives every merge of its group.
-    In ``exact`` mode values are summed in rank order (equal to MPI's sum only when
-    the arithmetic is exact, e.g. integer-valued floats).
+    two <= P) fold into rank i first; each round r merges rank q with q XOR 2^r. A set
+    sent with a 16-bit ``wire`` arrives rounded (both partners merge what arrives), and
+    the lowest rank of the group whose set it is owns the rounding error: it goes back
+    into that rank's residual if the entry reaches the result. A rank's entry counts as
+    carried only while it survives every merge of its group. In ``exact`` mode values
+    are summed in rank order (equal to MPI's sum only when the arithmetic is exact, e.g.
+    integer-valued floats). ``trace``, if given, receives for each rank the index sets it
+    sends, with its fold-back message last (marked by the tail length it carries).
     """
     p = len(xs)
     dtype = xs[0].dtype
@@ -70,22 +184,32 @@ def gtopk(xs: list[np.ndarray], k: int, residuals: list[np.ndarray] | None = Non
     alive = [set(int(i) for i in own[q][0]) for q in range(p)]
     p2 = 1 << (p.bit_length() - 1)
     host = [q if q < p2 else q - p2 for q in range(p)]
-    state = {q: own[q] for q in range(p2)}
+    state = {q: (*own[q], [{} for _ in own[q][0]]) for q in range(p2)}
 
     def track() -> None:
         for q in range(p):
             alive[q] &= set(int(i) for i in state[host[q]][0])
 
+    log = trace if trace is not None else {}
+    for q in range(p):
+        log[q] = []
     for q in range(p2, p):
-        state[q - p2] = merge(state[q - p2], own[q], k, dtype)
+        log[q].append((own[q][0], 0))
+        state[q - p2] = merge_tracked(state[q - p2], sent((*own[q], [{} for _ in own[q][0]]), q, wire), k, dtype)
     if p > p2:
         track()
     step = 1
     while step < p2:
-        state = {q: merge(state[min(q, q ^ step)], state[max(q, q ^ step)], k, dtype) for q in range(p2)}
+        for q in range(p2):
+            log[q].append((state[q][0], 0))
+        groups = {q: sent(state[q], q, wire) for q in range(0, p2, step)}  # keyed by each group's lowest rank
+        state = {q: merge_tracked(groups[min(q, q ^ step) & ~(step - 1)], groups[max(q, q ^ step) & ~(step - 1)],
+                                  k, dtype) for q in range(p2)}
         track()
         step <<= 1
-    g_idx, g_val = state[0]
+    g_idx, g_val, g_pend = state[0]
+    for q in range(p2, p):
+        log[q - p2].append((g_idx, len(own[q][0])))
     if values == "exact":
         g_val = np.array([sum_in_order([acc[i] for acc in accs], dtype) for i in g_idx], dtype=dtype)
     after = []
@@ -93,6 +217,11 @@ def gtopk(xs: list[np.ndarray], k: int, residuals: list[np.ndarray] | None = Non
         r = accs[q].copy()
         r[g_idx if values == "exact" else sorted(alive[q])] = 0
         after.append(r)
+    if values == "merged":
+        for i, pend in zip(g_idx, g_pend):
+            for q, errs in pend.items():
+                for err in errs:
+                    after[q][i] = add(after[q][i], err, dtype)
     if average:
         g_val = divide(g_val, p)
     return g_idx, g_val, after
@@ -124,18 +253,25 @@ def divide(vals: np.ndarray, p: int) -> np.ndarray:
     return vals / vals.dtype.type(p)
 
 
-def topk_allgather(xs: list[np.ndarray], k: int, average: bool = False):
-    """TopKAllReduce: union of every rank's top-k, values summed (in rank order)."""
+def topk_allgather(xs: list[np.ndarray], k: int, average: bool = False, wire: str = "fp32"):
+    """TopKAllReduce: union of every rank's top-k (as it arrives through ``wire``), values
+    summed in a fixed pairwise tree of unions (rank 0 with 1, 2 with 3, ..., then the
+    results the same way). Returns (indices, values, each rank's rounding errors at its own
+    entries: what its residual keeps there)."""
     dtype = xs[0].dtype
-    table: dict[int, list] = {}
+    parts, errors = [], []
     for x in xs:
-        for i, v in zip(*select(x, k)):
-            table.setdefault(int(i), []).append(v)
-    keys = sorted(table)
-    vals = np.array([sum_in_order(table[i], dtype) for i in keys], dtype=dtype)
+        idx, val = select(x, k)
+        back = wire_round(val, wire)
+        parts.append((idx, back))
+        errors.append((idx, np.array([rounding_error(v, r) for v, r in zip(val, back)], dtype=dtype)))
+    while len(parts) > 1:
+        nxt = [merge(parts[i], parts[i + 1], 10**12, dtype) for i in range(0, len(parts) - 1, 2)]
+        parts = nxt + parts[len(nxt) * 2 :]
+    keys, vals = parts[0]
     if average:
         vals = divide(vals, len(xs))
-    return np.array(keys, dtype=np.int64), vals
+    return np.asarray(keys, dtype=np.int64), vals, errors
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _C
 from . import kernels as K
 
 
@@ -50,8 +51,36 @@ class DeviceSpace:
     def select(self, x, k: int, residual):
         return K.select_topk(x, k, residual)
 
-    def merge(self, ia, va, ib, vb, k: int):
-        return K.merge_topk(ia, va, ib, vb, k)
+    def merge(self, ia, va, ib, vb, k: int, ta=None, tb=None):
+        idx, val = K.merge_topk(ia, va, ib, vb, k)
+        if ta is None and tb is None:
+            return idx, val
+        tags = self._tags_at(idx, ia, ta) | self._tags_at(idx, ib, tb)
+        return idx, val, tags
+
+    @staticmethod
+    def _tags_at(idx, src_idx, src_tags):
+        """The tags of src at the indices of idx (0 where src lacks the index or has no tags)."""
+        torch = K.torch_module()
+        if src_tags is None or len(src_idx) == 0:
+            return torch.zeros(len(idx), dtype=torch.int64, device=idx.device)
+        pos = torch.searchsorted(src_idx, idx).clamp(max=len(src_idx) - 1)
+        found = src_idx[pos] == idx
+        return torch.where(found, src_tags[pos].long(), torch.zeros_like(pos))
+
+    # the wire codec of host memory, staged: only the k pairs cross PCIe (see wire.py)
+    def encode(self, idx, val, code: int, rounded: bool):
+        from_host = self.from_host
+        payload, index_bytes, scale, packed, back, err = _C.encode_entries(self.to_host(idx), self.to_host(val), code,
+                                                                            -1, rounded)
+        staged = (None, None) if back is None else (from_host(back), from_host(err))
+        return from_host(payload), index_bytes, scale, packed, *staged
+
+    def decode(self, body, count: int, packed: bool, index_bytes: int, idx64: bool, code: int, scale: int,
+               dtype: str, limit: int):
+        idx, val = _C.decode_entries(self.to_host(body), count, packed, index_bytes, idx64, code, scale,
+                                     np.dtype(dtype), limit)
+        return self.from_host(idx), self.from_host(val)
 
     def survivors(self, mine, kept):
         return K.torch_module().isin(mine, kept)
@@ -62,6 +91,13 @@ class DeviceSpace:
     def zero_at(self, residual, ids) -> None:
         if len(ids):
             K.kernels().zero_at(ids, residual)
+
+    def add_at(self, residual, ids, vals) -> None:
+        residual.index_add_(0, ids.long(), vals.to(residual.dtype))
+
+    def tags(self, n: int, bits: int):
+        torch = K.torch_module()
+        return torch.full((n,), bits, dtype=torch.int64, device=self.device)
 
     def to_dense(self, idx, val, m: int):
         return self.wrap(K.to_dense(self.adopt(idx), self.adopt(val), m))
