@@ -26,63 +26,63 @@ constexpr size_t kGapBlock = 32;
 
 inline unsigned bit_width(uint64_t v) { return v == 0 ? 0u : 64u - static_cast<unsigned>(__builtin_clzll(v)); }
 
-// Bytes encode_indices writes for these n indices (strictly ascending, checked).
-template <class I>
-size_t packed_index_bytes(const I* idx, size_t n) {
-  size_t bytes = 0;
-  uint64_t prev = ~uint64_t{0};  // so that g0 = i0
-  for (size_t b = 0; b < n; b += kGapBlock) {
-    const size_t len = n - b < kGapBlock ? n - b : kGapBlock;
-    uint64_t all = 0;
-    for (size_t j = b; j < b + len; ++j) {
-      const uint64_t cur = static_cast<uint64_t>(idx[j]);
-      if (idx[j] < 0 || (j > 0 && !(idx[j - 1] < idx[j])))
-        throw std::invalid_argument("indices must be non-negative and strictly ascending");
-      all |= cur - prev - 1;
-      prev = cur;
-    }
-    bytes += 1 + (len * bit_width(all) + 7) / 8;
-  }
-  return bytes;
-}
+// An upper bound of encode_indices' output for n indices.
+inline size_t max_packed_bytes(size_t n) { return n * 8 + (n + kGapBlock - 1) / kGapBlock; }
 
-// Writes the packed gaps of n indices to out (packed_index_bytes(idx, n) bytes).
+// Writes the packed gaps of n strictly ascending, non-negative indices to out (at most
+// max_packed_bytes(n) bytes); returns the bytes written.
 template <class I>
 size_t encode_indices(const I* idx, size_t n, uint8_t* out) {
   uint8_t* o = out;
-  uint64_t prev = ~uint64_t{0};
+  uint64_t prev = ~uint64_t{0};  // so that g0 = i0
   uint64_t gaps[kGapBlock];
+  bool bad = false;
   for (size_t b = 0; b < n; b += kGapBlock) {
     const size_t len = n - b < kGapBlock ? n - b : kGapBlock;
     uint64_t all = 0;
     for (size_t j = 0; j < len; ++j) {
-      const uint64_t cur = static_cast<uint64_t>(idx[b + j]);
+      const I i = idx[b + j];
+      const uint64_t cur = static_cast<uint64_t>(i);
+      bad |= i < 0 || (b + j > 0 && cur <= prev);
       gaps[j] = cur - prev - 1;
       all |= gaps[j];
       prev = cur;
     }
     const unsigned w = bit_width(all);
     *o++ = static_cast<uint8_t>(w);
-    // bit accumulator: at most 63 pending bits plus one w-bit gap
-    unsigned __int128 acc = 0;
-    unsigned have = 0;
-    for (size_t j = 0; j < len; ++j) {
-      acc |= static_cast<unsigned __int128>(gaps[j]) << have;
-      have += w;
-      while (have >= 64) {
-        const uint64_t word = static_cast<uint64_t>(acc);
-        std::memcpy(o, &word, 8);
-        o += 8;
-        acc >>= 64;
-        have -= 64;
+    if (w <= 32) {  // 64-bit accumulator, 32 bits out at a time
+      uint64_t acc = 0;
+      unsigned have = 0;
+      for (size_t j = 0; j < len; ++j) {
+        acc |= gaps[j] << have;
+        have += w;
+        if (have >= 32) {
+          const uint32_t word = static_cast<uint32_t>(acc);
+          std::memcpy(o, &word, 4);
+          o += 4;
+          acc >>= 32;
+          have -= 32;
+        }
       }
-    }
-    while (have > 0) {
-      *o++ = static_cast<uint8_t>(acc);
-      acc >>= 8;
-      have = have > 8 ? have - 8 : 0;
+      for (; have > 0; have = have > 8 ? have - 8 : 0, acc >>= 8) *o++ = static_cast<uint8_t>(acc);
+    } else {  // wide gaps (int64 indices): a 128-bit accumulator
+      unsigned __int128 acc = 0;
+      unsigned have = 0;
+      for (size_t j = 0; j < len; ++j) {
+        acc |= static_cast<unsigned __int128>(gaps[j]) << have;
+        have += w;
+        while (have >= 64) {
+          const uint64_t word = static_cast<uint64_t>(acc);
+          std::memcpy(o, &word, 8);
+          o += 8;
+          acc >>= 64;
+          have -= 64;
+        }
+      }
+      for (; have > 0; have = have > 8 ? have - 8 : 0, acc >>= 8) *o++ = static_cast<uint8_t>(acc);
     }
   }
+  if (bad) throw std::invalid_argument("indices must be non-negative and strictly ascending");
   return static_cast<size_t>(o - out);
 }
 
@@ -93,6 +93,7 @@ void decode_indices(const uint8_t* in, size_t nbytes, size_t n, uint64_t limit, 
   const uint8_t* p = in;
   const uint8_t* end = in + nbytes;
   uint64_t prev = ~uint64_t{0};
+  uint8_t block[kGapBlock * 8 + 16];  // one block, padded so that 8-byte reads stay inside
   for (size_t b = 0; b < n; b += kGapBlock) {
     const size_t len = n - b < kGapBlock ? n - b : kGapBlock;
     if (p >= end) throw std::invalid_argument("packed indices: buffer too short");
@@ -100,21 +101,25 @@ void decode_indices(const uint8_t* in, size_t nbytes, size_t n, uint64_t limit, 
     if (w > 64) throw std::invalid_argument("packed indices: bad block width");
     const size_t block_bytes = (len * w + 7) / 8;
     if (static_cast<size_t>(end - p) < block_bytes) throw std::invalid_argument("packed indices: buffer too short");
+    std::memcpy(block, p, block_bytes);
+    std::memset(block + block_bytes, 0, 16);
     const uint64_t mask = w == 64 ? ~uint64_t{0} : (uint64_t{1} << w) - 1;
-    size_t bit = 0;
-    for (size_t j = 0; j < len; ++j, bit += w) {
-      uint64_t gap = 0;
-      if (w > 0) {  // gather w bits starting at `bit` (at most 9 bytes)
-        const size_t first = bit / 8, last = (bit + w - 1) / 8;
-        unsigned __int128 window = 0;
-        for (size_t q = first; q <= last; ++q) window |= static_cast<unsigned __int128>(p[q]) << (8 * (q - first));
-        gap = static_cast<uint64_t>(window >> (bit % 8)) & mask;
+    uint64_t cur = prev;
+    bool bad = false;
+    for (size_t j = 0, bit = 0; j < len; ++j, bit += w) {
+      uint64_t word;
+      std::memcpy(&word, block + bit / 8, 8);
+      uint64_t gap = (word >> (bit % 8)) & mask;
+      if (w + bit % 8 > 64) {  // widths above 57 bits: the gap spills into a ninth byte
+        gap |= (static_cast<uint64_t>(block[bit / 8 + 8]) << (64 - bit % 8)) & mask;
       }
-      const uint64_t cur = prev + 1 + gap;
-      if (cur < prev + 1 || cur >= limit) throw std::invalid_argument("packed indices: index out of range");
+      const uint64_t next = cur + 1 + gap;
+      bad |= next < cur + 1 || next >= limit;
+      cur = next;
       idx[b + j] = static_cast<I>(cur);
-      prev = cur;
     }
+    if (bad) throw std::invalid_argument("packed indices: index out of range");
+    prev = cur;
     p += block_bytes;
   }
   if (p != end) throw std::invalid_argument("packed indices: trailing bytes");

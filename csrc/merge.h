@@ -7,31 +7,33 @@
 // magnitude key, ties to the lower index, indices ascending. merge(a, b) and merge(b, a)
 // give bit-identical indices and values.
 //
-// On the critical path of every round, so in few passes over memory that stays in cache:
-// (1) the union, computing each entry's key and the histogram of the radix select's top
-// digit on the way; (2) the k-th key: the top digit from that histogram, the remaining
-// digits by radix select over only the keys in the chosen bucket; (3) one ordered write.
+// On the critical path of every round, so in three passes over memory that stays in
+// cache: (1) the union, branch-free, as four independent merges of disjoint index ranges
+// interleaved (their dependency chains overlap in the core), then closed up; (2) the k-th
+// key: a threshold bracket from 1024 sampled keys, then an exact radix select over the
+// keys inside the bracket only (over every key when the sample misleads); (3) one
+// branch-free ordered write of the keys above it and the lowest-index ties.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "numeric.h"
 #include "radix.h"
-#include "select_plan.h"
 
 namespace gtopk {
 
 template <class I>
 void check_ascending(const I* idx, size_t n, const char* name) {
-  for (size_t j = 1; j < n; ++j) {
-    if (!(idx[j - 1] < idx[j])) {
-      throw std::invalid_argument(std::string(name) + " indices must be strictly ascending");
-    }
-  }
+  int bad = 0;
+  for (size_t j = 1; j < n; ++j) bad |= idx[j - 1] >= idx[j];
+  if (bad) throw std::invalid_argument(std::string(name) + " indices must be strictly ascending");
 }
 
 // Scratch of one thread, reused across calls (no page faults on the hot path).
@@ -41,8 +43,121 @@ struct MergeScratch {
   std::vector<T> val;
   std::vector<uint32_t> tag;
   std::vector<key_of<T>> key;
-  std::vector<key_of<T>> cand;
 };
+
+// One output entry: a's or b's, chosen with bit masks (which set comes next is random: no
+// branch for the predictor to guess wrong), or at an index both hold, their sum (rare
+// between ranks' top-k sets, so that branch is predictable).
+template <class T, class I, bool kTags>
+inline void union_step(size_t& p, size_t& q, size_t& o, const I* ia, const T* va, const uint32_t* ta, const I* ib,
+                       const T* vb, const uint32_t* tb, I* ui, T* uv, uint32_t* ut) {
+  using B = key_of<T>;  // T's bits
+  const I a = ia[p], b = ib[q];
+  if (__builtin_expect(a == b, 0)) {
+    ui[o] = a;
+    uv[o] = merge_sum<T>(va[p], vb[q]);
+    if constexpr (kTags) ut[o] = ta[p] | tb[q];
+    ++p, ++q, ++o;
+    return;
+  }
+  const bool take_a = a < b;
+  const B pa = static_cast<B>(B{0} - B{take_a});
+  uv[o] = Num<T>::from_bits(static_cast<B>((Num<T>::bits(va[p]) & pa) | (Num<T>::bits(vb[q]) & ~pa)));
+  const I pick_a = static_cast<I>(I{0} - static_cast<I>(take_a));
+  ui[o] = static_cast<I>((a & pick_a) | (b & ~pick_a));
+  if constexpr (kTags) ut[o] = (ta[p] & (0u - take_a)) | (tb[q] & (0u - !take_a));
+  p += take_a;
+  q += !take_a;
+  ++o;
+}
+
+// Finish one lane: the rest of a[p, pe) and b[q, qe) from o.
+template <class T, class I, bool kTags>
+void union_tail(size_t p, size_t pe, size_t q, size_t qe, size_t o, const I* ia, const T* va, const uint32_t* ta,
+                const I* ib, const T* vb, const uint32_t* tb, I* ui, T* uv, uint32_t* ut, size_t* end) {
+  while (p < pe && q < qe) union_step<T, I, kTags>(p, q, o, ia, va, ta, ib, vb, tb, ui, uv, ut);
+  for (; p < pe; ++p, ++o) {
+    ui[o] = ia[p], uv[o] = va[p];
+    if constexpr (kTags) ut[o] = ta[p];
+  }
+  for (; q < qe; ++q, ++o) {
+    ui[o] = ib[q], uv[o] = vb[q];
+    if constexpr (kTags) ut[o] = tb[q];
+  }
+  *end = o;
+}
+
+// The union of a and b into (ui, uv, ut); returns its size. Four merges of disjoint index
+// ranges (a split at its quartiles, b where those indices fall), interleaved step by step
+// while all four run (their dependency chains overlap in the core), finished one by one,
+// then moved together.
+template <class T, class I, bool kTags>
+size_t sparse_union(const I* ia, const T* va, const uint32_t* ta, size_t na, const I* ib, const T* vb,
+                    const uint32_t* tb, size_t nb, I* ui, T* uv, uint32_t* ut) {
+  size_t ea[4], eb[4];
+  for (int l = 0; l < 4; ++l) {
+    ea[l] = l == 3 ? na : na * (l + 1) / 4;
+    eb[l] = l == 3 || ea[l] == na ? nb : static_cast<size_t>(std::lower_bound(ib, ib + nb, ia[ea[l]]) - ib);
+  }
+  const size_t b0 = 0, b1 = ea[0] + eb[0], b2 = ea[1] + eb[1], b3 = ea[2] + eb[2];
+  size_t p0 = 0, q0 = 0, o0 = b0, p1 = ea[0], q1 = eb[0], o1 = b1;
+  size_t p2 = ea[1], q2 = eb[1], o2 = b2, p3 = ea[2], q3 = eb[2], o3 = b3;
+  while (p0 < ea[0] && q0 < eb[0] && p1 < ea[1] && q1 < eb[1] && p2 < ea[2] && q2 < eb[2] && p3 < ea[3] &&
+         q3 < eb[3]) {
+    union_step<T, I, kTags>(p0, q0, o0, ia, va, ta, ib, vb, tb, ui, uv, ut);
+    union_step<T, I, kTags>(p1, q1, o1, ia, va, ta, ib, vb, tb, ui, uv, ut);
+    union_step<T, I, kTags>(p2, q2, o2, ia, va, ta, ib, vb, tb, ui, uv, ut);
+    union_step<T, I, kTags>(p3, q3, o3, ia, va, ta, ib, vb, tb, ui, uv, ut);
+  }
+  size_t ends[4];
+  union_tail<T, I, kTags>(p0, ea[0], q0, eb[0], o0, ia, va, ta, ib, vb, tb, ui, uv, ut, &ends[0]);
+  union_tail<T, I, kTags>(p1, ea[1], q1, eb[1], o1, ia, va, ta, ib, vb, tb, ui, uv, ut, &ends[1]);
+  union_tail<T, I, kTags>(p2, ea[2], q2, eb[2], o2, ia, va, ta, ib, vb, tb, ui, uv, ut, &ends[2]);
+  union_tail<T, I, kTags>(p3, ea[3], q3, eb[3], o3, ia, va, ta, ib, vb, tb, ui, uv, ut, &ends[3]);
+  const size_t begins[4] = {b0, b1, b2, b3};
+  size_t out = 0;
+  for (int l = 0; l < 4; ++l) {
+    const size_t len = ends[l] - begins[l];
+    if (out != begins[l]) {
+      std::memmove(ui + out, ui + begins[l], len * sizeof(I));
+      std::memmove(uv + out, uv + begins[l], len * sizeof(T));
+      if constexpr (kTags) std::memmove(ut + out, ut + begins[l], len * sizeof(uint32_t));
+    }
+    out += len;
+  }
+  return out;
+}
+
+// The k-th largest magnitude key of uv[0..n) (k < n) and how many keys equal to it are in
+// the top k.
+template <class T>
+KthKey<key_of<T>> kth_key_of_union(const T* uv, size_t n, size_t k, std::vector<key_of<T>>& keys) {
+  using U = key_of<T>;
+  constexpr size_t kSample = 1024;
+  keys.resize(n);
+  if (n >= 8 * kSample) {
+    U sample[kSample];
+    for (size_t s = 0; s < kSample; ++s) sample[s] = mag_key<T>(uv[s * n / kSample]);
+    const double r = static_cast<double>(k) * kSample / static_cast<double>(n);
+    const double margin = 4.0 * std::sqrt(r * (1.0 - static_cast<double>(k) / static_cast<double>(n))) + 8.0;
+    const size_t r_hi = r > margin ? static_cast<size_t>(r - margin) : 0;
+    const size_t r_lo = std::min(kSample - 1, static_cast<size_t>(r + margin));
+    std::nth_element(sample, sample + r_hi, sample + kSample, std::greater<U>());
+    const U hi = sample[r_hi];
+    std::nth_element(sample + r_hi, sample + r_lo, sample + kSample, std::greater<U>());
+    const U lo = sample[r_lo];
+    size_t above = 0, c = 0;
+    for (size_t j = 0; j < n; ++j) {  // branch-free: keys inside [lo, hi] to the candidates
+      const U key = mag_key<T>(uv[j]);
+      above += key > hi;
+      keys[c] = key;
+      c += key >= lo && key <= hi;
+    }
+    if (above < k && above + c >= k) return kth_largest_key<T>(keys.data(), c, k - above);
+  }
+  for (size_t j = 0; j < n; ++j) keys[j] = mag_key<T>(uv[j]);
+  return kth_largest_key<T>(keys.data(), n, k);
+}
 
 // Top-min(k, |union|) of the union; returns the count written (callers size the outputs
 // min(k, na + nb)). Tags may be null (none on that side; out_tag may be null too).
@@ -54,73 +169,44 @@ size_t merge_topk(const I* ia, const T* va, const uint32_t* ta, size_t na, const
   check_ascending<I>(ia, na, "first");
   check_ascending<I>(ib, nb, "second");
   thread_local MergeScratch<T, I> s;
-  const size_t cap = na + nb;
-  s.idx.resize(cap);
-  s.val.resize(cap);
-  s.tag.resize(cap);
-  s.key.resize(cap);
-  const RadixDigit top = radix_digit(Num<T>::kBits, 0);
-  uint32_t hist[size_t{1} << kRadixBits] = {};
-  I* ui = s.idx.data();
-  T* uv = s.val.data();
-  uint32_t* ut = s.tag.data();
-  U* uk = s.key.data();
-  // (1) union, branch-free: the order of two random index sets is unpredictable
-  size_t p = 0, q = 0, o = 0;
-  while (p < na && q < nb) {
-    const I a = ia[p], b = ib[q];
-    const bool take_a = a <= b, take_b = b <= a;
-    const T both = merge_sum<T>(va[p], vb[q]);
-    const T v = take_a ? (take_b ? both : va[p]) : vb[q];
-    const uint32_t tg = (take_a && ta ? ta[p] : 0u) | (take_b && tb ? tb[q] : 0u);
-    const U key = mag_key<T>(v);
-    ui[o] = take_a ? a : b;
-    uv[o] = v;
-    ut[o] = tg;
-    uk[o] = key;
-    ++hist[key >> top.shift];
-    p += take_a;
-    q += take_b;
-    ++o;
+  const bool tagged = out_tag != nullptr;
+  s.idx.resize(na + nb);
+  s.val.resize(na + nb);
+  s.tag.resize(tagged ? na + nb : 0);
+  thread_local std::vector<uint32_t> zeros;
+  const uint32_t* pta = ta;
+  const uint32_t* ptb = tb;
+  if (tagged && (!ta || !tb)) {  // a side without tags: zeros
+    zeros.assign(std::max(na, nb), 0u);
+    if (!pta) pta = zeros.data();
+    if (!ptb) ptb = zeros.data();
   }
-  for (; p < na; ++p, ++o) {
-    ui[o] = ia[p], uv[o] = va[p], ut[o] = ta ? ta[p] : 0u, uk[o] = mag_key<T>(va[p]);
-    ++hist[uk[o] >> top.shift];
-  }
-  for (; q < nb; ++q, ++o) {
-    ui[o] = ib[q], uv[o] = vb[q], ut[o] = tb ? tb[q] : 0u, uk[o] = mag_key<T>(vb[q]);
-    ++hist[uk[o] >> top.shift];
-  }
-  const size_t n = o;
+  const size_t n = tagged ? sparse_union<T, I, true>(ia, va, pta, na, ib, vb, ptb, nb, s.idx.data(), s.val.data(),
+                                                     s.tag.data())
+                          : sparse_union<T, I, false>(ia, va, nullptr, na, ib, vb, nullptr, nb, s.idx.data(),
+                                                      s.val.data(), nullptr);
+  const I* ui = s.idx.data();
+  const T* uv = s.val.data();
+  const uint32_t* ut = s.tag.data();
   if (k >= n) {
     std::copy(ui, ui + n, out_idx);
     std::copy(uv, uv + n, out_val);
-    if (out_tag) std::copy(ut, ut + n, out_tag);
+    if (tagged) std::copy(ut, ut + n, out_tag);
     return n;
   }
-  // (2) the k-th key: top digit from the histogram, the rest over that bucket's keys only
-  RadixState<U> st{0, 0, k};
-  radix_pick(hist, top, st);
-  KthKey<U> kth = st.kth();
-  if (!top.last) {
-    s.cand.clear();
-    for (size_t j = 0; j < n; ++j)
-      if ((uk[j] & st.mask) == st.prefix) s.cand.push_back(uk[j]);
-    kth = kth_largest_key_from<T>(s.cand.data(), s.cand.size(), st, 1);
-  }
-  // (3) keys above the k-th, then the lowest-index ties, in index order
+  const KthKey<U> kth = kth_key_of_union<T>(uv, n, k, s.key);
+  // keys above the k-th, then the lowest-index ties, in index order; branch-free, each
+  // slot rewritten until an entry is kept (the loop ends on the k-th kept entry)
   uint64_t ties = kth.ties;
   size_t w = 0;
-  for (size_t j = 0; j < n && w < k; ++j) {
-    const U key = uk[j];
-    const bool tie = key == kth.key;
-    if (key > kth.key || (tie && ties > 0)) {
-      ties -= tie;
-      out_idx[w] = ui[j];
-      out_val[w] = uv[j];
-      if (out_tag) out_tag[w] = ut[j];
-      ++w;
-    }
+  for (size_t j = 0; w < k && j < n; ++j) {
+    const U key = mag_key<T>(uv[j]);
+    const uint64_t tie = static_cast<uint64_t>(key == kth.key) & static_cast<uint64_t>(ties != 0);
+    out_idx[w] = ui[j];
+    out_val[w] = uv[j];
+    if (tagged) out_tag[w] = ut[j];
+    ties -= tie;
+    w += static_cast<uint64_t>(key > kth.key) | tie;
   }
   if (w != k) throw std::logic_error("gtopk: merge produced a wrong count");
   return k;

@@ -184,51 +184,47 @@ py::tuple encode_entries(const py::array& idx, const py::array& val, int value_c
     throw py::value_error("16-bit wire values are encoded from float32 values");
   const size_t vbytes = value_code == kRawValues ? n * static_cast<size_t>(val.itemsize()) : 2 * n;
   const size_t raw_ibytes = n * static_cast<size_t>(idx.itemsize());
+  thread_local std::vector<uint8_t> scratch;  // the packed indices, until their size is known
+  std::vector<uint8_t> out;
+  std::vector<float> back(rounded && value_code != kRawValues ? n : 0), err(back.size());
   size_t ibytes = raw_ibytes;
   bool packed = false;
-  if (pack != 0) {
-    const size_t pb = inum == kNpyInt32 ? gtopk::packed_index_bytes(static_cast<const int32_t*>(idx.data()), n)
-                                        : gtopk::packed_index_bytes(static_cast<const int64_t*>(idx.data()), n);
-    packed = pack == 1 || pb < raw_ibytes;
-    if (packed) ibytes = pb;
-  }
-  std::vector<uint8_t> out(ibytes + vbytes);
-  std::vector<float> back(rounded && value_code != kRawValues ? n : 0);
   int scale = 0;
   {
     py::gil_scoped_release nogil;
-    if (!packed) {
-      std::memcpy(out.data(), idx.data(), ibytes);
-    } else if (inum == kNpyInt32) {
-      gtopk::encode_indices(static_cast<const int32_t*>(idx.data()), n, out.data());
-    } else {
-      gtopk::encode_indices(static_cast<const int64_t*>(idx.data()), n, out.data());
+    if (pack != 0) {
+      scratch.resize(gtopk::max_packed_bytes(n));
+      const size_t pb = inum == kNpyInt32
+                            ? gtopk::encode_indices(static_cast<const int32_t*>(idx.data()), n, scratch.data())
+                            : gtopk::encode_indices(static_cast<const int64_t*>(idx.data()), n, scratch.data());
+      packed = pack == 1 || pb < raw_ibytes;
+      if (packed) ibytes = pb;
     }
+    out.resize(ibytes + vbytes);
+    std::memcpy(out.data(), packed ? scratch.data() : idx.data(), ibytes);
     uint8_t* vo = out.data() + ibytes;
     const float* vf = static_cast<const float*>(val.data());
     if (value_code == kRawValues) {
       std::memcpy(vo, val.data(), vbytes);
     } else {
-      std::vector<uint16_t> h(n);
+      std::vector<uint16_t> hv(n);
       if (value_code == kBF16) {
-        for (size_t j = 0; j < n; ++j) h[j] = gtopk::to_bf16(vf[j]);
+        for (size_t j = 0; j < n; ++j) hv[j] = gtopk::to_bf16(vf[j]);
         if (!back.empty())
-          for (size_t j = 0; j < n; ++j) back[j] = gtopk::from_bf16(h[j]);
+          for (size_t j = 0; j < n; ++j) back[j] = gtopk::from_bf16(hv[j]);
       } else {
         scale = gtopk::fp16_scale(vf, n);
-        gtopk::encode_fp16(vf, n, scale, h.data());
-        if (!back.empty()) gtopk::decode_fp16(h.data(), n, scale, back.data());
+        gtopk::encode_fp16(vf, n, scale, hv.data());
+        if (!back.empty()) gtopk::decode_fp16(hv.data(), n, scale, back.data());
       }
-      std::memcpy(vo, h.data(), 2 * n);
+      std::memcpy(vo, hv.data(), 2 * n);
+      for (size_t j = 0; j < back.size(); ++j) {
+        const float e = vf[j] - back[j];
+        err[j] = std::isfinite(e) ? e : 0.0f;
+      }
     }
   }
   if (back.empty()) return py::make_tuple(own(std::move(out)), ibytes, scale, packed, py::none(), py::none());
-  std::vector<float> err(n);
-  const float* vf = static_cast<const float*>(val.data());
-  for (size_t j = 0; j < n; ++j) {
-    const float e = vf[j] - back[j];
-    err[j] = std::isfinite(e) ? e : 0.0f;
-  }
   return py::make_tuple(own(std::move(out)), ibytes, scale, packed, own(std::move(back)), own(std::move(err)));
 }
 

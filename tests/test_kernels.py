@@ -163,6 +163,33 @@ def test_merge_against_reference_and_symmetric(merge, dtype, overlap):
         assert np.array_equal(got[0], swapped[0]) and ref.same_bits(got[1], swapped[1])
 
 
+@pytest.mark.parametrize("case", ["normal", "ties", "overlap", "constant", "spikes", "cancel"])
+@pytest.mark.parametrize("k", [1, 700, 12_000, 19_999])
+def test_large_merges_take_the_sampled_threshold_and_stay_exact(case, k):
+    """Unions of 8,192 entries and more find the k-th key from a sample bracket (falling back
+    to every key when the sample misleads): against the reference, and symmetric."""
+    rng = np.random.default_rng(hash(case) % 2**32)
+    a, b = sparse(rng, 200_000, 10_000, np.float32), sparse(rng, 200_000, 10_000, np.float32)
+    if case == "ties":
+        a, b = (a[0], np.round(a[1] * 2) / 2), (b[0], np.round(b[1] * 2) / 2)
+    elif case == "overlap":  # half the indices shared
+        b = (np.unique(np.concatenate([a[0][::2], b[0][: 5_000]])), None)
+        b = (b[0], rng.standard_normal(len(b[0])).astype(np.float32))
+    elif case == "constant":
+        a, b = (a[0], np.full(10_000, 0.5, np.float32)), (b[0], np.full(10_000, -0.5, np.float32))
+    elif case == "spikes":  # a few huge values, where a stride sample rarely looks
+        a[1][::997] = 1e6
+    elif case == "cancel":  # shared indices whose values cancel to exactly 0
+        b = (a[0].copy(), -a[1])
+    got = merge_topk(*a, *b, k)
+    want = ref.merge(a, b, k, np.float32)
+    assert np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
+    back = merge_topk(*b, *a, k)
+    assert np.array_equal(back[0], got[0]) and ref.same_bits(back[1], got[1])
+    tags = _C.merge_topk(*a, *b, k, np.arange(len(a[0]), dtype=np.uint32), None)
+    assert np.array_equal(tags[0], got[0]) and ref.same_bits(tags[1], got[1])
+
+
 def test_merge_rejects_unsorted_and_mixed():
     i = np.array([3, 1], np.int32)
     v = np.ones(2, np.float32)
