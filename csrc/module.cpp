@@ -270,6 +270,84 @@ py::tuple decode_entries(const py::array& body, size_t n, bool packed, size_t in
   return py::make_tuple(idx, val);
 }
 
+// ---- error feedback after an exchange ---------------------------------------------------
+// residual[i] = 0 for the entries (idx, tags) holding `own` (this rank's contribution the
+// result carries), then residual[i] += err for each (bit, idx_r, err_r) in `errors`, in
+// order, at the entries holding `bit` (the rounding errors this rank owns that reached the
+// result; idx_r ascending and containing them). Returns the carried indices.
+template <class T, class I>
+py::array settle_typed(py::array& residual, const py::array& idx, const py::array& tags, uint32_t own_bit,
+                       const py::list& errors) {
+  struct Record {
+    uint32_t bit;
+    const I* idx;
+    const T* err;
+    size_t n, at;
+  };
+  std::vector<Record> recs;
+  for (const auto& item : errors) {
+    const py::tuple rec = item.cast<py::tuple>();
+    const py::array ir = rec[1].cast<py::array>();
+    const py::array er = rec[2].cast<py::array>();
+    if (ir.dtype().num() != idx.dtype().num() || er.dtype().num() != residual.dtype().num() || ir.size() != er.size())
+      throw py::value_error("settle: an error record does not match the set");
+    recs.push_back({rec[0].cast<uint32_t>(), static_cast<const I*>(ir.data()), static_cast<const T*>(er.data()),
+                    static_cast<size_t>(ir.size()), 0});
+  }
+  T* r = static_cast<T*>(residual.mutable_data());
+  const I* ix = static_cast<const I*>(idx.data());
+  const uint32_t* tg = static_cast<const uint32_t*>(tags.data());
+  const size_t n = static_cast<size_t>(idx.size());
+  std::vector<I> carried;
+  carried.reserve(n);
+  bool missing = false;
+  {
+    py::gil_scoped_release nogil;
+    for (size_t j = 0; j < n; ++j) {  // one pass: clear what the result carries, then add the owned errors
+      const I i = ix[j];
+      const uint32_t t = tg[j];
+      if (t & own_bit) {
+        r[i] = gtopk::Num<T>::from_bits(0);
+        carried.push_back(i);
+      }
+      for (Record& rec : recs) {
+        if (!(t & rec.bit)) continue;
+        while (rec.at < rec.n && rec.idx[rec.at] < i) ++rec.at;
+        if (rec.at == rec.n || rec.idx[rec.at] != i) {
+          missing = true;
+          continue;
+        }
+        r[i] = gtopk::Num<T>::add(r[i], rec.err[rec.at]);
+      }
+    }
+  }
+  if (missing) throw py::value_error("settle: a tagged entry has no error record");
+  return own(std::move(carried));
+}
+
+py::array settle(py::array residual, const py::array& idx, const py::array& tags, uint32_t own_bit,
+                 const py::list& errors) {
+  check_1d_contiguous(residual, "residual");
+  check_1d_contiguous(idx, "indices");
+  check_1d_contiguous(tags, "tags");
+  if (!residual.writeable()) throw py::value_error("residual must be writeable");
+  if (tags.dtype().num() != py::dtype::of<uint32_t>().num() || tags.size() != idx.size())
+    throw py::value_error("tags must be uint32, one per entry");
+  const bool i32 = idx.dtype().num() == kNpyInt32;
+  if (!i32 && idx.dtype().num() != kNpyInt64) throw py::value_error("indices must be int32 or int64");
+#define GTOPK_CASE(T) \
+  return i32 ? settle_typed<T, int32_t>(residual, idx, tags, own_bit, errors) \
+             : settle_typed<T, int64_t>(residual, idx, tags, own_bit, errors)
+  switch (value_dtype(residual, "residual")) {
+    case DType::kFloat16: GTOPK_CASE(half_t);
+    case DType::kFloat32: GTOPK_CASE(float);
+    case DType::kFloat64: GTOPK_CASE(double);
+    default: break;
+  }
+#undef GTOPK_CASE
+  throw py::value_error("unreachable dtype");
+}
+
 py::array isin_sorted(const py::array& a, const py::array& b) {
   check_1d_contiguous(a, "a");
   check_1d_contiguous(b, "b");
@@ -387,6 +465,10 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("index_bytes"), py::arg("idx64"), py::arg("value_code"), py::arg("scale"), py::arg("dtype"),
           py::arg("limit"), py::arg("tail") = 0,
           "Inverse of encode_entries: (indices, values) of a payload (16-bit values come back as float32).");
+  mod.def("settle", &settle, py::arg("residual"), py::arg("indices"), py::arg("tags"), py::arg("own_bit"),
+          py::arg("errors"),
+          "Error feedback after an exchange: residual = 0 where the result carries this rank's entries (tag `own`),\n"
+          "then += each (bit, indices, errors) record at the entries tagged `bit`. Returns the carried indices.");
   mod.def("isin_sorted", &isin_sorted, py::arg("a"), py::arg("b"),
           "Boolean mask over a: a[j] occurs in b (both strictly ascending).");
   mod.def("sample_plan", &sample_plan, py::arg("m"), py::arg("k"),

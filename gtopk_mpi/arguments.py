@@ -41,7 +41,7 @@ def check_sparse(space: Any, x: Any, k: int | None, density: float | None, resid
         raise ValueError(f"values must be 'merged' or 'exact', got {values!r}")
     if wire_format not in wire.WIRES:
         raise ValueError(f"wire must be one of {', '.join(map(repr, wire.WIRES))}, got {wire_format!r}")
-    if wire_format != "fp32" and dtype not in ("float32", "float16"):
+    if wire_format in ("bf16", "fp16") and dtype not in ("float32", "float16"):
         raise ValueError(f"wire={wire_format!r} sends float32 values in 16 bits; x is {dtype}")
     kk = resolve_k(len(x), k, density)
     if residual is not None:

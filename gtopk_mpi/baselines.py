@@ -81,11 +81,11 @@ def topk_allreduce(x: Any, k: int | None = None, density: float | None = None, a
         sets, p = side.space, link.size
         with stats.phase("merge"):  # the whole k-set as one message, values rounded as the others decode them
             msg, _, errors = wire_format.encode(sets, side.header, side.idx, side.val, side.code,
-                                                rounded=side.code != 0)
+                                                rounded=side.code != 0, packing=side.pack)
         with stats.phase("comm"):
             gathered, sizes = link.allgather(msg, sets.empty)
         stats.bytes_sent, stats.bytes_received = (p - 1) * len(msg), sum(sizes) - len(msg)
-        stats.messages_sent = p - 1
+        stats.messages_sent, stats.entries_sent = p - 1, (p - 1) * len(side.idx)
         with stats.phase("merge"):
             parts, off = [], 0
             for size in sizes:
@@ -142,8 +142,9 @@ def gtopk_tree_allreduce(x: Any, k: int | None = None, density: float | None = N
             nbytes = int(h["count"]) if h["error"] else int(h["index_bytes"]) + value_bytes
             body = msg[hb:] if me == 0 else sets.empty(nbytes)
             link.bcast(sets.ready(body), 0)
-        if me == 0:
-            stats.bytes_sent += (hb + nbytes) * (p - 1).bit_length()  # binomial tree: ceil(log2 P) copies
+        if me == 0:  # binomial tree: ceil(log2 P) copies (message() counted its entries once)
+            stats.bytes_sent += (hb + nbytes) * (p - 1).bit_length()
+            stats.entries_sent += 0 if h["error"] else int(h["count"]) * ((p - 1).bit_length() - 1)
         else:
             stats.bytes_received += hb + nbytes
         if h["error"]:

@@ -13,7 +13,11 @@ Algorithms:
   gtopk-exact  butterfly gTop-k + one Allreduce of the k exact values
   gtopk-tree   the paper's drawing: reduction tree to rank 0 + broadcast, same merge
 Sparse algorithms run with error feedback (a residual per rank), as in training,
-except gtopk-tree (a reference point: plain selection, no residual).
+except gtopk-tree (a reference point: plain selection, no residual). --wire fp32,bf16
+runs topk and gtopk(-exact) once per wire format (values in 32 or 16 bits; indices travel
+packed when smaller either way); B/entry is bytes on the wire per (index, value) pair
+sent, headers included; "rest" is the call minus its local selection (what a GPU user
+pays: merges, codec, bookkeeping, Python and the wire).
 On a machine with fewer cores than ranks the figures are CPU-bound, not network-bound.
 
 Cost model (see gtopk_mpi.costmodel): --model-fit measures alpha and beta with a
@@ -59,6 +63,7 @@ class Row:
     """One algorithm's figures; times in ms (max over ranks), bytes per rank (max)."""
 
     algorithm: str
+    wire: str
     ranks: int
     numel: int
     k: int
@@ -72,6 +77,8 @@ class Row:
     bytes_sent: int
     bytes_received: int
     messages: int
+    bytes_per_entry: float           # bytes sent per (index, value) pair, headers included
+    rest_ms: float                   # the call minus its local selection (median)
     skew_ms: float = 0.0             # --align: waiting for slower ranks (not in median_ms)
     model_ms: float = float("nan")   # alpha-beta prediction (with --model-fit)
 
@@ -87,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("float32", "float16", "float64"), default="float32")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS),
                    help=f"comma-separated subset of {','.join(ALGORITHMS)}")
+    p.add_argument("--wire", default="fp32", help="comma-separated wire formats of the sparse algorithms: fp32, "
+                   "bf16, fp16, raw (the 8-byte int32 + float32 pairs, indices unpacked; default fp32)")
     p.add_argument("--iters", type=int, default=10, help="timed calls per algorithm (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     p.add_argument("--seed", type=int, default=0)
@@ -113,11 +122,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for a in args.algorithms:
         if a not in ALGORITHMS:
             p.error(f"unknown algorithm {a!r}; choose from {', '.join(ALGORITHMS)}")
+    args.wire = [w.strip() for w in args.wire.split(",") if w.strip()]
+    for w in args.wire:
+        if w not in ("fp32", "bf16", "fp16", "raw"):
+            p.error(f"unknown wire format {w!r}; choose from fp32, bf16, fp16, raw")
     return args
 
 
-def run_once(algorithm: str, x: np.ndarray, k: int, residual: np.ndarray, align: bool = False
-             ) -> CommStats:
+def run_once(algorithm: str, x: np.ndarray, k: int, residual: np.ndarray, align: bool = False,
+             wire: str = "fp32") -> CommStats:
     if algorithm == "dense":
         t0 = time.perf_counter()
         dense_allreduce(x)
@@ -129,29 +142,31 @@ def run_once(algorithm: str, x: np.ndarray, k: int, residual: np.ndarray, align:
         return CommStats(bytes_sent=vol, bytes_received=vol, messages_sent=2 * (p - 1),
                                      comm_s=dt, total_s=dt)
     if algorithm == "topk":
-        stats = topk_allreduce(x, k=k, residual=residual, align=align).stats
+        stats = topk_allreduce(x, k=k, residual=residual, align=align, wire=wire).stats
     elif algorithm == "gtopk-tree":
         stats = gtopk_tree_allreduce(x, k=k, align=align).stats
     else:
         values = "exact" if algorithm == "gtopk-exact" else "merged"
-        stats = gtopk_allreduce(x, k=k, residual=residual, values=values, align=align).stats
+        stats = gtopk_allreduce(x, k=k, residual=residual, values=values, align=align, wire=wire).stats
     stats.total_s -= stats.skew_s
     return stats
 
 
-def bench_algorithm(algorithm: str, x: np.ndarray, k: int, args: argparse.Namespace, progress) -> Row:
+def bench_algorithm(algorithm: str, x: np.ndarray, k: int, args: argparse.Namespace, progress,
+                    wire: str = "fp32") -> Row:
     comm = runtime.comm()
     residual = np.zeros_like(x)
     samples: list[CommStats] = []
     for i in range(args.warmup + args.iters):
         comm.Barrier()
-        s = run_once(algorithm, x, k, residual, args.align)
+        s = run_once(algorithm, x, k, residual, args.align, wire)
         if i >= args.warmup:
             samples.append(s)
         if progress is not None:
             progress.update(1)
     # per-iteration maximum over ranks
-    local = np.array([[s.total_s, s.select_s, s.comm_s, s.merge_s, s.skew_s] for s in samples])
+    local = np.array([[s.total_s, s.select_s, s.comm_s, s.merge_s, s.skew_s, s.total_s - s.select_s]
+                      for s in samples])
     worst = np.empty_like(local)
     comm.Allreduce(local, worst, op=MPI.MAX)
     counts = np.array([max(s.bytes_sent for s in samples), max(s.bytes_received for s in samples),
@@ -160,16 +175,18 @@ def bench_algorithm(algorithm: str, x: np.ndarray, k: int, args: argparse.Namesp
     comm.Allreduce(counts, counts_max, op=MPI.MAX)
     tot = worst[:, 0] * 1e3
     med = lambda col: float(statistics.median(worst[:, col] * 1e3))  # noqa: E731
-    return Row(algorithm, comm.Get_size(), len(x), k, str(x.dtype), float(statistics.median(tot)),
-               float(tot.min()), float(tot.max()), med(1), med(2), med(3),
-               int(counts_max[0]), int(counts_max[1]), int(counts_max[2]), skew_ms=med(4))
+    entries = comm.allreduce(max(s.entries_sent for s in samples), op=MPI.MAX)
+    per_entry = float(counts_max[0]) / entries if entries else float("nan")
+    return Row(algorithm, wire if algorithm in ("topk", "gtopk", "gtopk-exact") else "fp32", comm.Get_size(), len(x),
+               k, str(x.dtype), float(statistics.median(tot)), float(tot.min()), float(tot.max()), med(1), med(2),
+               med(3), int(counts_max[0]), int(counts_max[1]), int(counts_max[2]), per_entry, med(5), skew_ms=med(4))
 
 
 def format_table(rows: list[Row]) -> str:
     dense = next((r for r in rows if r.algorithm == "dense"), None)
     with_model = any(not np.isnan(r.model_ms) for r in rows)
-    head = (f"{'algorithm':<12} {'median ms':>10} {'min':>8} {'max':>8} {'select':>8} {'comm':>8} {'merge':>8} "
-            f"{'sent KB':>10} {'recv KB':>10} {'msgs':>5} {'vs dense':>9}")
+    head = (f"{'algorithm':<12} {'wire':<5} {'median ms':>10} {'min':>8} {'max':>8} {'select':>8} {'comm':>8} "
+            f"{'merge':>8} {'rest':>8} {'sent KB':>10} {'recv KB':>10} {'msgs':>5} {'B/entry':>8} {'vs dense':>9}")
     with_skew = any(r.skew_ms for r in rows)
     if with_skew:
         head += f" {'skew':>7}"
@@ -178,9 +195,10 @@ def format_table(rows: list[Row]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{dense.median_ms / r.median_ms:8.1f}x" if dense and r.median_ms > 0 else f"{'':>9}"
-        lines.append(f"{r.algorithm:<12} {r.median_ms:10.2f} {r.min_ms:8.2f} {r.max_ms:8.2f} {r.select_ms:8.2f} "
-                     f"{r.comm_ms:8.2f} {r.merge_ms:8.2f} {r.bytes_sent / 1e3:10.1f} "
-                     f"{r.bytes_received / 1e3:10.1f} {r.messages:5d} {ratio}"
+        lines.append(f"{r.algorithm:<12} {r.wire:<5} {r.median_ms:10.2f} {r.min_ms:8.2f} {r.max_ms:8.2f} "
+                     f"{r.select_ms:8.2f} {r.comm_ms:8.2f} {r.merge_ms:8.2f} {r.rest_ms:8.2f} "
+                     f"{r.bytes_sent / 1e3:10.1f} {r.bytes_received / 1e3:10.1f} {r.messages:5d} "
+                     f"{r.bytes_per_entry:8.2f} {ratio}"
                      + (f" {r.skew_ms:7.2f}" if with_skew else "") + (f" {r.model_ms:9.2f}" if with_model else ""))
     return "\n".join(lines)
 
@@ -189,27 +207,32 @@ def _local_costs(rows: list[Row], r: Row, common_selection: bool) -> tuple[float
     """(selection s, one merge s) used to model row r. With common_selection every sparse
     algorithm is charged the selection of gtopk's run (the fused error-feedback selection a
     training step pays), so predictions compare communication patterns, not selection variants."""
-    ref = next((x for x in rows if x.algorithm == "gtopk"), r) if common_selection else r
+    ref = next((x for x in rows if x.algorithm == "gtopk" and x.wire == r.wire), r) if common_selection else r
     select_s = (ref.select_ms if r.algorithm != "dense" else 0.0) / 1e3
     return select_s, r.merge_ms / max(1, costmodel.log2p(r.ranks)) / 1e3
+
+
+def _model(r: Row, net: costmodel.Network, p: int, select_s: float, per_merge: float) -> float:
+    """The cost model's total (ms) for row r's algorithm at P = p, with the bytes per entry it measured."""
+    measured = r.bytes_per_entry if r.algorithm in ("topk", "gtopk", "gtopk-exact") and np.isfinite(
+        r.bytes_per_entry) else None
+    return 1e3 * costmodel.total_time(r.algorithm, net, p, r.numel, r.k, select_s, per_merge,
+                                      np.dtype(r.dtype).itemsize, measured)
 
 
 def model_rows(rows: list[Row], net: costmodel.Network) -> None:
     """Fill each row's model_ms with the cost model's total for this run's P and its own selection."""
     for r in rows:
-        select_s, per_merge = _local_costs(rows, r, common_selection=False)
-        r.model_ms = 1e3 * costmodel.total_time(r.algorithm, net, r.ranks, r.numel, r.k, select_s, per_merge,
-                                                np.dtype(r.dtype).itemsize)
+        r.model_ms = _model(r, net, r.ranks, *_local_costs(rows, r, common_selection=False))
+
+
+def label(r: Row) -> str:
+    return r.algorithm if r.wire == "fp32" else f"{r.algorithm}/{r.wire}"
 
 
 def predictions(rows: list[Row], net: costmodel.Network, ps: list[int]) -> dict[str, list[float]]:
     """Predicted total ms per algorithm for each P in ps (one selection time for all sparse ones)."""
-    out = {}
-    for r in rows:
-        select_s, per_merge = _local_costs(rows, r, common_selection=True)
-        out[r.algorithm] = [1e3 * costmodel.total_time(r.algorithm, net, p, r.numel, r.k, select_s, per_merge,
-                                                       np.dtype(r.dtype).itemsize) for p in ps]
-    return out
+    return {label(r): [_model(r, net, p, *_local_costs(rows, r, common_selection=True)) for p in ps] for r in rows}
 
 
 def format_predictions(pred: dict[str, list[float]], ps: list[int]) -> str:
@@ -234,7 +257,8 @@ def plot_from_csv(paths: list[str], out: str, field_name: str = "median_ms") -> 
     for path in paths:
         with open(path) as f:
             for rec in csv.DictReader(f):
-                series.setdefault(rec["algorithm"], []).append((int(rec["ranks"]), float(rec[field_name])))
+                name = rec["algorithm"] + ("" if rec.get("wire", "fp32") == "fp32" else f"/{rec['wire']}")
+                series.setdefault(name, []).append((int(rec["ranks"]), float(rec[field_name])))
                 numel = int(rec["numel"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for alg, pts in sorted(series.items()):
@@ -263,7 +287,7 @@ def plot_prediction(rows: list[Row], net: costmodel.Network, ps: list[int], out:
     pred = predictions(rows, net, ps)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in rows:
-        (line,) = ax.plot(ps, pred[r.algorithm], label=f"{r.algorithm} (model)")
+        (line,) = ax.plot(ps, pred[label(r)], label=f"{label(r)} (model)")
         ax.plot([r.ranks], [r.median_ms], marker="o", color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -298,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
               f"dtype={args.dtype} iters={args.iters} warmup={args.warmup}; {mpi}", flush=True)
         if not args.no_progress:
             from tqdm import tqdm
-            progress = tqdm(total=len(args.algorithms) * (args.iters + args.warmup), desc="bench", file=sys.stderr,
-                            leave=False)
-    rows = [bench_algorithm(a, x, k, args, progress) for a in args.algorithms]
+            runs = sum(len(args.wire) if a in ("topk", "gtopk", "gtopk-exact") else 1 for a in args.algorithms)
+            progress = tqdm(total=runs * (args.iters + args.warmup), desc="bench", file=sys.stderr, leave=False)
+    rows = [bench_algorithm(a, x, k, args, progress, w) for a in args.algorithms
+            for w in (args.wire if a in ("topk", "gtopk", "gtopk-exact") else ["fp32"])]
     net = None
     if args.model_fit:
         if p < 2:

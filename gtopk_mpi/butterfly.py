@@ -23,6 +23,17 @@ not carry::
 ``values="exact"`` adds one allreduce of acc[G] over the agreed index set G, so the
 values are the exact sums over all ranks (and every rank's residual is 0 on G).
 
+Compact wire (``wire="bf16"`` / ``"fp16"``, float32 vectors). A set travels with 16-bit
+values; both partners then merge the values as they arrive (a rank merges its own set
+rounded too), so results stay bit-identical on every rank. Sums are formed in float32;
+only the wire is 16-bit. The rounding error of a set is owned by the lowest rank of the
+group whose set it is (a rank alone in round 0: its own entries; the group of 2^r ranks
+in round r: its lowest rank), which keeps it in its residual if that entry reaches the
+result; if the entry is dropped later, every contribution to it returns whole to its
+owner's residual and the rounding error with it. Tags carried through the merges track
+both. The conservation law above holds exactly. The last message to a folded rank
+carries the result losslessly.
+
 Errors: see agreement.py; every collective begins with this module's schedule, the
 others with headers alone (:meth:`Butterfly.agree`). If the call raises, x has already
 been added into ``residual`` on ranks whose own input was valid: nothing was sent, so no
@@ -59,7 +70,7 @@ class Butterfly:
         self.idx, self.val = idx, val  # current set
         self.err = err
         self.types = space.dtype_name(idx), space.dtype_name(val)
-        self.code = int(header["wire"][0]) if self.types[1] == "float32" else 0  # wire.WIRES codes = value codes
+        self.code, self.pack = wire.codes(int(header["wire"][0]), self.types[1])
         self.tags = space.tags(len(idx), OWN)
         self.own_idx = idx             # this rank's entries
         self.own_alive: Any = None     # a folded rank: which of its entries the result carries
@@ -79,7 +90,9 @@ class Butterfly:
         if self.headers_only:
             return self.space.ready(wire.pack(self.space, self.header))
         code = self.code if code is None else code
-        buf, rounded, errors = wire.encode(self.space, self.header, self.idx, self.val, code, tail, rounded=code != 0)
+        self.stats.entries_sent += len(self.idx)
+        buf, rounded, errors = wire.encode(self.space, self.header, self.idx, self.val, code, tail, code != 0,
+                                           self.pack)
         if rounded is not None:
             if owner_bit:
                 self.errors.append((owner_bit, self.idx, errors))
@@ -170,23 +183,14 @@ class Butterfly:
                 tail = self.space.bytes_of(self.space.survivors(self.folded_idx, self.idx[(self.tags & FOLDED) != 0]))
             self.send(me + p2, self.message(tail=tail, code=0))  # the result itself: lossless
 
-    def carried(self) -> Any:
-        """This rank's own entries whose value the result carries (in the message space)."""
-        if self.own_alive is not None:
-            return self.own_idx[self.own_alive]
-        return self.idx[(self.tags & OWN) != 0]
-
-    def rounding_errors(self) -> list[tuple[Any, Any]]:
-        """(indices, errors) of the rounding errors this rank owns whose entries reached the
-        result: they belong in its residual (the rest went back with the entries dropped)."""
-        out = []
-        for bit, idx, err in self.errors:
-            if self.own_alive is not None:  # a folded rank: its own rounding, on its carried entries
-                out.append((idx[self.own_alive], err[self.own_alive]))
-                continue
-            kept = self.idx[(self.tags & bit) != 0]
-            out.append((kept, err[self.space.survivors(idx, kept)]))
-        return out
+    def feedback(self) -> tuple[Any, Any, list[tuple[int, Any, Any]]]:
+        """(indices, tags, rounding-error records) for Space.settle after a successful run: the
+        final set with its tags (a folded rank: its own entries, tagged where the result
+        carries them), and the (tag bit, indices, errors) of each rounding this rank owns."""
+        if self.own_alive is None:
+            return self.idx, self.tags, self.errors
+        bits = OWN | (self.errors[0][0] if self.errors else 0)
+        return self.own_idx, self.space.tags(len(self.own_idx), bits) * self.own_alive, self.errors
 
     def agree(self) -> None:
         """The same schedule with headers alone: afterwards every rank holds the same error
@@ -260,9 +264,10 @@ def gtopk_allreduce(x: Any, k: int | None = None, density: float | None = None, 
     (entries, >= 1) or ``density`` (rho in (0, 1], k = max(1, ceil(rho * m))), ``average``,
     ``values`` ("merged" or "exact") and, if any, a ``residual`` like x (same memory;
     updated in place). Returns a SparseResult with at most k entries, bit-identical on
-    every rank, in x's memory. k >= m gives the dense sum. ``wire``: how values travel
-    ("fp32": in x's dtype, lossless; "bf16" / "fp16": 16 bits for float32 x, see the module
-    docstring); indices travel packed when that is smaller. ``comm``: an mpi4py
+    every rank, in x's memory. k >= m gives the dense sum. ``wire`` (wire.py): "fp32" sends
+    values in x's dtype and indices packed when that is smaller (lossless); "bf16" / "fp16"
+    send float32 values in 16 bits (see the module docstring); "raw" the unpacked pairs
+    (int32 + x's dtype: 8 bytes for float32). ``comm``: an mpi4py
     communicator or a Transport (default: init()'s). ``align`` (benchmarks): a barrier
     between selection and the first message, so ``stats.comm_s`` measures the network,
     not slower ranks' selection (that wait goes to ``stats.skew_s``).
@@ -284,11 +289,18 @@ def gtopk_allreduce(x: Any, k: int | None = None, density: float | None = None, 
             with stats.phase("comm"):
                 g_val = sets.allreduce(link, g_val)
         with stats.phase("merge"):
-            carried = g_idx if values == "exact" else spaces.move(bf.carried(), sets, space)
-            if rs is not None:
-                space.zero_at(rs, carried)
-                for e_idx, e_val in bf.rounding_errors() if values == "merged" else ():
-                    space.add_at(rs, spaces.move(e_idx, sets, space), spaces.move(e_val, sets, space))
+            if values == "exact":  # every rank's residual is 0 on the result
+                carried = g_idx
+                if rs is not None:
+                    space.zero_at(rs, carried)
+            else:
+                f_idx, f_tags, records = bf.feedback()
+                f_idx, f_tags = spaces.move(f_idx, sets, space), spaces.move(f_tags, sets, space)
+                if rs is not None:
+                    records = [(bit, spaces.move(i, sets, space), spaces.move(e, sets, space)) for bit, i, e in records]
+                    carried = space.settle(rs, f_idx, f_tags, OWN, records)
+                else:
+                    carried = f_idx[(f_tags & OWN) != 0]
             if average:
                 g_val = sets.scale_average(g_val, link.size)
         g_val = spaces.move(g_val, sets, space)

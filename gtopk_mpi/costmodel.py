@@ -1,8 +1,9 @@
 """The alpha-beta cost model of the paper's Table 1, and its fit on a real network.
 
 Time of one message of n bytes: alpha + n * beta. For m gradient elements of v
-bytes, k = rho * m selected entries (an entry is an index and a value: 4 + v bytes,
-plus a header h per message), P ranks and L = ceil(log2 P):
+bytes, k = rho * m selected entries (an entry is an index and a value: 4 + v bytes raw,
+or the bytes per entry a run measured with the compact wire format, e), plus a header h
+per message, P ranks and L = ceil(log2 P):
 
   dense (ring allreduce)     2 (P-1) alpha + 2 (P-1)/P * m v beta
   topk (allgather)           L alpha + (P-1) k (4+v) beta
@@ -35,13 +36,14 @@ def log2p(p: int) -> int:
     return math.ceil(math.log2(p)) if p > 1 else 0
 
 
-def comm_time(algorithm: str, net: Network, p: int, m: int, k: int, value_bytes: int = 4) -> float:
-    """Predicted communication time (s) of one call."""
+def comm_time(algorithm: str, net: Network, p: int, m: int, k: int, value_bytes: int = 4,
+              entry_bytes: float | None = None) -> float:
+    """Predicted communication time (s) of one call. ``entry_bytes``: measured bytes per
+    sparse entry, headers included (default: raw int32 index + value, plus headers)."""
     if p <= 1:
         return 0.0
     lg = log2p(p)
-    entry = 4 + value_bytes
-    h = HEADER.itemsize
+    entry, h = (4 + value_bytes, HEADER.itemsize) if entry_bytes is None else (entry_bytes, 0)
     if algorithm == "dense":
         return 2 * (p - 1) * net.alpha + 2 * (p - 1) / p * m * value_bytes * net.beta
     if algorithm == "topk":
@@ -57,9 +59,9 @@ def comm_time(algorithm: str, net: Network, p: int, m: int, k: int, value_bytes:
 
 
 def total_time(algorithm: str, net: Network, p: int, m: int, k: int, select_s: float, merge_s: float,
-               value_bytes: int = 4) -> float:
+               value_bytes: int = 4, entry_bytes: float | None = None) -> float:
     """Communication plus, for sparse algorithms, selection and log2(P) merges (s)."""
-    t = comm_time(algorithm, net, p, m, k, value_bytes)
+    t = comm_time(algorithm, net, p, m, k, value_bytes, entry_bytes)
     if algorithm != "dense":
         t += select_s + log2p(p) * merge_s
     return t

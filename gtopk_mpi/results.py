@@ -18,11 +18,17 @@ class CommStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     messages_sent: int = 0
+    entries_sent: int = 0        # (index, value) pairs in those messages
     select_s: float = 0.0        # local top-k (with the fused residual pass)
     comm_s: float = 0.0          # inside the transport (MPI)
     merge_s: float = 0.0         # merges, survivor masks, residual update
     skew_s: float = 0.0          # align=True: waiting at the barrier for slower ranks' selection
     total_s: float = 0.0
+
+    @property
+    def bytes_per_entry(self) -> float:
+        """Bytes on the wire per (index, value) pair sent, headers included (nan: none sent)."""
+        return self.bytes_sent / self.entries_sent if self.entries_sent else float("nan")
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

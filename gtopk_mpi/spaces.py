@@ -52,7 +52,7 @@ class Space(Protocol):
     def activate(self) -> AbstractContextManager[None]: ...  # the data's device (and caller's stream) current
     def select(self, x: Any, k: int, residual: Any | None) -> tuple[Any, Any]: ...
     def merge(self, ia: Any, va: Any, ib: Any, vb: Any, k: int, ta: Any = None, tb: Any = None) -> tuple: ...
-    def encode(self, idx: Any, val: Any, code: int, rounded: bool) -> tuple: ...
+    def encode(self, idx: Any, val: Any, code: int, rounded: bool, pack: int) -> tuple: ...
     def decode(self, body: Any, count: int, packed: bool, index_bytes: int, idx64: bool, code: int, scale: int,
                dtype: str, limit: int) -> tuple[Any, Any]: ...
     def survivors(self, mine: Any, kept: Any) -> Any: ...
@@ -60,6 +60,7 @@ class Space(Protocol):
     def zero_at(self, residual: Any, ids: Any) -> None: ...
     def add_at(self, residual: Any, ids: Any, vals: Any) -> None: ...  # residual[ids] += vals (ids distinct)
     def tags(self, n: int, bits: int) -> Any: ...  # n tags (uint32 on the host) set to bits
+    def settle(self, residual: Any, idx: Any, tags: Any, own_bit: int, records: list) -> Any: ...  # see _C.settle
     def to_dense(self, idx: Any, val: Any, m: int) -> Any: ...
     def empty(self, nbytes: int) -> Any: ...
     def empty_set(self) -> tuple[Any, Any]: ...
@@ -102,8 +103,8 @@ class HostSpace:
     def merge(self, ia, va, ib, vb, k: int, ta=None, tb=None) -> tuple:
         return _C.merge_topk(ia, va, ib, vb, int(k), ta, tb)
 
-    def encode(self, idx: np.ndarray, val: np.ndarray, code: int, rounded: bool) -> tuple:
-        return _C.encode_entries(idx, val, code, -1, rounded)
+    def encode(self, idx: np.ndarray, val: np.ndarray, code: int, rounded: bool, pack: int) -> tuple:
+        return _C.encode_entries(idx, val, code, pack, rounded)
 
     def decode(self, body: np.ndarray, count: int, packed: bool, index_bytes: int, idx64: bool, code: int,
                scale: int, dtype: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +124,10 @@ class HostSpace:
 
     def tags(self, n: int, bits: int) -> np.ndarray:
         return np.full(n, bits, np.uint32)
+
+    def settle(self, residual: np.ndarray, idx: np.ndarray, tags: np.ndarray, own_bit: int, records: list
+               ) -> np.ndarray:
+        return _C.settle(residual, idx, tags, own_bit, records)
 
     def to_dense(self, idx: np.ndarray, val: np.ndarray, m: int) -> np.ndarray:
         out = np.zeros(m, val.dtype)

@@ -57,7 +57,14 @@ assert HEADER.itemsize == 56
 
 VALUE_MODES = {"merged": 0, "exact": 1}
 OPS = {"gtopk_allreduce": 1, "topk_allreduce": 2, "dense_allreduce": 3, "gtopk_tree_allreduce": 4}
-WIRES = {"fp32": 0, "bf16": 1, "fp16": 2}
+WIRES = {"fp32": 0, "bf16": 1, "fp16": 2, "raw": 3}  # raw: int32/int64 indices unpacked, values in their dtype
+
+
+def codes(wire_code: int, dtype: str) -> tuple[int, int]:
+    """(value code, index packing: -1 whichever is smaller, 0 raw) of a data message of a call
+    with this wire code: 16-bit values only for float32 vectors."""
+    value = wire_code if wire_code in (1, 2) and dtype == "float32" else 0
+    return value, 0 if wire_code == WIRES["raw"] else -1
 
 
 def dtype_code(name: str | None) -> int:
@@ -97,11 +104,11 @@ def pack(space: Any, *parts: Any) -> Any:
 
 
 def encode(space: Any, header: np.ndarray, idx: Any, val: Any, code: int, tail: Any = None,
-           rounded: bool = False) -> tuple[Any, Any, Any]:
+           rounded: bool = False, packing: int = -1) -> tuple[Any, Any, Any]:
     """A data message of the set (idx, val) with values encoded per ``code``: (buffer, and
     when ``rounded`` and the code is lossy, the float32 values the receiver will decode and
     the rounding errors val - decoded, 0 where not finite; else None, None)."""
-    payload, index_bytes, scale, packed, back, err = space.encode(idx, val, code, rounded)
+    payload, index_bytes, scale, packed, back, err = space.encode(idx, val, code, rounded, packing)
     h = header.copy()
     h["count"], h["index_bytes"], h["value_code"], h["packed"], h["scale"] = len(idx), index_bytes, code, packed, scale
     parts = (h, payload) + ((tail,) if tail is not None else ())

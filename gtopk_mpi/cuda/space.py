@@ -69,10 +69,10 @@ class DeviceSpace:
         return torch.where(found, src_tags[pos].long(), torch.zeros_like(pos))
 
     # the wire codec of host memory, staged: only the k pairs cross PCIe (see wire.py)
-    def encode(self, idx, val, code: int, rounded: bool):
+    def encode(self, idx, val, code: int, rounded: bool, pack: int):
         from_host = self.from_host
         payload, index_bytes, scale, packed, back, err = _C.encode_entries(self.to_host(idx), self.to_host(val), code,
-                                                                            -1, rounded)
+                                                                            pack, rounded)
         staged = (None, None) if back is None else (from_host(back), from_host(err))
         return from_host(payload), index_bytes, scale, packed, *staged
 
@@ -98,6 +98,17 @@ class DeviceSpace:
     def tags(self, n: int, bits: int):
         torch = K.torch_module()
         return torch.full((n,), bits, dtype=torch.int64, device=self.device)
+
+    def settle(self, residual, idx, tags, own_bit: int, records: list):
+        """As _C.settle (gtopk_mpi.spaces.Space), with torch on the device."""
+        tags = tags.long()
+        carried = idx[(tags & own_bit) != 0]
+        self.zero_at(residual, carried)
+        torch = K.torch_module()
+        for bit, r_idx, r_err in records:
+            kept = idx[(tags & bit) != 0]
+            self.add_at(residual, kept, r_err[torch.searchsorted(r_idx, kept)])
+        return carried
 
     def to_dense(self, idx, val, m: int):
         return self.wrap(K.to_dense(self.adopt(idx), self.adopt(val), m))
