@@ -57,6 +57,11 @@ class Knob:
 NUM_THREADS = Knob("GTOPK_NUM_THREADS", "int", 1, "OpenMP threads of the CPU top-k selection (ranks share cores)")
 FUSION_THRESHOLD = Knob("GTOPK_FUSION_THRESHOLD", "float", math.inf,
                         "bytes per gradient bucket of DistributedOptimizer (default: one bucket per dtype)")
+WIRE = Knob("GTOPK_WIRE", "choice", "bf16",
+            "message format of the torch front end's sparse compressions: bf16 / fp16 (float32 values in 16 bits, "
+            "rounding errors kept in the residuals), fp32 (values in their dtype: lossless), raw (unpacked 8-byte "
+            "pairs); indices travel packed except with raw",
+            choices=("fp32", "bf16", "fp16", "raw"))
 DENSITY = Knob("GTOPK_DENSITY", "float", None,
                "switch an unchanged Horovod script to gTop-k: DistributedOptimizer without a compression gets "
                "Compression.gtopk(density)")

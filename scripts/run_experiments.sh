@@ -12,9 +12,17 @@ convergence() {
   local common=(--model mlp --data digits --density 0.001 --density-warmup 0.25,0.0625,0.0156,0.004
                 --epochs 100 --batch-size 16 --lr 0.1 --lr-warmup-epochs 5 --quiet)
   "$MPIEXEC" -n 4 $PY scripts/train.py --algo dense "${common[@]}" --csv docs/data/conv_dense.csv
-  "$MPIEXEC" -n 4 $PY scripts/train.py --algo topk "${common[@]}" --csv docs/data/conv_topk.csv
-  "$MPIEXEC" -n 4 $PY scripts/train.py --algo gtopk --values merged "${common[@]}" --csv docs/data/conv_gtopk_merged.csv
-  "$MPIEXEC" -n 4 $PY scripts/train.py --algo gtopk --values exact "${common[@]}" --csv docs/data/conv_gtopk_exact.csv
+  "$MPIEXEC" -n 4 $PY scripts/train.py --algo topk --wire fp32 "${common[@]}" --csv docs/data/conv_topk.csv
+  "$MPIEXEC" -n 4 $PY scripts/train.py --algo gtopk --values merged --wire fp32 "${common[@]}" \
+    --csv docs/data/conv_gtopk_merged.csv
+  "$MPIEXEC" -n 4 $PY scripts/train.py --algo gtopk --values exact --wire fp32 "${common[@]}" \
+    --csv docs/data/conv_gtopk_exact.csv
+  for wire in bf16 fp16; do  # the compact wire formats, against the float32 wire above
+    for values in merged exact; do
+      "$MPIEXEC" -n 4 $PY scripts/train.py --algo gtopk --values $values --wire $wire "${common[@]}" \
+        --csv docs/data/conv_gtopk_${values}_$wire.csv
+    done
+  done
   $PY scripts/train.py --plot-from docs/data/conv_{dense,topk,gtopk_merged,gtopk_exact}.csv --plot docs/img/convergence.png
 }
 

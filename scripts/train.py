@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-CSV_FIELDS = ["algo", "values", "model", "data", "ranks", "epoch", "steps", "density", "lr", "loss", "test_acc",
+CSV_FIELDS = ["algo", "values", "wire", "model", "data", "ranks", "epoch", "steps", "density", "lr", "loss", "test_acc",
               "samples_per_s_per_rank", "compute_s", "compression_s", "communication_s", "other_s", "epoch_s"]
 
 
@@ -36,6 +36,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", choices=("digits", "synthetic"), default="digits")
     p.add_argument("--algo", choices=("dense", "topk", "gtopk"), default="gtopk")
     p.add_argument("--values", choices=("merged", "exact"), default="merged", help="gtopk's values mode")
+    p.add_argument("--wire", choices=("fp32", "bf16", "fp16", "raw"), default=None,
+                   help="message format of topk/gtopk (default: GTOPK_WIRE, else fp32)")
     p.add_argument("--density", type=float, default=0.001)
     p.add_argument("--density-warmup", default="", help="comma-separated densities, one per warm-up epoch")
     p.add_argument("--lr", type=float, default=0.1, help="learning rate (after warm-up)")
@@ -64,7 +66,8 @@ def plot_runs(paths: list[str], out: str) -> None:
         with open(path) as f:
             rows = list(csv.DictReader(f))
         r0 = rows[0]
-        label = f"{r0['algo']}" + (f" ({r0['values']})" if r0["algo"] == "gtopk" else "") + f", P={r0['ranks']}"
+        label = (f"{r0['algo']}" + (f" ({r0['values']})" if r0["algo"] == "gtopk" else "")
+                 + (f" {r0['wire']}" if r0.get("wire") not in (None, "", "fp32") else "") + f", P={r0['ranks']}")
         epochs = [int(r["epoch"]) for r in rows]
         ax_loss.plot(epochs, [float(r["loss"]) for r in rows], label=label)
         if rows[0]["test_acc"] not in ("", "nan"):
@@ -133,8 +136,8 @@ def main() -> int:
         steps_per_epoch = args.steps_per_epoch
 
     warmup = [float(v) for v in args.density_warmup.split(",") if v.strip()]
-    compression = {"dense": hvd.Compression.none, "topk": hvd.Compression.topk(args.density),
-                   "gtopk": hvd.Compression.gtopk(args.density, args.values)}[args.algo]
+    compression = {"dense": hvd.Compression.none, "topk": hvd.Compression.topk(args.density, args.wire),
+                   "gtopk": hvd.Compression.gtopk(args.density, args.values, args.wire)}[args.algo]
     base = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(), compression=compression,
                                    density_warmup=warmup if args.algo != "dense" else None,
@@ -191,7 +194,8 @@ def main() -> int:
         if x_test is not None:
             with torch.no_grad():
                 acc = float((model(x_test).argmax(1) == y_test).float().mean())
-        row = {"algo": args.algo, "values": args.values, "model": args.model, "data": args.data, "ranks": size,
+        row = {"algo": args.algo, "values": args.values, "wire": compression.wire if args.algo != "dense" else "",
+               "model": args.model, "data": args.data, "ranks": size,
                "epoch": epoch + 1, "steps": step, "density": density, "lr": lr, "loss": mean_loss,
                "test_acc": acc, "samples_per_s_per_rank": steps_per_epoch * args.batch_size / epoch_s,
                "compute_s": compute, "compression_s": timings["compression"],

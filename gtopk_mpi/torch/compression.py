@@ -9,12 +9,15 @@ gtopk_mpi (butterfly.py, baselines.py), and the result is a dense tensor with at
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import torch
 
+from .. import config
 from ..baselines import topk_allreduce
 from ..butterfly import gtopk_allreduce
+from ..wire import WIRES
 
 
 class Compressor:
@@ -59,14 +62,16 @@ class SparseCompressor:
 
     algorithm: "gtopk" (butterfly global top-k, O(k log P) per rank) or "topk"
     (allgather of every rank's top-k, O(kP)). values: "merged" or "exact" (gtopk
-    only; see gtopk_mpi.gtopk_allreduce). Residuals (error feedback) are kept by
-    DistributedOptimizer (an ErrorFeedback state); hvd.allreduce with a sparse
+    only; see gtopk_mpi.gtopk_allreduce). wire: the message format (gtopk_mpi.wire:
+    "fp32", "bf16", "fp16", "raw"; default GTOPK_WIRE). Residuals (error feedback) are
+    kept by DistributedOptimizer (an ErrorFeedback state); hvd.allreduce with a sparse
     compression returns the sparse sum and keeps no residual.
     """
 
     algorithm: str = "gtopk"
     density: float = 0.001
     values: str = "merged"
+    wire: str = field(default_factory=config.WIRE.get)
     sparse = True
 
     def __post_init__(self) -> None:
@@ -76,19 +81,22 @@ class SparseCompressor:
             raise ValueError(f"density must be in (0, 1], got {self.density!r}")
         if self.values not in ("merged", "exact"):
             raise ValueError(f"values must be 'merged' or 'exact', got {self.values!r}")
+        if self.wire not in WIRES:
+            raise ValueError(f"wire must be one of {', '.join(WIRES)}, got {self.wire!r}")
 
     def allreduce(self, x, k: int, residual, comm):
         """The sparse collective this compressor names, on a 1-D NumPy array or CUDA tensor
         ``x`` (residual alike, or None); returns its SparseResult."""
+        wire = self.wire if self.wire == "raw" or str(x.dtype).endswith("float32") else "fp32"  # 16 bits: float32
         if self.algorithm == "gtopk":
-            return gtopk_allreduce(x, k=k, residual=residual, values=self.values, comm=comm)
-        return topk_allreduce(x, k=k, residual=residual, comm=comm)
+            return gtopk_allreduce(x, k=k, residual=residual, values=self.values, comm=comm, wire=wire)
+        return topk_allreduce(x, k=k, residual=residual, comm=comm, wire=wire)
 
     def with_density(self, density: float) -> SparseCompressor:
-        return SparseCompressor(self.algorithm, density, self.values)
+        return dataclasses.replace(self, density=density)
 
     def describe(self) -> str:
-        return f"{self.algorithm}(density={self.density!r}, values={self.values})"
+        return f"{self.algorithm}(density={self.density!r}, values={self.values}, wire={self.wire})"
 
 
 class Compression:
@@ -98,11 +106,11 @@ class Compression:
     fp16 = FP16Compressor
 
     @staticmethod
-    def gtopk(density: float = 0.001, values: str = "merged") -> SparseCompressor:
-        """Global top-k sparsification (the butterfly gTopKAllReduce)."""
-        return SparseCompressor("gtopk", density, values)
+    def gtopk(density: float = 0.001, values: str = "merged", wire: str | None = None) -> SparseCompressor:
+        """Global top-k sparsification (the butterfly gTopKAllReduce); wire default GTOPK_WIRE."""
+        return SparseCompressor("gtopk", density, values, wire or config.WIRE.get())
 
     @staticmethod
-    def topk(density: float = 0.001) -> SparseCompressor:
+    def topk(density: float = 0.001, wire: str | None = None) -> SparseCompressor:
         """Allgather-based Top-k sparsification (the paper's TopKAllReduce baseline)."""
-        return SparseCompressor("topk", density, "merged")
+        return SparseCompressor("topk", density, "merged", wire or config.WIRE.get())
