@@ -49,14 +49,17 @@ def bench_rows(nprocs: int, tmp_path: Path, *extra: str) -> tuple[list[dict], st
 
 
 def test_bench_byte_counts_match_the_formulas(tmp_path):
-    rows, _ = bench_rows(2, tmp_path)
-    by = {r["algorithm"]: r for r in rows}
+    rows, _ = bench_rows(2, tmp_path, "--wire", "raw,bf16")
+    by = {(r["algorithm"], r["wire"]): r for r in rows}
     m, k, p = 100_000, 1000, 2
-    assert int(by["gtopk"]["bytes_sent"]) == 1 * (8 * k + HEADER.itemsize)
-    assert int(by["gtopk"]["messages"]) == 1
-    assert int(by["gtopk-exact"]["bytes_sent"]) == 8 * k + HEADER.itemsize
-    assert int(by["topk"]["bytes_sent"]) == (p - 1) * 8 * k
-    assert int(by["dense"]["bytes_sent"]) == 2 * (p - 1) * 4 * m // p
+    assert int(by["gtopk", "raw"]["bytes_sent"]) == 1 * (8 * k + HEADER.itemsize)
+    assert int(by["gtopk", "raw"]["messages"]) == 1
+    assert int(by["gtopk-exact", "raw"]["bytes_sent"]) == 8 * k + HEADER.itemsize
+    assert int(by["topk", "raw"]["bytes_sent"]) == (p - 1) * (8 * k + HEADER.itemsize)
+    assert int(by["dense", "fp32"]["bytes_sent"]) == 2 * (p - 1) * 4 * m // p
+    assert float(by["gtopk", "raw"]["bytes_per_entry"]) == (8 * k + HEADER.itemsize) / k
+    for algo in ("topk", "gtopk", "gtopk-exact"):  # 2-byte values, packed indices (gaps ~100: 7-8 bits)
+        assert 2.5 < float(by[algo, "bf16"]["bytes_per_entry"]) < 3.5
 
 
 def test_bench_model_fit_is_sane_on_loopback(tmp_path):
