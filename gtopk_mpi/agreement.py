@@ -4,17 +4,18 @@ same error on every rank, never a hang.
 A rank whose own arguments break a rule (arguments.py) does not raise at once: it
 turns the ValueError into an :class:`Error` and still takes part in every message of
 the call. Every message header states the call (which collective, sequence number,
-dtype, length, k, average, values mode, align); a receiver compares its partner's header
+dtype, length, k, average, values mode, align, wire, schedule); a receiver compares its partner's header
 with its own. An error travels through the remaining rounds like data, and when two
 meet the smaller one wins, so every rank ends holding the same error and raises it in
 the same call.
 
-Every collective begins with the same pairwise schedule (butterfly.py: fold-in,
-log2(P) exchange rounds, fold-back): the gTop-k butterfly carries its data in it, the
-others (dense, allgather Top-k, the tree, and gTop-k with align=True) send headers alone
-first. So even ranks that called different collectives exchange headers, find out, and
-raise the same MismatchError instead of waiting on each other forever. Afterwards the
-transport is in a clean state: the next call works.
+Every collective begins with the same pairwise schedule, the communicator's default
+(butterfly.py: flat, or hierarchical when ranks share hosts): the gTop-k butterfly
+carries its data in it, the others (dense, allgather Top-k, the tree, gTop-k with
+align=True or on the other schedule) send headers alone first. So even ranks that called
+different collectives exchange headers, find out, and raise the same MismatchError
+instead of waiting on each other forever. Afterwards the transport is in a clean state:
+the next call works.
 """
 
 from __future__ import annotations
@@ -64,13 +65,15 @@ CHECKED_FIELDS = (
     ("average", "average"),
     ("values", "values mode"),
     ("wire", "wire"),
+    ("schedule", "schedule"),
 )
 
 
 def _field_text(field: str, value: int) -> str:
     if field == "dtype":
         return wire.dtype_name(value) or "invalid"
-    for name, table in (("values", wire.VALUE_MODES), ("op", wire.OPS), ("wire", wire.WIRES)):
+    for name, table in (("values", wire.VALUE_MODES), ("op", wire.OPS), ("wire", wire.WIRES),
+                        ("schedule", wire.SCHEDULES)):
         if field == name:
             return next((key for key, code in table.items() if code == value), "invalid")
     if field in ("average", "align"):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import wire
+from . import topology, wire
 
 #: dtypes dense_allreduce takes (MPI sums them; float16 in float32)
 DENSE_DTYPES = ("float16", "float32", "float64", "int32", "int64")
@@ -52,3 +52,16 @@ def check_sparse(space: Any, x: Any, k: int | None, density: float | None, resid
         if isinstance(residual, np.ndarray) and not residual.flags.writeable:
             raise ValueError("residual must be writeable")
     return kk, dtype
+
+
+def schedule(hierarchical: bool | str | None, layout: topology.Topology) -> bool:
+    """Whether a gTop-k call runs the hierarchical schedule: None: the communicator's default
+    (GTOPK_HIERARCHICAL); "auto": when the layout has several hosts and one holds several
+    ranks; True / False."""
+    if hierarchical is None:
+        return layout.hierarchical
+    if hierarchical == "auto":
+        return topology.wants_hierarchy("auto", layout.host_of)
+    if isinstance(hierarchical, (bool, np.bool_)):
+        return bool(hierarchical)
+    raise ValueError(f"hierarchical must be None, 'auto', True or False, got {hierarchical!r}")

@@ -20,6 +20,13 @@ sent, headers included; "rest" is the call minus its local selection (what a GPU
 pays: merges, codec, bookkeeping, Python and the wire).
 On a machine with fewer cores than ranks the figures are CPU-bound, not network-bound.
 
+Hosts (topology.py): --hierarchical flat,hier runs gtopk(-exact) once per schedule (default:
+the layout's). "port KB" is the payload this call sent to other hosts, summed over each
+host's ranks (the largest host); --nic FILE (a byte counter such as
+/sys/class/net/eth0/statistics/tx_bytes, read by each host's first rank around the timed
+calls) adds "NIC KB": what actually left the host's port per call, protocol headers and all
+(every algorithm, dense included).
+
 Cost model (see gtopk_mpi.costmodel): --model-fit measures alpha and beta with a
 ping-pong between ranks 0 and 1, prints the model next to every measured time, and
 --predict 16,32,...,1024 extrapolates (selection and merge times as measured here).
@@ -79,6 +86,9 @@ class Row:
     messages: int
     bytes_per_entry: float           # bytes sent per (index, value) pair, headers included
     rest_ms: float                   # the call minus its local selection (median)
+    schedule: str = "flat"           # gtopk's schedule: flat or hier (topology.py)
+    port_kb: float = float("nan")    # payload sent to other hosts per call, summed over a host's ranks (max)
+    nic_kb: float = float("nan")     # --nic: bytes out of the host's port per call, measured (max over hosts)
     skew_ms: float = 0.0             # --align: waiting for slower ranks (not in median_ms)
     model_ms: float = float("nan")   # alpha-beta prediction (with --model-fit)
 
@@ -96,6 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated subset of {','.join(ALGORITHMS)}")
     p.add_argument("--wire", default="fp32", help="comma-separated wire formats of the sparse algorithms: fp32, "
                    "bf16, fp16, raw (the 8-byte int32 + float32 pairs, indices unpacked; default fp32)")
+    p.add_argument("--hierarchical", default="auto", help="comma-separated gTop-k schedules: flat, hier, auto "
+                   "(the layout's default; GTOPK_HIERARCHICAL)")
+    p.add_argument("--nic", help="a byte counter file of the host's port (e.g. "
+                   "/sys/class/net/eth0/statistics/tx_bytes): report the bytes each host sent per call")
     p.add_argument("--iters", type=int, default=10, help="timed calls per algorithm (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     p.add_argument("--seed", type=int, default=0)
@@ -109,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fit alpha/beta by ping-pong (ranks 0-1) and print the cost model beside the times")
     p.add_argument("--predict", default="", help="comma-separated P to predict with the fitted model, "
                    "e.g. 16,32,64,128,256,512,1024 (implies --model-fit)")
+    p.add_argument("--predict-hosts", default="", help="comma-separated host counts H to predict gTop-k flat vs "
+                   "hierarchical and dense on H hosts of --per-host ranks (needs a host of 2+ ranks here: its "
+                   "ping-pong fits the shared-memory link; implies --model-fit), e.g. 8,16,32,64,128")
+    p.add_argument("--per-host", default="4,8", help="ranks per host for --predict-hosts (default 4,8)")
     p.add_argument("--plot", help="write a PNG: prediction vs P with measured points (or with --plot-from)")
     p.add_argument("--plot-from", nargs="+", metavar="CSV",
                    help="plot measured median time vs P from CSVs of earlier runs, then exit")
@@ -116,12 +134,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="which time --plot-from draws (default: median_ms, the whole call)")
     args = p.parse_args(argv)
     args.predict = [int(v) for v in args.predict.split(",") if v.strip()]
-    if args.predict:
+    args.predict_hosts = [int(v) for v in args.predict_hosts.split(",") if v.strip()]
+    args.per_host = [int(v) for v in args.per_host.split(",") if v.strip()]
+    if args.predict or args.predict_hosts:
         args.model_fit = True
     args.algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     for a in args.algorithms:
         if a not in ALGORITHMS:
             p.error(f"unknown algorithm {a!r}; choose from {', '.join(ALGORITHMS)}")
+    args.hierarchical = [h.strip() for h in args.hierarchical.split(",") if h.strip()]
+    for h in args.hierarchical:
+        if h not in ("flat", "hier", "auto"):
+            p.error(f"unknown schedule {h!r}; choose from flat, hier, auto")
     args.wire = [w.strip() for w in args.wire.split(",") if w.strip()]
     for w in args.wire:
         if w not in ("fp32", "bf16", "fp16", "raw"):
@@ -130,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_once(algorithm: str, x: np.ndarray, k: int, residual: np.ndarray, align: bool = False,
-             wire: str = "fp32") -> CommStats:
+             wire: str = "fp32", hierarchical: bool | None = None) -> CommStats:
     if algorithm == "dense":
         t0 = time.perf_counter()
         dense_allreduce(x)
@@ -147,23 +171,54 @@ def run_once(algorithm: str, x: np.ndarray, k: int, residual: np.ndarray, align:
         stats = gtopk_tree_allreduce(x, k=k, align=align).stats
     else:
         values = "exact" if algorithm == "gtopk-exact" else "merged"
-        stats = gtopk_allreduce(x, k=k, residual=residual, values=values, align=align, wire=wire).stats
+        stats = gtopk_allreduce(x, k=k, residual=residual, values=values, align=align, wire=wire,
+                                hierarchical=hierarchical).stats
     stats.total_s -= stats.skew_s
     return stats
 
 
+def variants(algorithm: str, args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (wire, schedule) pairs an algorithm runs with."""
+    wires = args.wire if algorithm in ("topk", "gtopk", "gtopk-exact") else ["fp32"]
+    schedules = args.hierarchical if algorithm in ("gtopk", "gtopk-exact") else ["flat"]
+    return [(w, h) for w in wires for h in schedules]
+
+
+def read_counter(path: str | None) -> int:
+    """The byte counter at ``path`` on each host's first rank (0 elsewhere, or without one)."""
+    if path is None or runtime.local_rank() != 0:
+        return 0
+    with open(path) as f:
+        return int(f.read().strip())
+
+
+def per_host(comm: MPI.Comm, value: float) -> float:
+    """The largest over hosts of ``value`` summed over each host's ranks."""
+    layout = runtime.layout()
+    sums = [0.0] * layout.hosts
+    for q, v in enumerate(comm.allgather(value)):
+        sums[layout.host_of[q]] += v
+    return max(sums)
+
+
 def bench_algorithm(algorithm: str, x: np.ndarray, k: int, args: argparse.Namespace, progress,
-                    wire: str = "fp32") -> Row:
+                    wire: str = "fp32", schedule: str = "auto") -> Row:
     comm = runtime.comm()
     residual = np.zeros_like(x)
     samples: list[CommStats] = []
+    hierarchical = {"flat": False, "hier": True}.get(schedule, runtime.layout().hierarchical)
+    nic0 = 0
     for i in range(args.warmup + args.iters):
         comm.Barrier()
-        s = run_once(algorithm, x, k, residual, args.align, wire)
+        if i == args.warmup:
+            nic0 = read_counter(args.nic)
+        s = run_once(algorithm, x, k, residual, args.align, wire, hierarchical)
         if i >= args.warmup:
             samples.append(s)
         if progress is not None:
             progress.update(1)
+    comm.Barrier()
+    nic = (read_counter(args.nic) - nic0) / len(samples) if args.nic else float("nan")
     # per-iteration maximum over ranks
     local = np.array([[s.total_s, s.select_s, s.comm_s, s.merge_s, s.skew_s, s.total_s - s.select_s]
                       for s in samples])
@@ -177,16 +232,27 @@ def bench_algorithm(algorithm: str, x: np.ndarray, k: int, args: argparse.Namesp
     med = lambda col: float(statistics.median(worst[:, col] * 1e3))  # noqa: E731
     entries = comm.allreduce(max(s.entries_sent for s in samples), op=MPI.MAX)
     per_entry = float(counts_max[0]) / entries if entries else float("nan")
+    butterfly = algorithm in ("gtopk", "gtopk-exact")
+    port = per_host(comm, statistics.mean(s.port_bytes for s in samples)) if butterfly else float("nan")
     return Row(algorithm, wire if algorithm in ("topk", "gtopk", "gtopk-exact") else "fp32", comm.Get_size(), len(x),
                k, str(x.dtype), float(statistics.median(tot)), float(tot.min()), float(tot.max()), med(1), med(2),
-               med(3), int(counts_max[0]), int(counts_max[1]), int(counts_max[2]), per_entry, med(5), skew_ms=med(4))
+               med(3), int(counts_max[0]), int(counts_max[1]), int(counts_max[2]), per_entry, med(5), skew_ms=med(4),
+               schedule="hier" if butterfly and hierarchical else "flat", port_kb=port / 1e3,
+               nic_kb=per_host(comm, nic) / 1e3 if args.nic else float("nan"))
 
 
 def format_table(rows: list[Row]) -> str:
     dense = next((r for r in rows if r.algorithm == "dense"), None)
     with_model = any(not np.isnan(r.model_ms) for r in rows)
-    head = (f"{'algorithm':<12} {'wire':<5} {'median ms':>10} {'min':>8} {'max':>8} {'select':>8} {'comm':>8} "
-            f"{'merge':>8} {'rest':>8} {'sent KB':>10} {'recv KB':>10} {'msgs':>5} {'B/entry':>8} {'vs dense':>9}")
+    head = (f"{'algorithm':<12} {'wire':<5} {'sched':<5} {'median ms':>10} {'min':>8} {'max':>8} {'select':>8} "
+            f"{'comm':>8} {'merge':>8} {'rest':>8} {'sent KB':>10} {'recv KB':>10} {'msgs':>5} {'B/entry':>8}"
+            f" {'vs dense':>9}")
+    with_port = any(np.isfinite(r.port_kb) for r in rows)
+    with_nic = any(np.isfinite(r.nic_kb) for r in rows)
+    if with_port:
+        head += f" {'port KB':>8}"
+    if with_nic:
+        head += f" {'NIC KB':>8}"
     with_skew = any(r.skew_ms for r in rows)
     if with_skew:
         head += f" {'skew':>7}"
@@ -195,10 +261,11 @@ def format_table(rows: list[Row]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{dense.median_ms / r.median_ms:8.1f}x" if dense and r.median_ms > 0 else f"{'':>9}"
-        lines.append(f"{r.algorithm:<12} {r.wire:<5} {r.median_ms:10.2f} {r.min_ms:8.2f} {r.max_ms:8.2f} "
-                     f"{r.select_ms:8.2f} {r.comm_ms:8.2f} {r.merge_ms:8.2f} {r.rest_ms:8.2f} "
+        lines.append(f"{r.algorithm:<12} {r.wire:<5} {r.schedule:<5} {r.median_ms:10.2f} {r.min_ms:8.2f} "
+                     f"{r.max_ms:8.2f} {r.select_ms:8.2f} {r.comm_ms:8.2f} {r.merge_ms:8.2f} {r.rest_ms:8.2f} "
                      f"{r.bytes_sent / 1e3:10.1f} {r.bytes_received / 1e3:10.1f} {r.messages:5d} "
                      f"{r.bytes_per_entry:8.2f} {ratio}"
+                     + (f" {r.port_kb:8.1f}" if with_port else "") + (f" {r.nic_kb:8.1f}" if with_nic else "")
                      + (f" {r.skew_ms:7.2f}" if with_skew else "") + (f" {r.model_ms:9.2f}" if with_model else ""))
     return "\n".join(lines)
 
@@ -227,12 +294,38 @@ def model_rows(rows: list[Row], net: costmodel.Network) -> None:
 
 
 def label(r: Row) -> str:
-    return r.algorithm if r.wire == "fp32" else f"{r.algorithm}/{r.wire}"
+    return r.algorithm + ("" if r.wire == "fp32" else f"/{r.wire}") + ("/hier" if r.schedule == "hier" else "")
 
 
 def predictions(rows: list[Row], net: costmodel.Network, ps: list[int]) -> dict[str, list[float]]:
     """Predicted total ms per algorithm for each P in ps (one selection time for all sparse ones)."""
     return {label(r): [_model(r, net, p, *_local_costs(rows, r, common_selection=True)) for p in ps] for r in rows}
+
+
+def host_predictions(rows: list[Row], net: costmodel.Network, intra: costmodel.Network, hosts: list[int],
+                     per_host: list[int]) -> str:
+    """Predicted ms per call on H hosts x G ranks: dense, gTop-k flat and hierarchical (selection
+    and merges of this run's flat gtopk row, bytes per entry as it measured)."""
+    g = next((r for r in rows if r.algorithm == "gtopk" and r.schedule == "flat"), None) or next(
+        r for r in rows if r.algorithm == "gtopk")
+    select_s, per_merge = _local_costs(rows, g, common_selection=False)
+    entry = g.bytes_per_entry if np.isfinite(g.bytes_per_entry) else None
+    v = np.dtype(g.dtype).itemsize
+    lines = [f"{'hosts':>6} {'x G':>4} {'P':>6} {'dense':>10} {'gtopk flat':>11} {'gtopk hier':>11} "
+             f"{'port flat':>10} {'port hier':>10}  hier vs flat"]
+    for gpus in per_host:
+        for h in hosts:
+            p = h * gpus
+            local = select_s + costmodel.log2p(p) * per_merge
+            t = {a: 1e3 * costmodel.layout_comm_time(a, net, intra, h, gpus, g.numel, g.k, v, entry)
+                 for a in ("dense", "gtopk", "gtopk-hier")}
+            wire_only = costmodel.Network(0.0, net.beta), costmodel.Network(0.0, 0.0)
+            port = {a: 1e3 * costmodel.layout_comm_time(a, *wire_only, h, gpus, g.numel, g.k, v, entry)
+                    for a in ("gtopk", "gtopk-hier")}
+            lines.append(f"{h:>6} {gpus:>4} {p:>6} {t['dense']:10.2f} {t['gtopk'] + local:11.2f} "
+                         f"{t['gtopk-hier'] + local:11.2f} {port['gtopk']:10.2f} {port['gtopk-hier']:10.2f}  "
+                         f"{(t['gtopk'] + local) / (t['gtopk-hier'] + local):6.2f}x")
+    return "\n".join(lines)
 
 
 def format_predictions(pred: dict[str, list[float]], ps: list[int]) -> str:
@@ -319,28 +412,45 @@ def main(argv: list[str] | None = None) -> int:
         label = args.model if args.numel is None else "numel"
         mpi = MPI.Get_library_version().splitlines()[0].strip()
         print(f"gtopk_mpi.bench: P={p} numel={numel:,} ({label}) k={k:,} (density {args.density}) "
-              f"dtype={args.dtype} iters={args.iters} warmup={args.warmup}; {mpi}", flush=True)
+              f"dtype={args.dtype} iters={args.iters} warmup={args.warmup}; {runtime.layout().describe()}; {mpi}",
+              flush=True)
         if not args.no_progress:
             from tqdm import tqdm
-            runs = sum(len(args.wire) if a in ("topk", "gtopk", "gtopk-exact") else 1 for a in args.algorithms)
+            runs = sum(len(variants(a, args)) for a in args.algorithms)
             progress = tqdm(total=runs * (args.iters + args.warmup), desc="bench", file=sys.stderr, leave=False)
-    rows = [bench_algorithm(a, x, k, args, progress, w) for a in args.algorithms
-            for w in (args.wire if a in ("topk", "gtopk", "gtopk-exact") else ["fp32"])]
-    net = None
+    rows = [bench_algorithm(a, x, k, args, progress, w, h) for a in args.algorithms for w, h in variants(a, args)]
+    net = intra = None
     if args.model_fit:
         if p < 2:
             raise SystemExit("--model-fit needs at least 2 ranks")
-        net = costmodel.fit(costmodel.ping_pong(comm))
+        host_of = runtime.layout().host_of
+        across = next((q for q in range(p) if host_of[q] != host_of[0]), 1)
+        net = costmodel.fit(costmodel.ping_pong(comm, peer=across))  # between hosts when there are several
+        inside = next((q for q in range(1, p) if host_of[q] == host_of[0]), None)
+        if inside is not None:
+            intra = costmodel.fit(costmodel.ping_pong(comm, peer=inside))
+        elif args.predict_hosts:
+            raise SystemExit("--predict-hosts needs a host with two ranks here (its shared-memory ping-pong)")
         model_rows(rows, net)
     if me == 0:
         if progress is not None:
             progress.close()
         print(format_table(rows))
         print("times: max over ranks per call, median over calls; sent/recv: payload bytes per rank per call"
+              + ("; port: the butterfly's payload to other hosts per call, summed over a host's ranks" if any(
+                  np.isfinite(r.port_kb) for r in rows) else "")
+              + ("; NIC: bytes out of a host's port per call, measured" if args.nic else "")
               + ("; skew: barrier wait after selection, excluded from the times" if args.align else ""))
         if net is not None:
             print(f"fitted network: alpha = {net.alpha * 1e3:.4f} ms per message, beta = {net.beta * 1e9:.3f} ns "
                   f"per byte ({1 / net.beta / 1e6 if net.beta else float('inf'):.1f} MB/s)")
+        if intra is not None:
+            print(f"fitted link inside a host: alpha = {intra.alpha * 1e3:.4f} ms, beta = {intra.beta * 1e9:.3f} ns "
+                  f"per byte ({1 / intra.beta / 1e6 if intra.beta else float('inf'):.1f} MB/s)")
+        if args.predict_hosts:
+            print("predicted ms per call on H hosts x G ranks (one port per host, the links fitted above; "
+                  "selection and merges as measured here; port: the seconds of bytes through one port):")
+            print(host_predictions(rows, net, intra, args.predict_hosts, args.per_host))
         if args.predict:
             print("predicted time per call (ms); selection (gtopk's, for every sparse algorithm) and merge "
                   "as measured here:")

@@ -76,6 +76,13 @@ ABORT_ON_ERROR = Knob("GTOPK_ABORT_ON_ERROR", "bool", True,
                       "1: an uncaught exception on any rank ends the whole job within about a second; 0: the rank "
                       "exits alone and ranks waiting on it raise PeerGoneError")
 TIMELINE = Knob("GTOPK_TIMELINE", "str", None, "file: rank 0 writes a Chrome trace of every torch op")
+HIERARCHICAL = Knob("GTOPK_HIERARCHICAL", "choice", "auto",
+                    "gTop-k's schedule when ranks share hosts: auto (hierarchical when there are several hosts and "
+                    "one holds several ranks), 1 (always), 0 (flat butterfly over all ranks)",
+                    choices=("auto", "0", "1"))
+RANKS_PER_HOST = Knob("GTOPK_RANKS_PER_HOST", "int", 0,
+                      "treat ranks h*L .. h*L+L-1 as host h (emulating hosts on one machine); 0: ask MPI which "
+                      "ranks share memory")
 YIELD = Knob("GTOPK_YIELD", "bool", True,
              "1: yield the core while waiting for a partner (oversubscribed machines); 0: block in MPI")
 CUDA_AWARE = Knob("GTOPK_MPI_CUDA_AWARE", "bool", False,

@@ -12,6 +12,19 @@ per message, P ranks and L = ceil(log2 P):
   gtopk-exact                gtopk + one allreduce of k values (recursive doubling: L alpha + L k v beta)
 
 Sparse algorithms add the local selection time and L merges (both measured).
+
+Hosts (:func:`layout_comm_time`): H hosts of G ranks each (ranks placed host by host),
+one port per host (alpha, beta) and shared memory inside a host (alpha_i, beta_i, by
+ping-pong between two ranks of one host); s = k e + h, a k-set on the wire, r = k (4+v) + h
+the raw pairs a host passes inside:
+
+  gtopk, flat                log2 G (alpha_i + s beta_i) + log2 H (alpha + G s beta)
+                             (every cross-host round, all G ranks of a host send through its port)
+  gtopk, hierarchical        log2 G (alpha_i + r beta_i) + log2 H (alpha + s beta)
+                             + log2 G (alpha_i + (r + k) beta_i)   (the result down the host, flags)
+  dense                      2 (H-1) alpha + 2 (H-1)/H m v beta + 2 log2 G alpha_i + 2 m v beta_i
+                             (reduce inside, ring across, broadcast inside: what MPICH sends through
+                             the port, measured, about m v per host at H = 2)
 """
 
 from __future__ import annotations
@@ -67,13 +80,16 @@ def total_time(algorithm: str, net: Network, p: int, m: int, k: int, select_s: f
     return t
 
 
-def ping_pong(comm: MPI.Comm, sizes: list[int] | None = None, repeats: int = 10) -> list[tuple[int, float]]:
-    """One-way time (s) per message size (bytes) between ranks 0 and 1; others wait.
+def ping_pong(comm: MPI.Comm, sizes: list[int] | None = None, repeats: int = 10, peer: int = 1
+              ) -> list[tuple[int, float]]:
+    """One-way time (s) per message size (bytes) between ranks 0 and ``peer``; others wait.
 
     Returns [(size, seconds)] on every rank (median of ``repeats`` round trips / 2).
     """
     sizes = sizes or [8, 1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24]
     me = comm.Get_rank()
+    if peer != 1:  # the same exchange, with ``peer`` in rank 1's role
+        me = 1 if me == peer else (2 if me == 1 else me)
     out = []
     for n in sizes:
         buf = np.zeros(n, np.uint8)
@@ -82,8 +98,8 @@ def ping_pong(comm: MPI.Comm, sizes: list[int] | None = None, repeats: int = 10)
         for _ in range(repeats + 1):
             if me == 0:
                 t0 = time.perf_counter()
-                comm.Send(buf, 1, tag=7)
-                comm.Recv(buf, 1, tag=7)
+                comm.Send(buf, peer, tag=7)
+                comm.Recv(buf, peer, tag=7)
                 times.append((time.perf_counter() - t0) / 2)
             elif me == 1:
                 comm.Recv(buf, 0, tag=7)
@@ -106,3 +122,22 @@ def fit(samples: list[tuple[int, float]]) -> Network:
     beta = float(np.polyfit(n, t, 1)[0]) if len(big) > 1 else float(t[0] / n[0])
     n0, t0 = min(samples)
     return Network(max(t0 - n0 * beta, 0.0), max(beta, 0.0))
+
+
+def layout_comm_time(algorithm: str, net: Network, intra: Network, hosts: int, per_host: int, m: int, k: int,
+                     value_bytes: int = 4, entry_bytes: float | None = None) -> float:
+    """Predicted communication time (s) of one call on ``hosts`` hosts of ``per_host`` ranks
+    (see the module docstring): algorithm "dense", "gtopk" (flat) or "gtopk-hier"."""
+    lg_g, lg_h = log2p(per_host), log2p(hosts)
+    h = HEADER.itemsize
+    s = k * (4 + value_bytes) + h if entry_bytes is None else k * entry_bytes
+    raw = k * (4 + value_bytes) + h
+    if algorithm == "dense":
+        return (2 * (hosts - 1) * net.alpha + 2 * (hosts - 1) / hosts * m * value_bytes * net.beta
+                + 2 * lg_g * intra.alpha + (2 * m * value_bytes * intra.beta if per_host > 1 else 0.0))
+    if algorithm == "gtopk":
+        return lg_g * (intra.alpha + s * intra.beta) + lg_h * (net.alpha + per_host * s * net.beta)
+    if algorithm == "gtopk-hier":
+        return (lg_g * (intra.alpha + raw * intra.beta) + lg_h * (net.alpha + s * net.beta)
+                + lg_g * (intra.alpha + (raw + k) * intra.beta))
+    raise ValueError(f"unknown algorithm {algorithm!r}")

@@ -19,6 +19,7 @@ class CommStats:
     bytes_received: int = 0
     messages_sent: int = 0
     entries_sent: int = 0        # (index, value) pairs in those messages
+    port_bytes: int = 0          # of bytes_sent, those to ranks on other hosts (topology.py)
     select_s: float = 0.0        # local top-k (with the fused residual pass)
     comm_s: float = 0.0          # inside the transport (MPI)
     merge_s: float = 0.0         # merges, survivor masks, residual update

@@ -2,7 +2,8 @@
 
 gtopk_mpi never opens a transport of its own: every byte goes through MPI (mpi4py),
 behind the Transport seam of transport.py. ``init`` duplicates the user's communicator
-so library traffic can never match the user's own messages.
+so library traffic can never match the user's own messages, and finds which ranks
+share a host (topology.py).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from mpi4py import MPI
 
 from . import failures
 from . import transport as _transport
+from .topology import Topology
 
 
 @dataclass
 class _State:
     comm: MPI.Comm          # private duplicate: all library traffic
-    local_comm: MPI.Comm    # ranks of comm on this host
-    cross_comm: MPI.Comm    # ranks of comm with this rank's local rank, one per host
+    layout: Topology        # its hosts, local and cross-host transports
 
 
 _state: _State | None = None
@@ -32,7 +33,8 @@ def init(comm: MPI.Comm | Sequence[int] | None = None) -> None:
 
     ``comm`` may be an mpi4py intracommunicator or a list of ranks of
     ``MPI.COMM_WORLD``; with a list, every listed rank must call ``init`` with the
-    same list (unlisted ranks need not call it; if they do, ValueError).
+    same list (unlisted ranks need not call it; if they do, ValueError). Every rank must
+    set the same GTOPK_HIERARCHICAL and GTOPK_RANKS_PER_HOST (else ValueError everywhere).
     """
     global _state
     if _state is not None:
@@ -53,10 +55,15 @@ def init(comm: MPI.Comm | Sequence[int] | None = None) -> None:
     dup = base.Dup()
     if created is not None:
         created.Free()
-    local = dup.Split_type(MPI.COMM_TYPE_SHARED, key=dup.Get_rank())
-    cross = dup.Split(color=local.Get_rank(), key=dup.Get_rank())
-    _state = _State(comm=dup, local_comm=local, cross_comm=cross)
     failures.start(dup)
+    try:
+        layout = _transport.for_comm(dup).topology()
+    except ValueError:
+        failures.stop()
+        _transport.forget(dup, free=False)
+        dup.Free()
+        raise
+    _state = _State(comm=dup, layout=layout)
 
 
 def shutdown() -> None:
@@ -66,10 +73,10 @@ def shutdown() -> None:
     if _state is None:
         return
     failures.stop()
-    _transport.forget(_state.comm)
-    if not MPI.Is_finalized() and not failures.abandoned():  # after a rank left, freeing would wait on it
-        for c in (_state.cross_comm, _state.local_comm, _state.comm):
-            c.Free()
+    free = not MPI.Is_finalized() and not failures.abandoned()  # after a rank left, freeing would wait on it
+    _transport.forget(_state.comm, free)
+    if free:
+        _state.comm.Free()
     _state = None
 
 
@@ -99,22 +106,27 @@ def size() -> int:
 
 def local_rank() -> int:
     """Rank among the processes on this host."""
-    return state().local_comm.Get_rank()
+    return state().layout.local.rank
 
 
 def local_size() -> int:
     """Number of processes on this host."""
-    return state().local_comm.Get_size()
+    return state().layout.local.size
 
 
 def cross_rank() -> int:
     """Index of this rank among the ranks with its local rank (its host's index)."""
-    return state().cross_comm.Get_rank()
+    return state().layout.cross.rank
 
 
 def cross_size() -> int:
     """Number of ranks with this rank's local rank (the hosts, when all hold as many ranks)."""
-    return state().cross_comm.Get_size()
+    return state().layout.cross.size
+
+
+def layout() -> Topology:
+    """Which ranks share a host, and the default gTop-k schedule (see topology.py)."""
+    return state().layout
 
 
 def transport(comm: MPI.Comm | Any | None = None) -> _transport.Transport:

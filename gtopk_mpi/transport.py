@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 from mpi4py import MPI
 
-from . import config, failures
+from . import config, failures, topology
 
 Alloc = Callable[[int], Any]
 _OPS = {"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX, "prod": MPI.PROD}
@@ -37,7 +37,8 @@ class Transport(Protocol):
     message from ``source`` into ``alloc(nbytes)``; ``sendrecv`` is one butterfly round;
     ``allreduce`` (op: sum, min, max, prod) and ``bcast`` work in place; ``allgather``
     concatenates every rank's byte buffer in rank order and returns it with the sizes,
-    ``allgatherv`` every rank's counts[rank] elements into ``out``."""
+    ``allgatherv`` every rank's counts[rank] elements into ``out``; ``topology`` the host
+    layout and the transports inside a host and across hosts (topology.py)."""
 
     rank: int
     size: int
@@ -54,6 +55,7 @@ class Transport(Protocol):
     def allgather_obj(self, obj: Any) -> list[Any]: ...
     def bcast_obj(self, obj: Any, root: int) -> Any: ...
     def barrier(self) -> None: ...
+    def topology(self) -> topology.Topology: ...  # which ranks share a host (collective on first use)
 
 
 class MpiTransport:
@@ -73,6 +75,7 @@ class MpiTransport:
         self.activity = "a collective"
         self._sequence = 0
         self._yield = config.YIELD.get()
+        self._topology: topology.Topology | None = None
 
     def next_sequence(self) -> int:
         self._sequence += 1
@@ -169,6 +172,17 @@ class MpiTransport:
     def barrier(self) -> None:
         self._wait(self.comm.Ibarrier())
 
+    def topology(self) -> topology.Topology:
+        if self._topology is None:
+            self._topology = topology.discover(self, MpiTransport)
+        return self._topology
+
+    def close(self) -> None:
+        """Collective: free the communicator and those of its topology."""
+        if self._topology is not None:
+            self._topology.close()
+        self.comm.Free()
+
 
 _transports: dict[int, MpiTransport] = {}
 
@@ -182,6 +196,9 @@ def for_comm(comm: MPI.Comm) -> MpiTransport:
     return link
 
 
-def forget(comm: MPI.Comm) -> None:
-    """Drop the transport of a communicator about to be freed."""
-    _transports.pop(comm.py2f(), None)
+def forget(comm: MPI.Comm, free: bool = True) -> None:
+    """Drop the transport of a communicator about to be freed, and with ``free`` (collective)
+    free its topology's communicators."""
+    link = _transports.pop(comm.py2f(), None)
+    if free and link is not None and link._topology is not None:
+        link._topology.close()

@@ -50,7 +50,8 @@ HEADER = np.dtype(
         ("value_code", "u1"),    # this message's values: 0 raw, 1 bfloat16, 2 float16 scaled by 2^scale
         ("packed", "u1"),        # this message's indices: 0 raw, 1 packed gaps
         ("scale", "i1"),
-        ("reserved", "u1", (2,)),
+        ("schedule", "u1"),      # SCHEDULES: flat or hierarchical (topology.py)
+        ("reserved", "u1"),
     ]
 )
 assert HEADER.itemsize == 56
@@ -58,6 +59,7 @@ assert HEADER.itemsize == 56
 VALUE_MODES = {"merged": 0, "exact": 1}
 OPS = {"gtopk_allreduce": 1, "topk_allreduce": 2, "dense_allreduce": 3, "gtopk_tree_allreduce": 4}
 WIRES = {"fp32": 0, "bf16": 1, "fp16": 2, "raw": 3}  # raw: int32/int64 indices unpacked, values in their dtype
+SCHEDULES = {"flat": 0, "hierarchical": 1}
 
 
 def codes(wire_code: int, dtype: str) -> tuple[int, int]:
@@ -78,14 +80,15 @@ def dtype_name(code: int) -> str | None:
 
 
 def make_header(*, op: str, seq: int, m: int, k: int, count: int, rank: int, dtype: str | None, average: bool,
-                values: str, align: bool = False, wire: str = "fp32", error: int = 0) -> np.ndarray:
+                values: str, align: bool = False, wire: str = "fp32", error: int = 0,
+                hierarchical: bool = False) -> np.ndarray:
     h = np.zeros(1, HEADER)
     h["op"], h["seq"], h["m"], h["k"], h["count"], h["rank"] = OPS[op], seq, m, k, count, rank
     h["dtype"] = dtype_code(dtype)
     h["average"], h["align"] = bool(average), bool(align)
     h["values"] = VALUE_MODES.get(values, 255)
     h["wire"] = WIRES.get(wire, 255)
-    h["error"] = error
+    h["error"], h["schedule"] = error, bool(hierarchical)
     return h
 
 

@@ -6,6 +6,8 @@
 #                                            every veth shaped by tbf to $RATE (default 1gbit)
 #   scripts/emulate_cluster.sh run P CMD...  mpiexec -n P CMD..., one rank per namespace, MPI traffic over
 #                                            the shaped TCP network (MPICH ofi/tcp, no shared memory)
+#   scripts/emulate_cluster.sh run HxL CMD... H hosts of L ranks each (ranks placed host by host): ranks of
+#                                            one host talk through shared memory, hosts through the network
 #   scripts/emulate_cluster.sh down          remove every namespace and kill what runs in them
 #
 # Addresses: 10.77.0.1 .. 10.77.0.P (private, inside our own namespaces only). Nothing else is touched.
@@ -55,22 +57,29 @@ down() {
 }
 
 run() {
-  local p=$1
+  local shape=$1 h l
   shift
   need_root
+  case "$shape" in
+    *x*) h=${shape%x*} l=${shape#*x} ;;
+    *) h=$shape l=1 ;;
+  esac
   local hosts
-  hosts=$(seq -s, -f "$SUBNET.%g" 1 "$p")
+  hosts=$(seq -s, -f "$SUBNET.%g" 1 "$h")
   local mpiexec=${GTOPK_MPIEXEC:-$ROOT/.venv/bin/mpiexec}
-  # MPIR_CVAR_NOLOCAL: the namespaces share a hostname; never fall back to shared memory.
-  ip netns exec gtk-0 env MPIR_CVAR_NOLOCAL=1 MPIR_CVAR_CH4_NETMOD=ofi FI_PROVIDER=tcp \
-    "$mpiexec" -n "$p" -ppn 1 -hosts "$hosts" -iface gtknet \
+  # One rank per host: MPIR_CVAR_NOLOCAL=1, never shared memory (the namespaces share a hostname).
+  # Several: MPICH finds the ranks of one host from the launcher (one proxy per host) and joins
+  # them through shared memory; ranks of different hosts still talk through the network.
+  local nolocal=$(( l == 1 ))
+  ip netns exec gtk-0 env MPIR_CVAR_NOLOCAL=$nolocal MPIR_CVAR_CH4_NETMOD=ofi FI_PROVIDER=tcp \
+    "$mpiexec" -n $((h * l)) -ppn "$l" -hosts "$hosts" -iface gtknet \
     -launcher ssh -launcher-exec "$HERE/netns_ssh.sh" \
-    -genv MPIR_CVAR_NOLOCAL 1 -genv MPIR_CVAR_CH4_NETMOD ofi -genv FI_PROVIDER tcp "$@"
+    -genv MPIR_CVAR_NOLOCAL $nolocal -genv MPIR_CVAR_CH4_NETMOD ofi -genv FI_PROVIDER tcp "$@"
 }
 
 case "${1:-}" in
   up) up "${2:?usage: up P}" ;;
-  run) shift; run "${1:?usage: run P CMD...}" "${@:2}" ;;
+  run) shift; run "${1:?usage: run P|HxL CMD...}" "${@:2}" ;;
   down) down ;;
-  *) echo "usage: $0 up P | run P CMD... | down" >&2; exit 2 ;;
+  *) echo "usage: $0 up P | run P|HxL CMD... | down" >&2; exit 2 ;;
 esac

@@ -23,6 +23,10 @@ convergence() {
         --csv docs/data/conv_gtopk_${values}_$wire.csv
     done
   done
+  for values in merged exact; do  # 2 hosts x 2 ranks (emulated): the hierarchical schedule, default bf16 wire
+    GTOPK_RANKS_PER_HOST=2 "$MPIEXEC" -n 4 $PY scripts/train.py --algo gtopk --values $values --wire bf16 \
+      "${common[@]}" --csv docs/data/conv_gtopk_${values}_bf16_2x2.csv
+  done
   $PY scripts/train.py --plot-from docs/data/conv_{dense,topk,gtopk_merged,gtopk_exact}.csv --plot docs/img/convergence.png
 }
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-CSV_FIELDS = ["algo", "values", "wire", "model", "data", "ranks", "epoch", "steps", "density", "lr", "loss", "test_acc",
-              "samples_per_s_per_rank", "compute_s", "compression_s", "communication_s", "other_s", "epoch_s"]
+CSV_FIELDS = ["algo", "values", "wire", "layout", "model", "data", "ranks", "epoch", "steps", "density", "lr", "loss",
+              "test_acc", "samples_per_s_per_rank", "compute_s", "compression_s", "communication_s", "other_s",
+              "epoch_s"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,6 +40,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--values", choices=("merged", "exact"), default="merged", help="gtopk's values mode")
     p.add_argument("--wire", choices=("fp32", "bf16", "fp16", "raw"), default=None,
                    help="message format of topk/gtopk (default: GTOPK_WIRE, else fp32)")
+    p.add_argument("--hierarchical", choices=("auto", "0", "1"), default=None,
+                   help="gTop-k's schedule when ranks share hosts (sets GTOPK_HIERARCHICAL; default: auto)")
     p.add_argument("--density", type=float, default=0.001)
     p.add_argument("--density-warmup", default="", help="comma-separated densities, one per warm-up epoch")
     p.add_argument("--lr", type=float, default=0.1, help="learning rate (after warm-up)")
@@ -67,7 +71,8 @@ def plot_runs(paths: list[str], out: str) -> None:
             rows = list(csv.DictReader(f))
         r0 = rows[0]
         label = (f"{r0['algo']}" + (f" ({r0['values']})" if r0["algo"] == "gtopk" else "")
-                 + (f" {r0['wire']}" if r0.get("wire") not in (None, "", "fp32") else "") + f", P={r0['ranks']}")
+                 + (f" {r0['wire']}" if r0.get("wire") not in (None, "", "fp32") else "") + f", P={r0['ranks']}"
+                 + (f" ({r0['layout']})" if r0.get("layout", "").endswith("hier") else ""))
         epochs = [int(r["epoch"]) for r in rows]
         ax_loss.plot(epochs, [float(r["loss"]) for r in rows], label=label)
         if rows[0]["test_acc"] not in ("", "nan"):
@@ -106,12 +111,18 @@ def main() -> int:
         print(f"wrote {args.plot}")
         return 0
 
+    import gtopk_mpi
     import gtopk_mpi.torch as hvd
 
     import models  # scripts/models.py
 
+    if args.hierarchical is not None:
+        os.environ["GTOPK_HIERARCHICAL"] = args.hierarchical
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
+    layout = gtopk_mpi.runtime.layout()
+    if rank == 0 and not args.quiet:
+        print(f"train.py: {size} ranks on {layout.describe()}", file=sys.stderr, flush=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = models.build(args.model)
@@ -195,6 +206,7 @@ def main() -> int:
             with torch.no_grad():
                 acc = float((model(x_test).argmax(1) == y_test).float().mean())
         row = {"algo": args.algo, "values": args.values, "wire": compression.wire if args.algo != "dense" else "",
+               "layout": f"{layout.hosts}x{max(layout.ranks_per_host)} {'hier' if layout.hierarchical else 'flat'}",
                "model": args.model, "data": args.data, "ranks": size,
                "epoch": epoch + 1, "steps": step, "density": density, "lr": lr, "loss": mean_loss,
                "test_acc": acc, "samples_per_s_per_rank": steps_per_epoch * args.batch_size / epoch_s,

@@ -59,17 +59,23 @@ class SuiteRuns:
         self.session = session
         self.runs: dict[tuple, tuple[dict, str]] = {}
 
-    def _selected(self, function, nprocs: int) -> list[str]:
+    def _selected(self, request: pytest.FixtureRequest) -> list[str]:
+        """The checks selected in this session of the calling test with its other parameters."""
+
+        def others(item) -> dict:
+            return {k: v for k, v in item.callspec.params.items() if k != "check"}
+
+        mine = others(request.node)
         return sorted({item.callspec.params["check"] for item in self.session.items
-                       if getattr(item, "function", None) is function and hasattr(item, "callspec")
-                       and item.callspec.params.get("nprocs") == nprocs})
+                       if getattr(item, "function", None) is request.function and hasattr(item, "callspec")
+                       and others(item) == mine})
 
     def outcome(self, request: pytest.FixtureRequest, script: str, nprocs: int, check: str, timeout: float,
                 env: dict[str, str] | None = None) -> None:
         """Fail the calling test unless ``check`` of ``script`` passed on ``nprocs`` ranks."""
         key = (script, nprocs, tuple(sorted((env or {}).items())))
         if key not in self.runs:
-            wanted = self._selected(request.function, nprocs) or [check]
+            wanted = self._selected(request) or [check]
             try:
                 proc = run(nprocs, [script, "--only", ",".join(wanted)], timeout, env)
                 output = proc.stdout + proc.stderr

@@ -194,17 +194,15 @@ def dense_allreduce_dtypes_and_average():
 def byte_count_of_each_message():
     """Each message: the header, the indices (packed gaps when smaller, as the reference
     packs them), the values (2 bytes with a 16-bit wire, the dtype's size otherwise; the
-    fold-back message raw, with its survivor mask)."""
+    fold-back message lossless, with its flags)."""
     m, k = 10_000, 100
     xs = inputs(12, m)
-    for dtype, wire_name, value_bytes in ((np.float32, "fp32", 4), (np.float32, "bf16", 2), (np.float16, "fp32", 2)):
+    for dtype, wire_name in ((np.float32, "fp32"), (np.float32, "bf16"), (np.float16, "fp32"), (np.float32, "raw")):
         x = xs[RANK].astype(dtype)
-        res = g.gtopk_allreduce(x, k=k, wire=wire_name)
+        res = g.gtopk_allreduce(x, k=k, wire=wire_name, hierarchical=False)
         trace = {}
         ref.gtopk([y.astype(dtype) for y in xs], k, wire=wire_name, trace=trace)
-        want = sum(wire.HEADER.itemsize + ref.index_bytes(idx) + len(idx) * (np.dtype(dtype).itemsize if tail
-                                                                             else value_bytes) + tail
-                   for idx, tail in trace[RANK])
+        want = sum(ref.message_bytes(*msg, dtype, wire_name, wire.HEADER.itemsize) for msg in trace[RANK])
         assert res.stats.bytes_sent == want, (dtype, wire_name, res.stats.bytes_sent, want)
         assert res.stats.messages_sent == len(trace[RANK])
         if P == 1 << (P.bit_length() - 1) and P > 1 and wire_name == "bf16":  # the issue's yardstick: <= 4 B/entry

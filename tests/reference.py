@@ -124,6 +124,15 @@ def index_bytes(indices, itemsize: int = 4) -> int:
     return min(len(pack_gaps(indices)), len(indices) * itemsize)
 
 
+def message_bytes(kind: str, indices, tail: int, dtype, wire: str, header: int) -> int:
+    """Size of a message of gtopk()'s trace: the header, the indices (int32; packed when
+    smaller unless raw), the values (2 bytes for float32 through a 16-bit wire), the tail."""
+    n, itemsize = len(indices), np.dtype(dtype).itemsize
+    packed = kind != "raw" and wire != "raw"
+    value = 2 if kind == "wire" and wire in ("bf16", "fp16") and np.dtype(dtype) == np.float32 else itemsize
+    return header + (index_bytes(indices) if packed else 4 * n) + n * value + tail
+
+
 # ---- the collectives ----------------------------------------------------------------------
 
 
@@ -163,53 +172,99 @@ def sent(state, owner: int, wire: str):
     return idx, back, pend
 
 
-def gtopk(xs: list[np.ndarray], k: int, residuals: list[np.ndarray] | None = None,
-          values: str = "merged", average: bool = False, wire: str = "fp32", trace: dict | None = None):
-    """The butterfly gTop-k over P = len(xs) ranks, simulated one rank after another.
-
-    Returns (indices, values, residuals_after). Ranks p2 + i (p2 = largest power of
-    two <= P) fold into rank i first; each round r merges rank q with q XOR 2^r. A set
-    sent with a 16-bit ``wire`` arrives rounded (both partners merge what arrives), and
-    the lowest rank of the group whose set it is owns the rounding error: it goes back
-    into that rank's residual if the entry reaches the result. A rank's entry counts as
-    carried only while it survives every merge of its group. In ``exact`` mode values
-    are summed in rank order (equal to MPI's sum only when the arithmetic is exact, e.g.
-    integer-valued floats). ``trace``, if given, receives for each rank the index sets it
-    sends, with its fold-back message last (marked by the tail length it carries).
-    """
-    p = len(xs)
-    dtype = xs[0].dtype
-    accs = [x.copy() if residuals is None else r + x for x, r in zip(xs, residuals or [None] * p)]
-    own = [select(acc, k) for acc in accs]
-    alive = [set(int(i) for i in own[q][0]) for q in range(p)]
-    p2 = 1 << (p.bit_length() - 1)
-    host = [q if q < p2 else q - p2 for q in range(p)]
-    state = {q: (*own[q], [{} for _ in own[q][0]]) for q in range(p2)}
+def butterfly(sets: list, owners: list[int], k: int, dtype, wire: str = "fp32", log: list | None = None,
+              kind: str = "wire"):
+    """The butterfly over len(sets) members, each set (indices, values, pending): members
+    p2 + i (p2 = largest power of two <= n) fold into member i first; each round r merges
+    member q with q XOR 2^r; a set sent with a 16-bit ``wire`` arrives rounded (both
+    partners merge what arrives) and ``owners[j]`` of the lowest member j of the group
+    whose set it is owns the rounding error. Returns (the final set, each member's alive
+    indices: those of its own set that survived every merge of its group; an index that
+    comes back through another group stays out). ``log[j]`` gets (kind, indices, tail) for
+    each message member j sends (the fold-back last, tail: its flag bytes)."""
+    n = len(sets)
+    alive = [set(int(i) for i in s[0]) for s in sets]
+    p2 = 1 << (n.bit_length() - 1)
+    into = [q if q < p2 else q - p2 for q in range(n)]
+    state = {q: sets[q] for q in range(p2)}
+    log = log if log is not None else [[] for _ in range(n)]
 
     def track() -> None:
-        for q in range(p):
-            alive[q] &= set(int(i) for i in state[host[q]][0])
+        for q in range(n):
+            alive[q] &= set(int(i) for i in state[into[q]][0])
 
-    log = trace if trace is not None else {}
-    for q in range(p):
-        log[q] = []
-    for q in range(p2, p):
-        log[q].append((own[q][0], 0))
-        state[q - p2] = merge_tracked(state[q - p2], sent((*own[q], [{} for _ in own[q][0]]), q, wire), k, dtype)
-    if p > p2:
+    for q in range(p2, n):
+        log[q].append((kind, sets[q][0], 0))
+        state[q - p2] = merge_tracked(state[q - p2], sent(sets[q], owners[q], wire), k, dtype)
+    if n > p2:
         track()
     step = 1
     while step < p2:
         for q in range(p2):
-            log[q].append((state[q][0], 0))
-        groups = {q: sent(state[q], q, wire) for q in range(0, p2, step)}  # keyed by each group's lowest rank
+            log[q].append((kind, state[q][0], 0))
+        groups = {q: sent(state[q], owners[q], wire) for q in range(0, p2, step)}  # keyed by each group's lowest
         state = {q: merge_tracked(groups[min(q, q ^ step) & ~(step - 1)], groups[max(q, q ^ step) & ~(step - 1)],
                                   k, dtype) for q in range(p2)}
         track()
         step <<= 1
-    g_idx, g_val, g_pend = state[0]
-    for q in range(p2, p):
-        log[q - p2].append((g_idx, len(own[q][0])))
+    return state[0], alive
+
+
+def fold_back_log(log: list, n: int, final, kind: str) -> None:
+    """The fold-back messages of a butterfly over n members (the result and its flags)."""
+    p2 = 1 << (n.bit_length() - 1)
+    for q in range(p2, n):
+        log[q - p2].append((kind, final[0], len(final[0])))
+
+
+def gtopk(xs: list[np.ndarray], k: int, residuals: list[np.ndarray] | None = None,
+          values: str = "merged", average: bool = False, wire: str = "fp32", trace: dict | None = None,
+          hosts: list[list[int]] | None = None):
+    """gTop-k over P = len(xs) ranks, simulated one rank after another.
+
+    Returns (indices, values, residuals_after). Flat (``hosts`` None): the butterfly over
+    all ranks (see butterfly()). Hierarchical (``hosts``: the ranks of each host, in rank
+    order, hosts ordered by their lowest rank): the butterfly inside each host, lossless;
+    then the butterfly over the hosts' sets, owned by each host's lowest rank (its
+    leader), in ``wire``; a rank's entry is carried if it survives both. In ``exact`` mode
+    values are summed in rank order (equal to MPI's sum only when the arithmetic is exact,
+    e.g. integer-valued floats). ``trace``, if given, receives for each rank the messages
+    it sends: (kind, indices, tail bytes), kind "wire" (indices packed when smaller, values
+    per ``wire``), "lossless" (packed indices, values in their dtype) or "raw" (unpacked
+    pairs, inside a host); the residuals keep what is not carried and the rounding errors
+    each rank owns on entries of the result.
+    """
+    p = len(xs)
+    dtype = xs[0].dtype
+    accs = [x.copy() if residuals is None else r + x for x, r in zip(xs, residuals or [None] * p)]
+    own = [(*select(acc, k), [{} for _ in range(min(k, len(acc)))]) for acc in accs]
+    log = [[] for _ in range(p)]
+    if hosts is None:
+        final, alive = butterfly(own, list(range(p)), k, dtype, wire, log)
+        fold_back_log(log, p, final, "lossless")
+    else:
+        host_sets, host_alive = [], []
+        for members in hosts:
+            sub = [log[q] for q in members]
+            got, kept = butterfly([own[q] for q in members], list(members), k, dtype, "fp32", sub, "raw")
+            host_sets.append(got)
+            host_alive.append(kept)
+        leaders = [members[0] for members in hosts]
+        final, across = butterfly(host_sets, leaders, k, dtype, wire, [log[q] for q in leaders])
+        fold_back_log([log[q] for q in leaders], len(hosts), final, "lossless")
+        alive = [set() for _ in range(p)]
+        for h, members in enumerate(hosts):
+            n = len(members)
+            p2 = 1 << (n.bit_length() - 1)
+            for j in range(p2):  # the binomial tree down the host: j forwards to j + 2^s below its lowest bit
+                low = (j & -j) or p2
+                log[members[j]] += [("raw", final[0], len(final[0]))] * (low.bit_length() - 1) if n > 1 else []
+            fold_back_log([log[q] for q in members], n, final, "raw")
+            for j, q in enumerate(members):
+                alive[q] = host_alive[h][j] & across[h]
+    g_idx, g_val, g_pend = final
+    if trace is not None:
+        trace.update(enumerate(log))
     if values == "exact":
         g_val = np.array([sum_in_order([acc[i] for acc in accs], dtype) for i in g_idx], dtype=dtype)
     after = []

@@ -34,3 +34,12 @@ def test_init_with_a_list_of_world_ranks():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "world rank 0 ok" in proc.stdout and "world rank 2 ok" in proc.stdout
     assert "rank 1 refused: init(comm=[0, 2]): world rank 1 is not in the list" in proc.stdout
+
+
+@pytest.mark.parametrize("layout", [(4, 2), (5, 2), (6, 2), (6, 3), (8, 4)], ids=lambda t: f"P{t[0]}L{t[1]}")
+@pytest.mark.parametrize("check", suite_checks("tests/hier_suite.py"))
+def test_hierarchical(check, layout, suite_runs, request):
+    """Hosts emulated with GTOPK_RANKS_PER_HOST: 2x2, 3 hosts of 2, 2, 1, 3x2, 2x3, 2x4."""
+    nprocs, per_host = layout
+    suite_runs.outcome(request, "tests/hier_suite.py", nprocs, check, timeout=240,
+                       env={"GTOPK_RANKS_PER_HOST": str(per_host)})

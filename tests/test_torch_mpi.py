@@ -1,5 +1,6 @@
-"""gtopk_mpi.torch (Horovod's API and DistributedOptimizer) on P = 1..4 ranks: every check of
-tests/torch_suite.py is a test of its own (``pytest -k``), one mpiexec launch per P."""
+"""gtopk_mpi.torch (Horovod's API and DistributedOptimizer) on P = 1..4 ranks, and on 2 hosts x 2
+ranks emulated with GTOPK_RANKS_PER_HOST (the hierarchical gTop-k): every check of
+tests/torch_suite.py is a test of its own (``pytest -k``), one mpiexec launch per layout."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from mpi_launch import run, suite_checks
 pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("nprocs", [1, 2, 3, 4], ids=lambda n: f"P{n}")
+@pytest.mark.parametrize("layout", [(1, 0), (2, 0), (3, 0), (4, 0), (4, 2)],
+                         ids=lambda t: f"P{t[0]}" + (f"L{t[1]}" if t[1] else ""))
 @pytest.mark.parametrize("check", suite_checks("tests/torch_suite.py"))
-def test_torch(check, nprocs, suite_runs, request):
-    suite_runs.outcome(request, "tests/torch_suite.py", nprocs, check, timeout=300)
+def test_torch(check, layout, suite_runs, request):
+    nprocs, per_host = layout
+    suite_runs.outcome(request, "tests/torch_suite.py", nprocs, check, timeout=300,
+                       env={"GTOPK_RANKS_PER_HOST": str(per_host)} if per_host else None)
 
 
 def test_timeline_is_a_chrome_trace(tmp_path):

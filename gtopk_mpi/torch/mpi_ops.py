@@ -55,7 +55,9 @@ def init(comm=None) -> None:
         if engine.running():
             return
         runtime.init(comm)
-        engine.start(*(transport.MpiTransport(runtime.comm().Dup()) for _ in range(2)))
+        control, data = (transport.MpiTransport(runtime.comm().Dup()) for _ in range(2))
+        data.topology()  # the hosts, found now (collective) rather than in the engine's first op
+        engine.start(control, data)
 
 
 def shutdown() -> None:
@@ -65,7 +67,7 @@ def shutdown() -> None:
             return
         for link in engine.stop():
             if not failures.abandoned():
-                link.comm.Free()
+                link.close()
         _handles.clear()
         runtime.shutdown()
 

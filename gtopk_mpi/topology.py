@@ -1,0 +1,113 @@
+"""Which ranks share a host: the layout the hierarchical collectives follow.
+
+A host is the set of ranks that MPI places on one shared-memory node
+(``MPI.COMM_TYPE_SHARED``), or, with ``GTOPK_RANKS_PER_HOST=L`` (emulating a cluster
+on one machine), ranks ``h*L .. h*L + L-1``. Hosts are numbered by their lowest rank;
+a host's lowest rank is its *leader*. Any layout works: uneven ranks per host, ranks
+of one host not contiguous.
+
+:func:`discover` builds, once per communicator and collectively, three transports:
+``local`` (this rank's host), ``leaders`` (one rank per host; on leaders only) and
+``cross`` (the ranks with this rank's local rank), and decides the communicator's
+default schedule for gTop-k: hierarchical when GTOPK_HIERARCHICAL is 1, or "auto" and
+the layout has several hosts of which one holds several ranks. Every rank must set
+the same GTOPK_HIERARCHICAL and GTOPK_RANKS_PER_HOST (else ValueError on every rank).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mpi4py import MPI
+
+from . import config
+
+
+@dataclass
+class Topology:
+    """The host layout of one communicator, seen from one rank."""
+
+    host_of: list[int]          # host index of every rank (hosts numbered by their lowest rank)
+    local: Any                  # Transport over this rank's host, in rank order
+    leaders: Any                # Transport over the hosts' lowest ranks (None on the other ranks)
+    cross: Any                  # Transport over the ranks with this rank's local rank, one per host
+    hierarchical: bool          # the communicator's default gTop-k schedule
+    comms: tuple = ()           # the communicators behind them (freed by close())
+
+    @property
+    def hosts(self) -> int:
+        return max(self.host_of) + 1
+
+    @property
+    def ranks_per_host(self) -> list[int]:
+        return [self.host_of.count(h) for h in range(self.hosts)]
+
+    def describe(self) -> str:
+        """"2 hosts x 2 ranks" (or "3 hosts of 2, 2, 1 ranks") and the default schedule."""
+        sizes = self.ranks_per_host
+        shape = (f"{len(sizes)} host{'s' * (len(sizes) > 1)} x {sizes[0]} rank{'s' * (sizes[0] > 1)}"
+                 if len(set(sizes)) == 1 else f"{len(sizes)} hosts of {', '.join(map(str, sizes))} ranks")
+        return f"{shape}, {'hierarchical' if self.hierarchical else 'flat'} gTop-k"
+
+    def tree(self) -> HostTree:
+        """An allreduce through the hosts (see HostTree)."""
+        return HostTree(self)
+
+    def close(self) -> None:
+        for c in self.comms:
+            if c != MPI.COMM_NULL:
+                c.Free()
+        self.comms = ()
+
+
+class HostTree:
+    """The allreduce of a buffer through the host layout: inside each host, across the
+    leaders, then the leader's result to its host. One copy crosses each host's port per
+    direction and stage (the flat allreduce: one per rank), and every rank ends with the
+    leader's bits."""
+
+    def __init__(self, layout: Topology):
+        self.layout = layout
+        self.size = len(layout.host_of)
+
+    def allreduce(self, buf: Any, op: str = "sum") -> None:
+        self.layout.local.allreduce(buf, op)
+        if self.layout.leaders is not None:
+            self.layout.leaders.allreduce(buf, op)
+        self.layout.local.bcast(buf, 0)
+
+
+def flat(link: Any) -> Topology:
+    """One rank per host: the layout of a transport that knows nothing of hosts."""
+    return Topology(list(range(link.size)), None, None, link, False)
+
+
+def wants_hierarchy(setting: str, host_of: list[int]) -> bool:
+    """Whether GTOPK_HIERARCHICAL's value ``setting`` (auto, 1, 0) picks the hierarchical schedule
+    on this layout."""
+    hosts = max(host_of) + 1
+    return setting == "1" or (setting == "auto" and 1 < hosts < len(host_of))
+
+
+def discover(link: Any, make: Any) -> Topology:
+    """The topology of an MPI transport ``link`` (collective over its ranks); ``make(comm)``
+    wraps a sub-communicator in a Transport."""
+    comm: MPI.Comm = link.comm
+    setting, per_host = config.HIERARCHICAL.get(), config.RANKS_PER_HOST.get()
+    seen = link.allgather_obj((setting, per_host))
+    if len(set(seen)) > 1:
+        shown = " vs ".join(sorted({f"GTOPK_HIERARCHICAL={s} GTOPK_RANKS_PER_HOST={n}" for s, n in seen}))
+        raise ValueError(f"gtopk_mpi: ranks disagree on the host layout settings: {shown}")
+    if per_host < 0:
+        raise ValueError(f"GTOPK_RANKS_PER_HOST={per_host}: expected 0 (ask MPI) or a positive number of ranks")
+    me = link.rank
+    local = comm.Split(me // per_host, key=me) if per_host else comm.Split_type(MPI.COMM_TYPE_SHARED, key=me)
+    lowest = local.Get_group().Translate_ranks([0], comm.Get_group())[0]
+    lows = link.allgather_obj(lowest)
+    number = {low: h for h, low in enumerate(sorted(set(lows)))}
+    host_of = [number[low] for low in lows]
+    leaders = comm.Split(0 if local.Get_rank() == 0 else MPI.UNDEFINED, key=me)
+    cross = comm.Split(local.Get_rank(), key=me)
+    return Topology(host_of, make(local), None if leaders == MPI.COMM_NULL else make(leaders), make(cross),
+                    wants_hierarchy(setting, host_of), (local, leaders, cross))
