@@ -212,14 +212,20 @@ size_t merge_topk(const I* ia, const T* va, const uint32_t* ta, size_t na, const
   return k;
 }
 
-// mask[j] = 1 iff a[j] occurs in b; both strictly ascending.
+// out[j] = the tag of kept[j] in mine where flags[j], else 0 (mine and kept ascending; every
+// flagged index of kept occurs in mine). False if one does not.
 template <class I>
-void isin_sorted(const I* a, size_t na, const I* b, size_t nb, uint8_t* mask) {
+bool adopt_tags(const I* mine, const uint32_t* tags, size_t n_mine, const I* kept, const uint8_t* flags,
+                size_t n_kept, uint32_t* out) {
   size_t q = 0;
-  for (size_t j = 0; j < na; ++j) {
-    while (q < nb && b[q] < a[j]) ++q;
-    mask[j] = q < nb && b[q] == a[j];
+  for (size_t j = 0; j < n_kept; ++j) {
+    out[j] = 0;
+    if (!flags[j]) continue;
+    while (q < n_mine && mine[q] < kept[j]) ++q;
+    if (q == n_mine || mine[q] != kept[j]) return false;
+    out[j] = tags[q];
   }
+  return true;
 }
 
 }  // namespace gtopk

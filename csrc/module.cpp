@@ -348,23 +348,29 @@ py::array settle(py::array residual, const py::array& idx, const py::array& tags
   throw py::value_error("unreachable dtype");
 }
 
-py::array isin_sorted(const py::array& a, const py::array& b) {
-  check_1d_contiguous(a, "a");
-  check_1d_contiguous(b, "b");
-  const int inum = a.dtype().num();
-  if (inum != b.dtype().num() || (inum != kNpyInt32 && inum != kNpyInt64))
+py::array adopt_tags(const py::array& mine, const py::array& tags, const py::array& kept, const py::array& flags) {
+  for (const auto& [arr, name] : {std::pair{&mine, "mine"}, {&tags, "tags"}, {&kept, "kept"}, {&flags, "flags"}})
+    check_1d_contiguous(*arr, name);
+  const int inum = mine.dtype().num();
+  if (inum != kept.dtype().num() || (inum != kNpyInt32 && inum != kNpyInt64))
     throw py::value_error("indices must both be int32 or both int64");
-  std::vector<uint8_t> mask(static_cast<size_t>(a.size()));
+  if (tags.dtype().num() != py::dtype::of<uint32_t>().num() || tags.size() != mine.size())
+    throw py::value_error("tags must be uint32, one per entry of mine");
+  if (flags.itemsize() != 1 || flags.size() != kept.size()) throw py::value_error("flags must be one byte per entry of kept");
+  std::vector<uint32_t> out(static_cast<size_t>(kept.size()));
+  bool ok;
   {
     py::gil_scoped_release nogil;
-    if (inum == kNpyInt32)
-      gtopk::isin_sorted<int32_t>(static_cast<const int32_t*>(a.data()), a.size(), static_cast<const int32_t*>(b.data()),
-                                  b.size(), mask.data());
-    else
-      gtopk::isin_sorted<int64_t>(static_cast<const int64_t*>(a.data()), a.size(), static_cast<const int64_t*>(b.data()),
-                                  b.size(), mask.data());
+    const auto* t = static_cast<const uint32_t*>(tags.data());
+    const auto* f = static_cast<const uint8_t*>(flags.data());
+    ok = inum == kNpyInt32
+             ? gtopk::adopt_tags(static_cast<const int32_t*>(mine.data()), t, mine.size(),
+                                 static_cast<const int32_t*>(kept.data()), f, kept.size(), out.data())
+             : gtopk::adopt_tags(static_cast<const int64_t*>(mine.data()), t, mine.size(),
+                                 static_cast<const int64_t*>(kept.data()), f, kept.size(), out.data());
   }
-  return own(std::move(mask)).attr("view")("bool");
+  if (!ok) throw py::value_error("adopt_tags: a flagged entry is not in this rank's set");
+  return own(std::move(out));
 }
 
 py::dict sample_plan(int64_t m, int64_t k) {
@@ -469,8 +475,8 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("errors"),
           "Error feedback after an exchange: residual = 0 where the result carries this rank's entries (tag `own`),\n"
           "then += each (bit, indices, errors) record at the entries tagged `bit`. Returns the carried indices.");
-  mod.def("isin_sorted", &isin_sorted, py::arg("a"), py::arg("b"),
-          "Boolean mask over a: a[j] occurs in b (both strictly ascending).");
+  mod.def("adopt_tags", &adopt_tags, py::arg("mine"), py::arg("tags"), py::arg("kept"), py::arg("flags"),
+          "uint32 tags over kept: where flags, the tag of the same index in mine (both ascending), else 0.");
   mod.def("sample_plan", &sample_plan, py::arg("m"), py::arg("k"),
           "The selection's sampling plan for length m and k (shared with the CUDA path).");
 #ifdef GTOPK_WITH_CUDA

@@ -64,7 +64,9 @@ def topk_allreduce(x: Any, k: int | None = None, density: float | None = None, a
     """Local top-k, then an allgather of every rank's (index, value) pairs, summed.
 
     Arguments as gtopk_allreduce's. Returns the union of all ranks' k-sets (up to P*k
-    entries) with values summed in a fixed pairwise order (identical on every rank).
+    entries) with values summed in a fixed pairwise order (identical on every rank). On a
+    communicator whose default schedule is hierarchical (topology.py) the allgather goes
+    through the hosts: inside each, across the leaders, back down.
     With ``residual`` the selection runs on residual + x and every selected entry is sent,
     so the residual becomes zero there (with a 16-bit ``wire``: the rounding error).
     """
@@ -82,8 +84,8 @@ def topk_allreduce(x: Any, k: int | None = None, density: float | None = None, a
         with stats.phase("merge"):  # the whole k-set as one message, values rounded as the others decode them
             msg, _, errors = wire_format.encode(sets, side.header, side.idx, side.val, side.code,
                                                 rounded=side.code != 0, packing=side.pack)
-        with stats.phase("comm"):
-            gathered, sizes = link.allgather(msg, sets.empty)
+        with stats.phase("comm"):  # ranks sharing hosts: through the hosts (one copy per port)
+            gathered, sizes = (side.layout.tree() if side.layout.hierarchical else link).allgather(msg, sets.empty)
         stats.bytes_sent, stats.bytes_received = (p - 1) * len(msg), sum(sizes) - len(msg)
         stats.messages_sent, stats.entries_sent = p - 1, (p - 1) * len(side.idx)
         with stats.phase("merge"):

@@ -1,7 +1,8 @@
 """Benchmark of the collectives: ``mpiexec -n P python -m gtopk_mpi.bench [options]``.
 
 Runs each algorithm on a gradient of the chosen size (random normal, a fresh
-one per rank), barrier-aligned, and reports per algorithm the median/min/max
+one per rank), barrier-aligned, the algorithms' calls interleaved (each iteration calls
+every variant once, so a noisy machine's drift hits all alike), and reports per algorithm the median/min/max
 time per call as the maximum over ranks, split into selection, communication and
 merge, with the bytes and messages each rank sent. Rank 0 prints a table (and a
 progress bar while it runs); ``--csv``/``--json`` write the rows.
@@ -21,7 +22,7 @@ pays: merges, codec, bookkeeping, Python and the wire).
 On a machine with fewer cores than ranks the figures are CPU-bound, not network-bound.
 
 Hosts (topology.py): --hierarchical flat,hier runs gtopk(-exact) once per schedule (default:
-the layout's). "port KB" is the payload this call sent to other hosts, summed over each
+the layout's; topk's allgather goes through the hosts whenever the layout's default is hier). "port KB" is the payload this call sent to other hosts, summed over each
 host's ranks (the largest host); --nic FILE (a byte counter such as
 /sys/class/net/eth0/statistics/tx_bytes, read by each host's first rank around the timed
 calls) adds "NIC KB": what actually left the host's port per call, protocol headers and all
@@ -201,24 +202,35 @@ def per_host(comm: MPI.Comm, value: float) -> float:
     return max(sums)
 
 
-def bench_algorithm(algorithm: str, x: np.ndarray, k: int, args: argparse.Namespace, progress,
-                    wire: str = "fp32", schedule: str = "auto") -> Row:
+def bench_variants(variants: list[tuple[str, str, str]], x: np.ndarray, k: int, args: argparse.Namespace,
+                   progress) -> list[Row]:
+    """Rows of every (algorithm, wire, schedule), their calls interleaved: iteration i runs each
+    variant once in turn, so drift of a shared machine hits all of them alike."""
     comm = runtime.comm()
-    residual = np.zeros_like(x)
-    samples: list[CommStats] = []
-    hierarchical = {"flat": False, "hier": True}.get(schedule, runtime.layout().hierarchical)
-    nic0 = 0
+    residuals = [np.zeros_like(x) for _ in variants]
+    samples: list[list[CommStats]] = [[] for _ in variants]
+    nic = [0.0] * len(variants)
     for i in range(args.warmup + args.iters):
-        comm.Barrier()
-        if i == args.warmup:
-            nic0 = read_counter(args.nic)
-        s = run_once(algorithm, x, k, residual, args.align, wire, hierarchical)
-        if i >= args.warmup:
-            samples.append(s)
-        if progress is not None:
-            progress.update(1)
-    comm.Barrier()
-    nic = (read_counter(args.nic) - nic0) / len(samples) if args.nic else float("nan")
+        for v, (algorithm, wire, schedule) in enumerate(variants):
+            hierarchical = {"flat": False, "hier": True}.get(schedule, runtime.layout().hierarchical)
+            comm.Barrier()
+            before = read_counter(args.nic)
+            s = run_once(algorithm, x, k, residuals[v], args.align, wire, hierarchical)
+            comm.Barrier()
+            if i >= args.warmup:
+                samples[v].append(s)
+                nic[v] += read_counter(args.nic) - before
+            if progress is not None:
+                progress.update(1)
+    return [summarize(a, w, h, x, k, samples[v], nic[v] / args.iters if args.nic else float("nan"))
+            for v, (a, w, h) in enumerate(variants)]
+
+
+def summarize(algorithm: str, wire: str, schedule: str, x: np.ndarray, k: int, samples: list[CommStats],
+              nic: float) -> Row:
+    """One variant's row from its timed calls on every rank (collective)."""
+    comm = runtime.comm()
+    hierarchical = {"flat": False, "hier": True}.get(schedule, runtime.layout().hierarchical)
     # per-iteration maximum over ranks
     local = np.array([[s.total_s, s.select_s, s.comm_s, s.merge_s, s.skew_s, s.total_s - s.select_s]
                       for s in samples])
@@ -237,8 +249,9 @@ def bench_algorithm(algorithm: str, x: np.ndarray, k: int, args: argparse.Namesp
     return Row(algorithm, wire if algorithm in ("topk", "gtopk", "gtopk-exact") else "fp32", comm.Get_size(), len(x),
                k, str(x.dtype), float(statistics.median(tot)), float(tot.min()), float(tot.max()), med(1), med(2),
                med(3), int(counts_max[0]), int(counts_max[1]), int(counts_max[2]), per_entry, med(5), skew_ms=med(4),
-               schedule="hier" if butterfly and hierarchical else "flat", port_kb=port / 1e3,
-               nic_kb=per_host(comm, nic) / 1e3 if args.nic else float("nan"))
+               schedule="hier" if (butterfly and hierarchical) or (algorithm == "topk" and runtime.layout().hierarchical)
+               else "flat", port_kb=port / 1e3,
+               nic_kb=per_host(comm, nic) / 1e3)
 
 
 def format_table(rows: list[Row]) -> str:
@@ -316,7 +329,7 @@ def host_predictions(rows: list[Row], net: costmodel.Network, intra: costmodel.N
     for gpus in per_host:
         for h in hosts:
             p = h * gpus
-            local = select_s + costmodel.log2p(p) * per_merge
+            local = 1e3 * (select_s + costmodel.log2p(p) * per_merge)
             t = {a: 1e3 * costmodel.layout_comm_time(a, net, intra, h, gpus, g.numel, g.k, v, entry)
                  for a in ("dense", "gtopk", "gtopk-hier")}
             wire_only = costmodel.Network(0.0, net.beta), costmodel.Network(0.0, 0.0)
@@ -418,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             from tqdm import tqdm
             runs = sum(len(variants(a, args)) for a in args.algorithms)
             progress = tqdm(total=runs * (args.iters + args.warmup), desc="bench", file=sys.stderr, leave=False)
-    rows = [bench_algorithm(a, x, k, args, progress, w, h) for a in args.algorithms for w, h in variants(a, args)]
+    rows = bench_variants([(a, w, h) for a in args.algorithms for w, h in variants(a, args)], x, k, args, progress)
     net = intra = None
     if args.model_fit:
         if p < 2:

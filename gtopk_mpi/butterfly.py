@@ -13,8 +13,9 @@ State and error feedback. With ``residual`` (same shape and dtype as x) the coll
 works on acc = residual + x (fused into the selection pass). An entry of this rank
 reaches the result only if it survives every merge on the way; one dropped in round r
 stays out even if its index comes back through another group. Each rank therefore
-tracks a survivor mask over its own k entries (folded ranks learn theirs from their
-partner), and afterwards ``residual`` holds exactly what this rank's contribution did
+tags its own k entries and the tags follow them through the merges (a folded rank gets
+the result with one flag per entry marking what came from its set, and takes its tags
+from there), and afterwards ``residual`` holds exactly what this rank's contribution did
 not carry::
 
     sum over ranks of (residual_after + result.to_dense()) == sum of (residual_before + x)
@@ -147,10 +148,10 @@ class Butterfly:
             link.send(buf, dest)
         self._count(buf, None, self._remote(link, dest))
 
-    def recv(self, source: int, link: Any = None) -> Any:
+    def recv(self, source: int, link: Any = None, idle: bool = False) -> Any:
         link = link or self.link
         with self.stats.phase("comm"):
-            buf = link.recv(source, self.space.empty)
+            buf = link.recv(source, self.space.empty, idle)
         self._count(None, buf, False)
         return buf
 
@@ -206,8 +207,11 @@ class Butterfly:
             if got is None:
                 return
             idx, val, flags = got
-            tags = self.space.tags(len(idx), 0)
-            tags[flags] = self.tags[self.space.survivors(self.idx, idx[flags])]
+            try:
+                tags = self.space.adopt_tags(self.idx, self.tags, idx, flags)
+            except ValueError as e:
+                self.err = Error(1, f"rank {self.link.rank}: malformed message: {e}")
+                return
             self.idx, self.val, self.tags = idx, val, tags
 
     def flags(self, bit: int) -> Any:
@@ -241,7 +245,7 @@ class Butterfly:
         p2 = 1 << (p.bit_length() - 1)
         if me >= p2:
             self.send(me - p2, self.message(ROUNDED, code=code, pack=pack), link)
-            self.adopt(self.recv(me - p2, link))
+            self.adopt(self.recv(me - p2, link, idle=True))  # while the others run the rounds
             return
         if me + p2 < p:
             self.absorb(self.recv(me + p2, link), fold_bit)
@@ -272,7 +276,7 @@ class Butterfly:
             buf, low = self.message(tail=self.flags(HOST), code=0, pack=0), p2
         else:
             low = me & -me
-            buf = self.recv(me - low, local)
+            buf = self.recv(me - low, local, idle=True)  # while the leaders run the rounds across hosts
             self.adopt(buf)
         step = low >> 1
         while step:

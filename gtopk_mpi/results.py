@@ -22,7 +22,7 @@ class CommStats:
     port_bytes: int = 0          # of bytes_sent, those to ranks on other hosts (topology.py)
     select_s: float = 0.0        # local top-k (with the fused residual pass)
     comm_s: float = 0.0          # inside the transport (MPI)
-    merge_s: float = 0.0         # merges, survivor masks, residual update
+    merge_s: float = 0.0         # merges, tag adoption, residual update
     skew_s: float = 0.0          # align=True: waiting at the barrier for slower ranks' selection
     total_s: float = 0.0
 

@@ -63,8 +63,3 @@ def merge_topk(
     Symmetric: ``merge_topk(a, b)`` and ``merge_topk(b, a)`` are bit-identical.
     """
     return _C.merge_topk(idx_a, val_a, idx_b, val_b, int(k))
-
-
-def survivors(mine: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Boolean mask over ``mine``: which of these (ascending) indices ``kept`` holds."""
-    return _C.isin_sorted(mine, kept)

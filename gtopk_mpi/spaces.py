@@ -34,8 +34,9 @@ class Space(Protocol):
     buffers uint8; dtypes named as NumPy and torch name them ("float32", ...). Kernels:
     ``select`` is the top-min(k, m) of x (of residual + x, residual updated in place,
     when given); ``merge`` the union of two sets summed at equal indices, then its top k
-    (symmetric), carrying uint32 tags (OR-ed at equal indices) when given; ``survivors``
-    the mask over ``mine`` of the indices ``kept`` holds; ``encode`` / ``decode`` the wire
+    (symmetric), carrying uint32 tags (OR-ed at equal indices) when given; ``adopt_tags``
+    the tags over a later set ``kept`` of the entries ``flags`` marks as coming from ``mine``
+    (their tags in ``mine``; 0 for the others); ``encode`` / ``decode`` the wire
     payload of a set (wire.py; ``encode`` returns (payload, index_bytes, scale, packed,
     the values the receiver decodes if ``rounded``)).
     ``allreduce`` returns a new array reduced over the ranks of ``link`` (float16 in
@@ -55,7 +56,7 @@ class Space(Protocol):
     def encode(self, idx: Any, val: Any, code: int, rounded: bool, pack: int) -> tuple: ...
     def decode(self, body: Any, count: int, packed: bool, index_bytes: int, idx64: bool, code: int, scale: int,
                dtype: str, limit: int) -> tuple[Any, Any]: ...
-    def survivors(self, mine: Any, kept: Any) -> Any: ...
+    def adopt_tags(self, mine: Any, tags: Any, kept: Any, flags: Any) -> Any: ...
     def gather(self, a: Any, ids: Any) -> Any: ...
     def zero_at(self, residual: Any, ids: Any) -> None: ...
     def add_at(self, residual: Any, ids: Any, vals: Any) -> None: ...  # residual[ids] += vals (ids distinct)
@@ -110,8 +111,8 @@ class HostSpace:
                scale: int, dtype: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
         return _C.decode_entries(body, count, packed, index_bytes, idx64, code, scale, np.dtype(dtype), limit)
 
-    def survivors(self, mine: np.ndarray, kept: np.ndarray) -> np.ndarray:
-        return selection.survivors(mine, kept)
+    def adopt_tags(self, mine: np.ndarray, tags: np.ndarray, kept: np.ndarray, flags: np.ndarray) -> np.ndarray:
+        return _C.adopt_tags(mine, tags, kept, flags)
 
     def gather(self, a: np.ndarray, ids: np.ndarray) -> np.ndarray:
         return a[ids]

@@ -62,10 +62,9 @@ class Topology:
 
 
 class HostTree:
-    """The allreduce of a buffer through the host layout: inside each host, across the
-    leaders, then the leader's result to its host. One copy crosses each host's port per
-    direction and stage (the flat allreduce: one per rank), and every rank ends with the
-    leader's bits."""
+    """Collectives through the host layout: inside each host, across the leaders, then the
+    leader's result down its host. Each host's port carries one copy (the flat forms: up to
+    one per rank), and every rank ends with the leader's bits."""
 
     def __init__(self, layout: Topology):
         self.layout = layout
@@ -76,6 +75,36 @@ class HostTree:
         if self.layout.leaders is not None:
             self.layout.leaders.allreduce(buf, op)
         self.layout.local.bcast(buf, 0)
+
+    def allgather(self, buf: Any, alloc: Any) -> tuple[Any, list[int]]:
+        """Every rank's byte buffer, concatenated in rank order, and their sizes (as
+        Transport.allgather)."""
+        lay = self.layout
+        host_buf, local_sizes = lay.local.allgather(buf, alloc)
+        everything, sizes_by_host = None, None
+        if lay.leaders is not None:
+            everything, _ = lay.leaders.allgather(host_buf, alloc)
+            sizes_by_host = lay.leaders.allgather_obj(local_sizes)
+        sizes_by_host = lay.local.bcast_obj(sizes_by_host, 0)
+        total = sum(map(sum, sizes_by_host))
+        if everything is None:
+            everything = alloc(total)
+        lay.local.bcast(everything, 0)
+        members = [[q for q, h in enumerate(lay.host_of) if h == host] for host in range(lay.hosts)]
+        ranks = [q for host in members for q in host]  # the order the leaders gathered in
+        sizes = [0] * self.size
+        for q, n in zip(ranks, (n for host in sizes_by_host for n in host)):
+            sizes[q] = n
+        if ranks == sorted(ranks):
+            return everything, sizes
+        starts, at = {}, 0
+        for q in ranks:
+            starts[q], at = at, at + sizes[q]
+        out, at = alloc(total), 0
+        for q in range(self.size):
+            out[at : at + sizes[q]] = everything[starts[q] : starts[q] + sizes[q]]
+            at += sizes[q]
+        return out, sizes
 
 
 def flat(link: Any) -> Topology:

@@ -29,6 +29,7 @@ from . import config, failures, topology
 Alloc = Callable[[int], Any]
 _OPS = {"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX, "prod": MPI.PROD}
 TAG = 0x6770
+IDLE_SPIN, IDLE_SLEEP_S = 64, 50e-6  # an idle wait: polls before sleeping, then the sleep between polls
 
 
 class Transport(Protocol):
@@ -45,7 +46,7 @@ class Transport(Protocol):
 
     def next_sequence(self) -> int: ...
     def send(self, buf: Any, dest: int) -> None: ...
-    def recv(self, source: int, alloc: Alloc) -> Any: ...
+    def recv(self, source: int, alloc: Alloc, idle: bool = False) -> Any: ...  # idle: a long wait (see MpiTransport)
     def probe_any(self, alloc: Alloc) -> tuple[int, Any] | None: ...  # a waiting message, if any: (source, buf)
     def sendrecv(self, buf: Any, peer: int, alloc: Alloc) -> Any: ...
     def allreduce(self, buf: Any, op: str = "sum") -> None: ...
@@ -65,7 +66,9 @@ class MpiTransport:
     wait can notice a rank that left (failures.PeerGoneError), warn when it stalls, and
     end the job past GTOPK_STALL_SHUTDOWN_TIME_SECONDS. Between polls it yields the core
     (GTOPK_YIELD=1, the default): with more ranks than cores, spinning starves the very
-    rank being waited for. ``activity`` names the call in progress for those messages.
+    rank being waited for; a receive marked ``idle`` (a rank waiting while others run the
+    rounds it waits for, e.g. the hierarchical schedule's hand-down) sleeps between polls
+    after a short spin. ``activity`` names the call in progress for those messages.
     """
 
     def __init__(self, comm: MPI.Comm):
@@ -81,8 +84,9 @@ class MpiTransport:
         self._sequence += 1
         return self._sequence
 
-    def _poll(self, ready: Callable[[], Any], peer: int | None) -> Any:
-        """Poll ``ready()`` until it returns something other than None or False."""
+    def _poll(self, ready: Callable[[], Any], peer: int | None, idle: bool = False) -> Any:
+        """Poll ``ready()`` until it returns something other than None or False; with ``idle``
+        (and GTOPK_YIELD) sleep IDLE_SLEEP_S between polls after the first IDLE_SPIN ones."""
         out = ready()
         if out:
             return out
@@ -91,7 +95,10 @@ class MpiTransport:
         who = f"rank {peer}" if peer is not None else "the other ranks"
         while not (out := ready()):
             if self._yield:
-                os.sched_yield()
+                if idle and polls >= IDLE_SPIN:
+                    time.sleep(IDLE_SLEEP_S)
+                else:
+                    os.sched_yield()
             polls += 1
             if polls % 256:
                 continue
@@ -111,9 +118,9 @@ class MpiTransport:
     def _wait(self, req: MPI.Request, peer: int | None = None) -> None:
         self._poll(req.Test, peer)
 
-    def _receive(self, source: int, alloc: Alloc) -> Any:
+    def _receive(self, source: int, alloc: Alloc, idle: bool = False) -> Any:
         status = MPI.Status()
-        msg = self._poll(lambda: self.comm.Improbe(source=source, tag=TAG, status=status), source)
+        msg = self._poll(lambda: self.comm.Improbe(source=source, tag=TAG, status=status), source, idle)
         buf = alloc(status.Get_count(MPI.BYTE))
         msg.Recv([buf, MPI.BYTE])
         return buf
@@ -121,8 +128,8 @@ class MpiTransport:
     def send(self, buf: Any, dest: int) -> None:
         self._wait(self.comm.Isend([buf, MPI.BYTE], dest=dest, tag=TAG), dest)
 
-    def recv(self, source: int, alloc: Alloc) -> Any:
-        return self._receive(source, alloc)
+    def recv(self, source: int, alloc: Alloc, idle: bool = False) -> Any:
+        return self._receive(source, alloc, idle)
 
     def probe_any(self, alloc: Alloc) -> tuple[int, Any] | None:
         status = MPI.Status()

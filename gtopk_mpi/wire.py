@@ -12,8 +12,9 @@ bits each: bfloat16, or float16 after scaling by a power of two 2^scale chosen p
 message (no underflow, and the scaling is exact). The header records which encoding
 each message uses, so the receiver decodes without guessing.
 
-``tail`` carries, on the last message to a folded rank, that rank's survivor mask (one
-byte per entry it contributed). A message whose header has ``error != 0`` carries instead
+``tail`` carries, on a message handing the result to a rank that did not compute it (a
+folded rank, or a rank waiting inside its host), one flag byte per entry: whether the
+entry came from the receiver's own set. A message whose header has ``error != 0`` carries instead
 the UTF-8 text of the error (``count`` is then its length in bytes). A header alone
 (``count`` 0) is an agreement message: the collectives without pairwise data agree
 through the same butterfly of headers. The header lets every receiver check that both

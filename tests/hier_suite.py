@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpi_suite import assert_result, expect_error, inputs  # noqa: E402  (mpi_suite initializes gtopk_mpi)
 
 import gtopk_mpi as g  # noqa: E402
 from gtopk_mpi import wire  # noqa: E402
+from gtopk_mpi.topology import Topology  # noqa: E402
+from gtopk_mpi.transport import MpiTransport  # noqa: E402
 
 import reference as ref  # noqa: E402
 from mpi_harness import Suite  # noqa: E402
@@ -147,11 +150,36 @@ def schedules_must_agree():
 
 
 @check
-def dense_and_exact_values_through_the_hosts():
+def dense_and_topk_on_hosts():
+    """dense: MPI's; Top-k: the allgather through the hosts, in rank order (equal to the model's
+    rank-order tree of unions)."""
     xs = inputs(64, 3000, np.float32, integer=True)
     out = g.dense_allreduce(xs[RANK])
     assert np.array_equal(out, np.sum(xs, axis=0)), "dense sum"
     SUITE.identical_on_all_ranks(out.tobytes())
+    for wire_name in ("fp32", "bf16"):
+        xs = inputs(65, 2500)
+        res = g.topk_allreduce(xs[RANK], k=30, wire=wire_name)
+        w_idx, w_val, _ = ref.topk_allgather(xs, 30, wire=wire_name)
+        assert_result(res, w_idx, w_val)
+
+
+@check
+def host_tree_on_interleaved_hosts():
+    """Ranks of a host need not be contiguous: hosts {0, 2, ...} and {1, 3, ...} built by hand;
+    the allgather through them still returns every rank's buffer in rank order."""
+    local = COMM.Split(RANK % 2, key=RANK)
+    leaders = COMM.Split(0 if local.Get_rank() == 0 else MPI.UNDEFINED, key=RANK)
+    layout = Topology([q % 2 for q in range(P)], MpiTransport(local),
+                      None if leaders == MPI.COMM_NULL else MpiTransport(leaders), None, True, (local, leaders))
+    mine = np.full(RANK + 1, RANK, np.uint8)  # sizes differ per rank
+    out, sizes = layout.tree().allgather(mine, lambda n: np.empty(n, np.uint8))
+    assert sizes == [q + 1 for q in range(P)], sizes
+    assert np.array_equal(out, np.concatenate([np.full(q + 1, q, np.uint8) for q in range(P)]))
+    buf = np.arange(5, dtype=np.float64) * (RANK + 1)
+    layout.tree().allreduce(buf)
+    assert np.array_equal(buf, np.arange(5) * sum(range(1, P + 1)))
+    layout.close()
 
 
 def main() -> int:

@@ -37,6 +37,22 @@ def test_table1_formulas():
     assert costmodel.total_time("gtopk", net, 8, m, k, select_s=5.0, merge_s=2.0) == 3 + 3 * (8 * k + h) + 5 + 6
 
 
+def test_layout_formulas():
+    """H hosts x G ranks: the flat butterfly's cross rounds carry G sets through each port, the
+    hierarchical one's a single set; inside hosts raw pairs go down and back."""
+    net, intra = costmodel.Network(alpha=1.0, beta=1.0), costmodel.Network(alpha=0.5, beta=0.25)
+    m, k, h, e = 1000, 10, HEADER.itemsize, 3.5
+    s, raw = k * e, 8 * k + h
+    assert costmodel.layout_comm_time("gtopk", net, intra, 8, 4, m, k, 4, e) == 2 * (0.5 + s / 4) + 3 * (1 + 4 * s)
+    assert costmodel.layout_comm_time("gtopk-hier", net, intra, 8, 4, m, k, 4, e) == (
+        2 * (0.5 + raw / 4) + 3 * (1 + s) + 2 * (0.5 + (raw + k) / 4))
+    assert costmodel.layout_comm_time("dense", net, intra, 8, 4, m, k) == 2 * 7 + 2 * 7 / 8 * 4 * m + 2 * 2 * 0.5 + (
+        2 * 4 * m / 4)
+    # one rank per host: the two schedules are the same butterfly
+    assert costmodel.layout_comm_time("gtopk", net, intra, 16, 1, m, k, 4, e) == costmodel.layout_comm_time(
+        "gtopk-hier", net, intra, 16, 1, m, k, 4, e) == costmodel.comm_time("gtopk", net, 16, m, k, 4, e)
+
+
 def bench_rows(nprocs: int, tmp_path: Path, *extra: str) -> tuple[list[dict], str]:
     import csv
 

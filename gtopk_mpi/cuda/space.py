@@ -82,8 +82,10 @@ class DeviceSpace:
                                      np.dtype(dtype), limit)
         return self.from_host(idx), self.from_host(val)
 
-    def survivors(self, mine, kept):
-        return K.torch_module().isin(mine, kept)
+    def adopt_tags(self, mine, tags, kept, flags):
+        out = self.tags(len(kept), 0)
+        out[flags] = tags[K.torch_module().isin(mine, kept[flags])]
+        return out
 
     def gather(self, a, ids):
         return a[ids.long()]
