@@ -21,18 +21,17 @@ sent, headers included; "rest" is the call minus its local selection (what a GPU
 pays: merges, codec, bookkeeping, Python and the wire).
 On a machine with fewer cores than ranks the figures are CPU-bound, not network-bound.
 
-Hosts (topology.py): --hierarchical flat,hier runs gtopk(-exact) once per schedule (default:
-the layout's; topk's allgather goes through the hosts whenever the layout's default is hier). "port KB" is the payload this call sent to other hosts, summed over each
-host's ranks (the largest host); --nic FILE (a byte counter such as
+Hosts (topology.py): --hierarchical flat,hier runs gtopk(-exact) once per schedule
+(default: the layout's; topk's allgather goes through the hosts whenever the layout's
+default is hier). "port KB" is the payload this call sent to other hosts, summed over
+each host's ranks (the largest host); --nic FILE (a byte counter such as
 /sys/class/net/eth0/statistics/tx_bytes, read by each host's first rank around the timed
-calls) adds "NIC KB": what actually left the host's port per call, protocol headers and all
-(every algorithm, dense included).
-
-Cost model (see gtopk_mpi.costmodel): --model-fit measures alpha and beta with a
-ping-pong between ranks 0 and 1, prints the model next to every measured time, and
---predict 16,32,...,1024 extrapolates (selection and merge times as measured here).
---plot out.png draws the prediction against P with the measured points;
---plot-from a.csv b.csv ... --plot out.png draws measured times of several runs
+calls) adds "NIC KB": what actually left the host's port per call, protocol headers and
+all (every algorithm, dense included). Cost model (see gtopk_mpi.costmodel): --model-fit
+measures alpha and beta with a ping-pong between ranks 0 and 1, prints the model next to
+every measured time, and --predict 16,32,...,1024 extrapolates (selection and merge
+times as measured here). --plot out.png draws the prediction against P with the measured
+points; --plot-from a.csv b.csv ... --plot out.png draws measured times of several runs
 against P (no MPI needed).
 """
 
@@ -249,8 +248,8 @@ def summarize(algorithm: str, wire: str, schedule: str, x: np.ndarray, k: int, s
     return Row(algorithm, wire if algorithm in ("topk", "gtopk", "gtopk-exact") else "fp32", comm.Get_size(), len(x),
                k, str(x.dtype), float(statistics.median(tot)), float(tot.min()), float(tot.max()), med(1), med(2),
                med(3), int(counts_max[0]), int(counts_max[1]), int(counts_max[2]), per_entry, med(5), skew_ms=med(4),
-               schedule="hier" if (butterfly and hierarchical) or (algorithm == "topk" and runtime.layout().hierarchical)
-               else "flat", port_kb=port / 1e3,
+               schedule="hier" if (butterfly and hierarchical) or (algorithm == "topk" and runtime.layout(
+               ).hierarchical) else "flat", port_kb=port / 1e3,
                nic_kb=per_host(comm, nic) / 1e3)
 
 
