@@ -27,10 +27,14 @@ default is hier). "port KB" is the payload this call sent to other hosts, summed
 each host's ranks (the largest host); --nic FILE (a byte counter such as
 /sys/class/net/eth0/statistics/tx_bytes, read by each host's first rank around the timed
 calls) adds "NIC KB": what actually left the host's port per call, protocol headers and
-all (every algorithm, dense included). Cost model (see gtopk_mpi.costmodel): --model-fit
-measures alpha and beta with a ping-pong between ranks 0 and 1, prints the model next to
-every measured time, and --predict 16,32,...,1024 extrapolates (selection and merge
-times as measured here). --plot out.png draws the prediction against P with the measured
+all (every algorithm, dense included).
+
+Cost model (see gtopk_mpi.costmodel): --model-fit measures alpha and beta with a
+ping-pong between ranks 0 and 1 (between hosts when there are several), prints the model
+next to every measured time, and --predict 16,32,...,1024 extrapolates (selection and merge
+times as measured here); --predict-hosts 8,16,...,128 --per-host 4,8 predicts dense and
+gTop-k flat vs hierarchical on H hosts x G ranks (the link inside a host fitted by a
+ping-pong between two ranks of host 0). --plot out.png draws the prediction against P with the measured
 points; --plot-from a.csv b.csv ... --plot out.png draws measured times of several runs
 against P (no MPI needed).
 """
