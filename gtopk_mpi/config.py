@@ -99,6 +99,9 @@ MPI = Knob("GTOPK_MPI", "choice", "wheel",
            scope="scripts", choices=("wheel", "system"))
 MPIEXEC = Knob("GTOPK_MPIEXEC", "str", None, "the mpiexec that scripts and tests launch with (default: the venv's)",
                scope="scripts")
+TEST_TRANSPORT = Knob("GTOPK_TEST_TRANSPORT", "choice", "mpi",
+                      "tests/mpi_suite.py, hier_suite.py: the collectives' transport, mpi (under mpiexec) or dist "
+                      "(torch.distributed with gloo, under torchrun)", scope="tests", choices=("mpi", "dist"))
 TEST_EMULATE = Knob("GTOPK_TEST_EMULATE", "bool", False,
                     "tests/cuda_collective_check.py: run on the emulated device instead of a GPU", scope="tests")
 TEST_M = Knob("GTOPK_TEST_M", "int", 1_100_000, "tests/cuda_collective_check.py: vector length", scope="tests")

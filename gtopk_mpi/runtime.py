@@ -21,23 +21,29 @@ from .topology import Topology
 
 @dataclass
 class _State:
-    comm: MPI.Comm          # private duplicate: all library traffic
+    link: Any               # the default Transport of the collectives
+    comm: MPI.Comm | None   # its private MPI communicator (None: a Transport given to init)
     layout: Topology        # its hosts, local and cross-host transports
 
 
 _state: _State | None = None
 
 
-def init(comm: MPI.Comm | Sequence[int] | None = None) -> None:
+def init(comm: MPI.Comm | Sequence[int] | Any | None = None) -> None:
     """Start gtopk_mpi on ``comm`` (default ``MPI.COMM_WORLD``). Idempotent.
 
     ``comm`` may be an mpi4py intracommunicator or a list of ranks of
     ``MPI.COMM_WORLD``; with a list, every listed rank must call ``init`` with the
-    same list (unlisted ranks need not call it; if they do, ValueError). Every rank must
-    set the same GTOPK_HIERARCHICAL and GTOPK_RANKS_PER_HOST (else ValueError everywhere).
+    same list (unlisted ranks need not call it; if they do, ValueError). It may also be a
+    Transport, e.g. ``gtopk_mpi.torch.dist_transport.DistTransport()`` under torchrun: the
+    collectives then run on it and MPI is not used. Every rank must set the same
+    GTOPK_HIERARCHICAL and GTOPK_RANKS_PER_HOST (else ValueError everywhere).
     """
     global _state
     if _state is not None:
+        return
+    if comm is not None and not isinstance(comm, (MPI.Comm, list, tuple, range)):
+        _state = _State(link=comm, comm=None, layout=comm.topology())
         return
     created: MPI.Comm | None = None
     if comm is None:
@@ -56,14 +62,15 @@ def init(comm: MPI.Comm | Sequence[int] | None = None) -> None:
     if created is not None:
         created.Free()
     failures.start(dup)
+    link = _transport.for_comm(dup)
     try:
-        layout = _transport.for_comm(dup).topology()
+        layout = link.topology()
     except ValueError:
         failures.stop()
         _transport.forget(dup, free=False)
         dup.Free()
         raise
-    _state = _State(comm=dup, layout=layout)
+    _state = _State(link=link, comm=dup, layout=layout)
 
 
 def shutdown() -> None:
@@ -71,6 +78,10 @@ def shutdown() -> None:
     called again afterwards."""
     global _state
     if _state is None:
+        return
+    if _state.comm is None:
+        _state.link.close()
+        _state = None
         return
     failures.stop()
     free = not MPI.Is_finalized() and not failures.abandoned()  # after a rank left, freeing would wait on it
@@ -92,16 +103,20 @@ def state() -> _State:
 
 
 def comm() -> MPI.Comm:
-    """The library's private communicator (a duplicate of the one given to init)."""
-    return state().comm
+    """The library's private communicator (a duplicate of the one given to init); ValueError
+    when init was given a Transport."""
+    c = state().comm
+    if c is None:
+        raise ValueError("gtopk_mpi was initialized on a Transport, not an MPI communicator")
+    return c
 
 
 def rank() -> int:
-    return state().comm.Get_rank()
+    return state().link.rank
 
 
 def size() -> int:
-    return state().comm.Get_size()
+    return state().link.size
 
 
 def local_rank() -> int:
@@ -133,7 +148,7 @@ def transport(comm: MPI.Comm | Any | None = None) -> _transport.Transport:
     """What a collective runs on: ``comm`` as given (an mpi4py communicator, or any
     Transport), default the communicator given to init()."""
     if comm is None:
-        return _transport.for_comm(state().comm)
+        return state().link
     if isinstance(comm, MPI.Comm):
         return _transport.for_comm(comm)
     return comm

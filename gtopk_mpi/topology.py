@@ -1,10 +1,10 @@
 """Which ranks share a host: the layout the hierarchical collectives follow.
 
 A host is the set of ranks that MPI places on one shared-memory node
-(``MPI.COMM_TYPE_SHARED``), or, with ``GTOPK_RANKS_PER_HOST=L`` (emulating a cluster
-on one machine), ranks ``h*L .. h*L + L-1``. Hosts are numbered by their lowest rank;
-a host's lowest rank is its *leader*. Any layout works: uneven ranks per host, ranks
-of one host not contiguous.
+(``MPI.COMM_TYPE_SHARED``; under torch.distributed: one host name), or, with
+``GTOPK_RANKS_PER_HOST=L`` (emulating a cluster on one machine), ranks ``h*L .. h*L +
+L-1``. Hosts are numbered by their lowest rank; a host's lowest rank is its *leader*.
+Any layout works: uneven ranks per host, ranks of one host not contiguous.
 
 :func:`discover` builds, once per communicator and collectively, three transports:
 ``local`` (this rank's host), ``leaders`` (one rank per host; on leaders only) and
@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mpi4py import MPI
-
 from . import config
 
 
@@ -33,7 +31,6 @@ class Topology:
     leaders: Any                # Transport over the hosts' lowest ranks (None on the other ranks)
     cross: Any                  # Transport over the ranks with this rank's local rank, one per host
     hierarchical: bool          # the communicator's default gTop-k schedule
-    comms: tuple = ()           # the communicators behind them (freed by close())
 
     @property
     def hosts(self) -> int:
@@ -55,10 +52,11 @@ class Topology:
         return HostTree(self)
 
     def close(self) -> None:
-        for c in self.comms:
-            if c != MPI.COMM_NULL:
-                c.Free()
-        self.comms = ()
+        """Collective: release the transports made for this layout."""
+        for link in (self.local, self.leaders, self.cross):
+            if link is not None:
+                link.close()
+        self.local = self.leaders = self.cross = None
 
 
 class HostTree:
@@ -107,11 +105,6 @@ class HostTree:
         return out, sizes
 
 
-def flat(link: Any) -> Topology:
-    """One rank per host: the layout of a transport that knows nothing of hosts."""
-    return Topology(list(range(link.size)), None, None, link, False)
-
-
 def wants_hierarchy(setting: str, host_of: list[int]) -> bool:
     """Whether GTOPK_HIERARCHICAL's value ``setting`` (auto, 1, 0) picks the hierarchical schedule
     on this layout."""
@@ -119,24 +112,23 @@ def wants_hierarchy(setting: str, host_of: list[int]) -> bool:
     return setting == "1" or (setting == "auto" and 1 < hosts < len(host_of))
 
 
-def discover(link: Any, make: Any) -> Topology:
-    """The topology of an MPI transport ``link`` (collective over its ranks); ``make(comm)``
-    wraps a sub-communicator in a Transport."""
-    comm: MPI.Comm = link.comm
+def discover(link: Any) -> Topology:
+    """The topology of ``link`` (collective over its ranks), which must offer
+    ``host_color()`` (equal on ranks that share a host; collective) and ``split(color)``
+    (a transport over the ranks of this rank's color, None for color None; collective)."""
     setting, per_host = config.HIERARCHICAL.get(), config.RANKS_PER_HOST.get()
     seen = link.allgather_obj((setting, per_host))
     if len(set(seen)) > 1:
         shown = " vs ".join(sorted({f"GTOPK_HIERARCHICAL={s} GTOPK_RANKS_PER_HOST={n}" for s, n in seen}))
         raise ValueError(f"gtopk_mpi: ranks disagree on the host layout settings: {shown}")
     if per_host < 0:
-        raise ValueError(f"GTOPK_RANKS_PER_HOST={per_host}: expected 0 (ask MPI) or a positive number of ranks")
-    me = link.rank
-    local = comm.Split(me // per_host, key=me) if per_host else comm.Split_type(MPI.COMM_TYPE_SHARED, key=me)
-    lowest = local.Get_group().Translate_ranks([0], comm.Get_group())[0]
-    lows = link.allgather_obj(lowest)
-    number = {low: h for h, low in enumerate(sorted(set(lows)))}
-    host_of = [number[low] for low in lows]
-    leaders = comm.Split(0 if local.Get_rank() == 0 else MPI.UNDEFINED, key=me)
-    cross = comm.Split(local.Get_rank(), key=me)
-    return Topology(host_of, make(local), None if leaders == MPI.COMM_NULL else make(leaders), make(cross),
-                    wants_hierarchy(setting, host_of), (local, leaders, cross))
+        raise ValueError(f"GTOPK_RANKS_PER_HOST={per_host}: expected 0 (ask the launcher) or a positive number "
+                         "of ranks")
+    colors = link.allgather_obj(link.rank // per_host if per_host else link.host_color())
+    lowest = {c: colors.index(c) for c in colors}  # hosts numbered by their lowest rank
+    number = {low: h for h, low in enumerate(sorted(lowest.values()))}
+    host_of = [number[lowest[c]] for c in colors]
+    local = link.split(host_of[link.rank])
+    leaders = link.split(0 if local.rank == 0 else None)
+    cross = link.split(local.rank)
+    return Topology(host_of, local, leaders, cross, wants_hierarchy(setting, host_of))

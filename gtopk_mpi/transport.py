@@ -57,6 +57,43 @@ class Transport(Protocol):
     def bcast_obj(self, obj: Any, root: int) -> Any: ...
     def barrier(self) -> None: ...
     def topology(self) -> topology.Topology: ...  # which ranks share a host (collective on first use)
+    def close(self) -> None: ...  # collective: release what the transport holds
+
+
+def poll(ready: Callable[[], Any], link: Any, who: str, gone: Callable[[], str | None] = lambda: None,
+         idle: bool = False, end_job: Callable[[str], None] = failures.end_job) -> Any:
+    """Poll ``ready()`` until it returns something other than None or False, for a wait of
+    ``link`` (its rank, activity and GTOPK_YIELD setting) on ``who``: between polls yield the
+    core (with ``idle``, sleep IDLE_SLEEP_S after the first IDLE_SPIN polls); now and then
+    ask ``gone()`` whether a rank left (then PeerGoneError), warn once after
+    GTOPK_STALL_CHECK_TIME_SECONDS and call ``end_job`` past GTOPK_STALL_SHUTDOWN_TIME_SECONDS."""
+    out = ready()
+    if out:
+        return out
+    t0, polls, warned = time.monotonic(), 0, False
+    warn_s, end_s = failures.stall_limits()
+    yielding = config.YIELD.get()
+    while not (out := ready()):
+        if yielding:
+            if idle and polls >= IDLE_SPIN:
+                time.sleep(IDLE_SLEEP_S)
+            else:
+                os.sched_yield()
+        polls += 1
+        if polls % 256:
+            continue
+        why = gone()
+        if why:
+            raise failures.abandon(f"gtopk_mpi: rank {link.rank}: {link.activity} waited on {who}, but {why}", why)
+        waited = time.monotonic() - t0
+        if warn_s and waited > warn_s and not warned:
+            warned = True
+            print(f"gtopk_mpi: rank {link.rank}: {link.activity} has waited {waited:.0f} s for {who} "
+                  "(a rank is late, skipped a call, or called another collective)", file=sys.stderr, flush=True)
+        if end_s and waited > end_s:
+            end_job(f"gtopk_mpi: rank {link.rank}: {link.activity} stalled {waited:.0f} s waiting for {who} "
+                    "(GTOPK_STALL_SHUTDOWN_TIME_SECONDS); ending the job")
+    return out
 
 
 class MpiTransport:
@@ -77,7 +114,6 @@ class MpiTransport:
         self.world_ranks = comm.Get_group().Translate_ranks(list(range(self.size)), MPI.COMM_WORLD.Get_group())
         self.activity = "a collective"
         self._sequence = 0
-        self._yield = config.YIELD.get()
         self._topology: topology.Topology | None = None
 
     def next_sequence(self) -> int:
@@ -85,35 +121,8 @@ class MpiTransport:
         return self._sequence
 
     def _poll(self, ready: Callable[[], Any], peer: int | None, idle: bool = False) -> Any:
-        """Poll ``ready()`` until it returns something other than None or False; with ``idle``
-        (and GTOPK_YIELD) sleep IDLE_SLEEP_S between polls after the first IDLE_SPIN ones."""
-        out = ready()
-        if out:
-            return out
-        t0, polls, warned = time.monotonic(), 0, False
-        warn_s, end_s = failures.stall_limits()
         who = f"rank {peer}" if peer is not None else "the other ranks"
-        while not (out := ready()):
-            if self._yield:
-                if idle and polls >= IDLE_SPIN:
-                    time.sleep(IDLE_SLEEP_S)
-                else:
-                    os.sched_yield()
-            polls += 1
-            if polls % 256:
-                continue
-            why = failures.gone(None if peer is None else [self.world_ranks[peer]])
-            if why:
-                raise failures.abandon(f"gtopk_mpi: rank {self.rank}: {self.activity} waited on {who}, but {why}", why)
-            waited = time.monotonic() - t0
-            if warn_s and waited > warn_s and not warned:
-                warned = True
-                print(f"gtopk_mpi: rank {self.rank}: {self.activity} has waited {waited:.0f} s for {who} "
-                      "(a rank is late, skipped a call, or called another collective)", file=sys.stderr, flush=True)
-            if end_s and waited > end_s:
-                failures.end_job(f"gtopk_mpi: rank {self.rank}: {self.activity} stalled {waited:.0f} s waiting for "
-                                 f"{who} (GTOPK_STALL_SHUTDOWN_TIME_SECONDS); ending the job")
-        return out
+        return poll(ready, self, who, lambda: failures.gone(None if peer is None else [self.world_ranks[peer]]), idle)
 
     def _wait(self, req: MPI.Request, peer: int | None = None) -> None:
         self._poll(req.Test, peer)
@@ -181,8 +190,20 @@ class MpiTransport:
 
     def topology(self) -> topology.Topology:
         if self._topology is None:
-            self._topology = topology.discover(self, MpiTransport)
+            self._topology = topology.discover(self)
         return self._topology
+
+    def host_color(self) -> int:
+        """The lowest rank of this rank's shared-memory node (collective)."""
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        lowest = node.Get_group().Translate_ranks([0], self.comm.Get_group())[0]
+        node.Free()
+        return lowest
+
+    def split(self, color: int | None) -> MpiTransport | None:
+        """A transport over the ranks of this color, in rank order (collective); None for None."""
+        sub = self.comm.Split(MPI.UNDEFINED if color is None else color, key=self.rank)
+        return None if sub == MPI.COMM_NULL else MpiTransport(sub)
 
     def close(self) -> None:
         """Collective: free the communicator and those of its topology."""

@@ -18,6 +18,48 @@ from collections.abc import Callable
 
 from mpi4py import MPI
 
+import gtopk_mpi as g
+from gtopk_mpi import config
+
+
+class LinkComm:
+    """The mpi4py communicator methods the suites use, over a gtopk_mpi Transport."""
+
+    def __init__(self, link):
+        self.link = link
+
+    def Get_rank(self) -> int:  # noqa: N802 (mpi4py's names)
+        return self.link.rank
+
+    def Get_size(self) -> int:  # noqa: N802
+        return self.link.size
+
+    def allgather(self, obj):
+        return self.link.allgather_obj(obj)
+
+    def allreduce(self, value, op=MPI.SUM):
+        assert op == MPI.SUM
+        return sum(self.allgather(value))
+
+    def Barrier(self) -> None:  # noqa: N802
+        self.link.barrier()
+
+
+def start_library():
+    """gtopk_mpi.init() on MPI (under mpiexec), or with GTOPK_TEST_TRANSPORT=dist on
+    torch.distributed (gloo, under torchrun); returns the suite's communicator."""
+    if config.TEST_TRANSPORT.get() == "dist":
+        import torch.distributed as dist
+
+        from gtopk_mpi.torch.dist_transport import DistTransport
+
+        dist.init_process_group("gloo")
+        link = DistTransport()
+        g.init(link)
+        return LinkComm(link)
+    g.init()
+    return g.runtime.comm()
+
 
 class Suite:
     def __init__(self, comm: MPI.Comm = MPI.COMM_WORLD):

@@ -30,10 +30,15 @@ def mpiexec() -> str:
     return found
 
 
-def run(nprocs: int, args: list[str], timeout: float, env: dict[str, str] | None = None
+def run(nprocs: int, args: list[str], timeout: float, env: dict[str, str] | None = None, launcher: str = "mpiexec"
         ) -> subprocess.CompletedProcess:
-    """Run ``python args...`` on nprocs ranks; fails the test with all output on timeout."""
-    cmd = [mpiexec(), "-n", str(nprocs), sys.executable, *args]
+    """Run ``python args...`` on nprocs ranks, under mpiexec or (``launcher="torchrun"``)
+    ``torchrun --standalone`` (localhost rendezvous, no MPI launcher); fails the test with all
+    output on timeout."""
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nprocs), *args]
+    else:
+        cmd = [mpiexec(), "-n", str(nprocs), sys.executable, *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     try:
         return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
@@ -71,13 +76,13 @@ class SuiteRuns:
                        and others(item) == mine})
 
     def outcome(self, request: pytest.FixtureRequest, script: str, nprocs: int, check: str, timeout: float,
-                env: dict[str, str] | None = None) -> None:
+                env: dict[str, str] | None = None, launcher: str = "mpiexec") -> None:
         """Fail the calling test unless ``check`` of ``script`` passed on ``nprocs`` ranks."""
-        key = (script, nprocs, tuple(sorted((env or {}).items())))
+        key = (script, nprocs, tuple(sorted((env or {}).items())), launcher)
         if key not in self.runs:
             wanted = self._selected(request) or [check]
             try:
-                proc = run(nprocs, [script, "--only", ",".join(wanted)], timeout, env)
+                proc = run(nprocs, [script, "--only", ",".join(wanted)], timeout, env, launcher)
                 output = proc.stdout + proc.stderr
             except AssertionError as e:  # timed out
                 output = str(e)

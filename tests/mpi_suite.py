@@ -19,10 +19,9 @@ import gtopk_mpi as g  # noqa: E402
 from gtopk_mpi import wire  # noqa: E402
 
 import reference as ref  # noqa: E402
-from mpi_harness import Suite  # noqa: E402
+from mpi_harness import Suite, start_library  # noqa: E402
 
-g.init()
-COMM = g.runtime.comm()
+COMM = start_library()
 RANK, P = g.rank(), g.size()
 SUITE = Suite(COMM)
 check = SUITE.check

@@ -1,5 +1,7 @@
 """The collectives on P = 1..8 ranks (oversubscribed on small machines): every check of
-tests/mpi_suite.py is a test of its own (``pytest -k``), one mpiexec launch per P."""
+tests/mpi_suite.py is a test of its own (``pytest -k``), one mpiexec launch per P; the
+hierarchical schedule on emulated hosts (tests/hier_suite.py); both suites again on
+torch.distributed (gloo) under torchrun, without MPI."""
 
 from __future__ import annotations
 
@@ -43,3 +45,20 @@ def test_hierarchical(check, layout, suite_runs, request):
     nprocs, per_host = layout
     suite_runs.outcome(request, "tests/hier_suite.py", nprocs, check, timeout=240,
                        env={"GTOPK_RANKS_PER_HOST": str(per_host)})
+
+
+@pytest.mark.parametrize("nprocs", [2, 3], ids=lambda n: f"P{n}")
+@pytest.mark.parametrize("check", suite_checks("tests/mpi_suite.py"))
+def test_on_torch_distributed(check, nprocs, suite_runs, request):
+    """mpi_suite's checks with the collectives on gtopk_mpi.torch.dist_transport (gloo), under torchrun."""
+    pytest.importorskip("torch")
+    suite_runs.outcome(request, "tests/mpi_suite.py", nprocs, check, timeout=240,
+                       env={"GTOPK_TEST_TRANSPORT": "dist"}, launcher="torchrun")
+
+
+@pytest.mark.parametrize("check", suite_checks("tests/hier_suite.py"))
+def test_hierarchical_on_torch_distributed(check, suite_runs, request):
+    """hier_suite's checks on torch.distributed at 2 hosts x 2 ranks (host groups from dist.new_group)."""
+    pytest.importorskip("torch")
+    suite_runs.outcome(request, "tests/hier_suite.py", 4, check, timeout=240,
+                       env={"GTOPK_TEST_TRANSPORT": "dist", "GTOPK_RANKS_PER_HOST": "2"}, launcher="torchrun")
