@@ -56,3 +56,14 @@ def test_checkpoint_restart_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert proc.returncode != 0
     refused = "rank 1: ValueError: this checkpoint holds the error-feedback state (residuals) of rank 0 of 3"
     assert refused in proc.stdout
+
+
+@pytest.mark.parametrize("launch", [("torchrun", 2), ("torchrun", 3), ("mpiexec", 2)], ids=lambda t: f"{t[0]}-P{t[1]}")
+@pytest.mark.parametrize("check", suite_checks("tests/ddp_suite.py"))
+def test_ddp_hook(check, launch, suite_runs, request):
+    """The DDP communication hook (gtopk_mpi.torch.ddp): under torchrun its exchanges run on
+    torch.distributed (gloo); under mpiexec through MPI (torch.distributed set up from MPI's
+    environment)."""
+    launcher, nprocs = launch
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29600 + nprocs)} if launcher == "mpiexec" else None
+    suite_runs.outcome(request, "tests/ddp_suite.py", nprocs, check, timeout=300, env=env, launcher=launcher)

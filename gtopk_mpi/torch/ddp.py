@@ -1,0 +1,234 @@
+"""gTop-k as a PyTorch DDP communication hook.
+
+Register it like PyTorch's PowerSGD hook::
+
+    state = GTopkState(density=0.001, named_parameters=model.named_parameters())
+    ddp_model.register_comm_hook(state, gtopk_hook)
+
+Algorithm. DDP hands the hook its gradient buckets; for each it expects a Future holding
+the bucket's gradient averaged over the ranks. For the first ``start_iter`` iterations the
+hook is plain allreduce (DDP rebuilds its buckets after iteration 0, and the first steps
+of training are the most sensitive to compressed gradients). Afterwards every rank adds
+its gradient to its residual (error feedback), and the ranks agree on one global set of
+the k = density * m largest-magnitude entries with gTop-k's butterfly (gtopk_mpi's
+``gtopk_allreduce``: log2(P) exchanges of k (index, value) pairs, every rank ending with
+the same sparse sum); the bucket's new gradient is that sparse sum / P, zero elsewhere, and
+what a rank's entries did not carry stays in its residual. With ``whole_model`` (the
+default) the hook holds the buckets' futures until the iteration's last bucket and runs
+one exchange over the whole gradient (the global top-k of the model, as the paper and the
+Horovod-style optimizer of gtopk_mpi.torch select); otherwise one exchange per bucket with
+k = density * bucket size. Exchanges run on the hook's own worker thread (point-to-point
+ops have no Futures in torch.distributed), which completes the Futures.
+
+State (all of it per rank): the residuals, one float vector per bucket or for the whole
+model, kept per parameter name so that ``state_dict()`` / ``load_state_dict()`` carry them
+through a checkpoint regardless of how DDP lays out its buckets; the iteration count.
+
+Knobs. ``density`` (rho, 0.001 by default) and ``density_warmup`` (a list of densities,
+``warmup_steps`` iterations each, right after ``start_iter``: the paper's warm-up 0.25,
+0.0625, 0.0156, 0.004); ``start_iter`` (>= 2, iterations of plain allreduce first);
+``values`` ("merged": the butterfly's partial sums; "exact": one more allreduce of the k
+agreed entries' exact sums); ``wire`` (the message format, GTOPK_WIRE: "bf16" by default;
+see gtopk_mpi.wire); ``whole_model``; ``hierarchical`` (the schedule when ranks share
+hosts, see gtopk_mpi.butterfly). ``transport``: where the exchanges run: by default the
+library's MPI communicator when gtopk_mpi is initialized (jobs under mpirun), else a gloo
+group of its own over torch.distributed (torchrun, no MPI needed); or any Transport.
+
+Every rank must register the hook with the same knobs. Errors (bad input, ranks that
+disagree) come back from every rank's Future, so ``backward()`` raises on every rank.
+(No ``from __future__ import annotations`` here: DDP checks the hook's annotations as objects.)
+"""
+
+import concurrent.futures
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from mpi4py import MPI
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+from .. import config, runtime
+from ..butterfly import gtopk_allreduce
+from .dist_transport import DistTransport
+
+
+class GTopkState:
+    """What :func:`gtopk_hook` keeps between iterations (see the module docstring)."""
+
+    def __init__(self, process_group: Any = None, density: float = 0.001, start_iter: int = 10,
+                 values: str = "merged", wire: str | None = None, whole_model: bool = True,
+                 density_warmup: Iterable[float] = (), warmup_steps: int = 1,
+                 named_parameters: Iterable[tuple[str, torch.nn.Parameter]] | None = None,
+                 hierarchical: bool | str | None = None, transport: Any = None):
+        if start_iter < 2:
+            raise ValueError(f"start_iter must be >= 2 (DDP rebuilds its buckets after iteration 0), got {start_iter}")
+        if not 0.0 < density <= 1.0:
+            raise ValueError(f"density must be in (0, 1], got {density!r}")
+        self.process_group = process_group
+        self.density, self.start_iter, self.values = density, start_iter, values
+        self.wire = wire or config.WIRE.get()
+        self.whole_model, self.hierarchical = whole_model, hierarchical
+        self.density_warmup, self.warmup_steps = [float(d) for d in density_warmup], max(1, int(warmup_steps))
+        self.names = {id(p): n for n, p in named_parameters} if named_parameters is not None else {}
+        if transport is None:
+            transport = runtime.transport() if runtime.is_initialized() else DistTransport(
+                dist.new_group(backend="gloo"))  # a group of the hook's own, beside DDP's
+        self.transport = transport
+        self.iter = 0
+        self.residuals: dict[tuple, torch.Tensor] = {}      # keyed by the parameter names they cover
+        self.pending_residuals: dict[str, torch.Tensor] = {}  # from load_state_dict, until first used
+        self.sizes: dict[tuple, list[int]] = {}              # parameter sizes behind each residual
+        self.held: list[tuple] = []                          # whole_model: this iteration's buckets so far
+        self.stats: list[Any] = []                           # CommStats of the last iteration's exchanges
+        self.busy_s = 0.0                                    # worker time of the last iteration (s)
+        self._fresh = True                                   # the next bucket starts an iteration
+        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gtopk-ddp")
+        self._lock = threading.Lock()
+
+    def current_density(self) -> float:
+        """The density of the current iteration (after start_iter: the warm-up, then density)."""
+        step = (self.iter - self.start_iter) // self.warmup_steps
+        return self.density_warmup[step] if 0 <= step < len(self.density_warmup) else self.density
+
+    # -- residuals, per parameter name ------------------------------------------------
+    def _names(self, bucket: "dist.GradBucket") -> list[str]:
+        """The bucket's parameter names (without named_parameters: names valid in this process only)."""
+        return [self.names.get(id(p)) or f"<parameter {id(p):#x}>" for p in bucket.parameters()]
+
+    def _residual(self, names: list[str], sizes: list[int], like: torch.Tensor) -> torch.Tensor:
+        """The residual of these parameters, laid out as ``like`` (their concatenation). A new
+        layout (DDP rebuilt its buckets, or a checkpoint was loaded) takes each parameter's
+        piece from wherever it was kept."""
+        key = tuple(names)
+        r = self.residuals.get(key)
+        if r is not None:
+            return r
+        r = torch.zeros_like(like)
+        wanted = dict(zip(names, sizes))
+        found: dict[str, torch.Tensor] = {}
+        for old, old_r in list(self.residuals.items()):
+            at, hit = 0, False
+            for name, n in zip(old, self.sizes[old]):
+                if name in wanted:
+                    found[name], hit = old_r[at : at + n], True
+                at += n
+            if hit:
+                del self.residuals[old]
+        at = 0
+        for name, n in zip(names, sizes):
+            piece = found.get(name)
+            if piece is None:
+                piece = self.pending_residuals.pop(name, None)
+            if piece is not None:
+                if piece.numel() != n:
+                    raise ValueError(f"GTopkState: the residual of {name!r} has {piece.numel()} entries, the "
+                                     f"parameter {n}")
+                r[at : at + n] = piece.reshape(-1).to(r)
+            at += n
+        self.residuals[key], self.sizes[key] = r, list(sizes)
+        return r
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's iteration count and residuals (per parameter name, CPU tensors)."""
+        out: dict[str, torch.Tensor] = dict(self.pending_residuals)
+        for names, r in self.residuals.items():
+            sizes = self.sizes.get(names)
+            if sizes is None:
+                continue
+            at = 0
+            for name, n in zip(names, sizes):
+                out[name] = r[at : at + n].detach().cpu().clone()
+                at += n
+        return {"iter": self.iter, "residuals": out}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict() saved on this rank; residuals are placed when their
+        parameters' bucket is next reduced."""
+        self.iter = int(state["iter"])
+        self.residuals.clear()
+        self.pending_residuals = {n: t.detach().clone() for n, t in state["residuals"].items()}
+
+    # -- the exchange -----------------------------------------------------------------
+    def _exchange(self, parts: list[tuple[torch.Tensor, list[str], torch.futures.Future]], sizes: list[list[int]],
+                  density: float) -> None:
+        """On the worker: one gTop-k over the concatenated buffers, averaged, written back into
+        them; then every part's Future gets its buffer (or the error)."""
+        t0 = time.perf_counter()
+        try:
+            names = [n for _, ns, _ in parts for n in ns]
+            flat_sizes = [n for s in sizes for n in s]
+            buffers = [b for b, _, _ in parts]
+            flat = buffers[0] if len(buffers) == 1 else torch.cat(buffers)
+            residual = self._residual(names, flat_sizes, flat)
+            x, r = (flat, residual) if flat.is_cuda else (flat.numpy(), residual.numpy())
+            res = gtopk_allreduce(x, density=density, average=True, residual=r, values=self.values,
+                                  comm=self.transport, wire=self.wire, hierarchical=self.hierarchical)
+            idx = torch.as_tensor(res.indices, device=flat.device).long()
+            vals = torch.as_tensor(res.values, device=flat.device)
+            at = 0
+            for buf in buffers:  # each bucket's slice of the sparse average, zero elsewhere
+                n = buf.numel()
+                buf.zero_()
+                lo, hi = np.searchsorted(res.indices if isinstance(res.indices, np.ndarray)
+                                         else res.indices.cpu().numpy(), [at, at + n])
+                buf[idx[lo:hi] - at] = vals[lo:hi].to(buf.dtype)
+                at += n
+            with self._lock:
+                self.stats.append(res.stats)
+                self.busy_s += time.perf_counter() - t0
+            for buf, _, fut in parts:
+                fut.set_result(buf)
+        except Exception as e:  # the same error on every rank (agreement.py); DDP raises it in backward
+            for _, _, fut in parts:
+                fut.set_exception(e)
+
+    def _next_bucket(self, bucket: "dist.GradBucket") -> None:
+        """Iteration bookkeeping: stats restart with an iteration, which ends at its last bucket."""
+        if self._fresh:
+            with self._lock:
+                self.stats, self.busy_s = [], 0.0
+        self._fresh = bucket.is_last()
+
+
+def gtopk_hook(state: GTopkState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: gTop-k sparse allreduce with error feedback (see the module
+    docstring). Register with ``ddp_model.register_comm_hook(state, gtopk_hook)``."""
+    if state.iter < state.start_iter:
+        if bucket.is_last():
+            state.iter += 1
+        return allreduce_hook(state.process_group, bucket)
+    state._next_bucket(bucket)
+    buf = bucket.buffer()
+    names = state._names(bucket)
+    sizes = [p.numel() for p in bucket.parameters()]
+    fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    density = state.current_density()
+    if not state.whole_model:
+        state._worker.submit(state._exchange, [(buf, names, fut)], [sizes], density)
+    else:
+        state.held.append((bucket.index(), buf, names, sizes, fut))
+        if bucket.is_last():
+            held = sorted(state.held, key=lambda h: h[0])
+            state.held = []
+            state._worker.submit(state._exchange, [(b, n, f) for _, b, n, _, f in held], [s for *_, s, _ in held],
+                                 density)
+    if bucket.is_last():
+        state.iter += 1
+    return fut
+
+
+def init_process_group_from_mpi(backend: str = "gloo", **kwargs: Any) -> None:
+    """torch.distributed for a job launched by mpirun: rank and world size from
+    MPI.COMM_WORLD, the rendezvous at $MASTER_ADDR:$MASTER_PORT (defaults: rank 0's host
+    name, 29500). Then ``gtopk_mpi.init()`` lets the hook exchange through MPI."""
+    world = MPI.COMM_WORLD
+    addr = world.bcast(os.environ.get("MASTER_ADDR") or socket.gethostname(), root=0)
+    port = world.bcast(os.environ.get("MASTER_PORT") or "29500", root=0)
+    dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=world.Get_rank(),
+                            world_size=world.Get_size(), **kwargs)
