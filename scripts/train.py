@@ -4,6 +4,12 @@
         --density-warmup 0.25,0.0625,0.0156,0.004 --epochs 40 --csv runs/gtopk.csv
     .venv/bin/python scripts/train.py --plot-from runs/dense.csv runs/gtopk.csv --plot curves.png
 
+``--ddp`` trains a DistributedDataParallel model with a communication hook instead
+(``--hook allreduce | fp16 | powersgd:RANK | gtopk``), launched by torchrun (no MPI needed)
+or mpiexec:
+
+    torchrun --standalone --nproc-per-node 2 scripts/train.py --ddp --hook gtopk --density 0.001
+
 Data never comes from the network: ``digits`` is scikit-learn's bundled 8x8 handwritten
 digits (real images; a fixed 80/20 split, each rank trains on its own shard of the
 training set, accuracy on the whole test set); ``synthetic`` is random CIFAR-shaped
@@ -37,6 +43,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", default="mlp", help="mlp, cnn, resnet20, vgg16, lstm-small, lstm")
     p.add_argument("--data", choices=("digits", "synthetic"), default="digits")
     p.add_argument("--algo", choices=("dense", "topk", "gtopk"), default="gtopk")
+    p.add_argument("--ddp", action="store_true", help="PyTorch DistributedDataParallel with a communication hook "
+                   "(--hook) instead of gtopk_mpi.torch's DistributedOptimizer (--algo); launch with torchrun or "
+                   "mpirun")
+    p.add_argument("--hook", default="gtopk", help="--ddp: allreduce, fp16, powersgd:RANK or gtopk (default)")
+    p.add_argument("--start-iter", type=int, default=None,
+                   help="--ddp: plain allreduce steps before powersgd / gtopk compress (default: one epoch, >= 2)")
     p.add_argument("--values", choices=("merged", "exact"), default="merged", help="gtopk's values mode")
     p.add_argument("--wire", choices=("fp32", "bf16", "fp16", "raw"), default=None,
                    help="message format of topk/gtopk (default: GTOPK_WIRE, else fp32)")
@@ -102,6 +114,67 @@ def digits_data(rank: int, size: int):
     return (x[shard], y[shard]), (x[test], y[test])
 
 
+class DdpOptimizer:
+    """--ddp: a plain torch optimizer over the DDP model (whose hook reduces the gradients inside
+    backward), with DistributedOptimizer's timings(): the gTop-k hook's selection + merges as
+    compression, its exchanges as communication (other hooks: both 0, their time is in compute)."""
+
+    def __init__(self, base: torch.optim.Optimizer, state=None):
+        self.base, self.state, self.param_groups = base, state, base.param_groups
+        self._t = {"compression": 0.0, "communication": 0.0}
+
+    def zero_grad(self) -> None:
+        self.base.zero_grad()
+
+    def step(self) -> None:
+        self.base.step()
+        if self.state is not None:
+            for s in self.state.stats:
+                self._t["compression"] += s.select_s + s.merge_s
+                self._t["communication"] += s.comm_s + s.skew_s
+            self.state.stats = []
+
+    def current_density(self) -> float:
+        st = self.state
+        return st.current_density() if st is not None and st.iter >= st.start_iter else 1.0
+
+    def timings(self, reset: bool = False) -> dict[str, float]:
+        out = dict(self._t)
+        if reset:
+            self._t = dict.fromkeys(self._t, 0.0)
+        return out
+
+
+def ddp_optimizer(args, model, steps_per_epoch: int, warmup: list[float]):
+    """(the DDP model with args.hook registered, its DdpOptimizer)."""
+    import torch.distributed as dist  # noqa: F401
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    from gtopk_mpi.torch import ddp
+
+    net = DistributedDataParallel(model)
+    start = args.start_iter if args.start_iter is not None else max(2, steps_per_epoch)
+    state = None
+    if args.hook == "allreduce":
+        net.register_comm_hook(None, default_hooks.allreduce_hook)
+    elif args.hook == "fp16":
+        net.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif args.hook.startswith("powersgd:"):
+        ps = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=int(args.hook.split(":")[1]),
+                                         start_powerSGD_iter=start, use_error_feedback=True, warm_start=True)
+        net.register_comm_hook(ps, powerSGD_hook.powerSGD_hook)
+    elif args.hook == "gtopk":
+        state = ddp.GTopkState(density=args.density, start_iter=start, values=args.values, wire=args.wire,
+                               density_warmup=warmup, warmup_steps=steps_per_epoch,
+                               named_parameters=net.module.named_parameters())
+        net.register_comm_hook(state, ddp.gtopk_hook)
+    else:
+        raise SystemExit(f"--hook {args.hook!r}: choose allreduce, fp16, powersgd:RANK or gtopk")
+    base = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
+    return net, DdpOptimizer(base, state)
+
+
 def main() -> int:
     args = parse_args()
     if args.plot_from:
@@ -118,11 +191,32 @@ def main() -> int:
 
     if args.hierarchical is not None:
         os.environ["GTOPK_HIERARCHICAL"] = args.hierarchical
-    hvd.init()
-    rank, size = hvd.rank(), hvd.size()
-    layout = gtopk_mpi.runtime.layout()
+    if args.ddp:
+        import torch.distributed as dist
+
+        from gtopk_mpi.torch import ddp
+
+        if "LOCAL_RANK" in os.environ:  # torchrun: no MPI at all
+            dist.init_process_group("gloo")
+        else:  # mpirun: torch.distributed from MPI's environment, the gTop-k hook's exchanges through MPI
+            ddp.init_process_group_from_mpi("gloo")
+            gtopk_mpi.init()
+        rank, size = dist.get_rank(), dist.get_world_size()
+
+        def mean_over_ranks(value: float) -> float:
+            t = torch.tensor(value)
+            dist.all_reduce(t)
+            return float(t) / size
+    else:
+        hvd.init()
+        rank, size = hvd.rank(), hvd.size()
+
+        def mean_over_ranks(value: float) -> float:
+            return float(hvd.allreduce(torch.tensor(value)))
+    layout = gtopk_mpi.runtime.layout() if gtopk_mpi.is_initialized() else None
     if rank == 0 and not args.quiet:
-        print(f"train.py: {size} ranks on {layout.describe()}", file=sys.stderr, flush=True)
+        where = layout.describe() if layout is not None else "torch.distributed (gloo)"
+        print(f"train.py: {size} ranks on {where}", file=sys.stderr, flush=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = models.build(args.model)
@@ -147,13 +241,19 @@ def main() -> int:
         steps_per_epoch = args.steps_per_epoch
 
     warmup = [float(v) for v in args.density_warmup.split(",") if v.strip()]
-    compression = {"dense": hvd.Compression.none, "topk": hvd.Compression.topk(args.density, args.wire),
-                   "gtopk": hvd.Compression.gtopk(args.density, args.values, args.wire)}[args.algo]
-    base = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-    opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(), compression=compression,
-                                   density_warmup=warmup if args.algo != "dense" else None,
-                                   density_warmup_steps=steps_per_epoch)
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    if args.ddp:
+        algo = "ddp-" + args.hook.replace(":", "")
+        model, opt = ddp_optimizer(args, model, steps_per_epoch, warmup)  # DDP broadcasts rank 0's parameters
+    else:
+        algo = args.algo
+        compression = {"dense": hvd.Compression.none, "topk": hvd.Compression.topk(args.density, args.wire),
+                       "gtopk": hvd.Compression.gtopk(args.density, args.values, args.wire)}[args.algo]
+        base = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+        opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(), compression=compression,
+                                       density_warmup=warmup if args.algo != "dense" else None,
+                                       density_warmup_steps=steps_per_epoch)
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    compressing = algo in ("topk", "gtopk", "ddp-gtopk")
 
     def loss_of(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if lm:
@@ -167,7 +267,7 @@ def main() -> int:
         writer = csv.DictWriter(csv_file, fieldnames=CSV_FIELDS)
         writer.writeheader()
     bar = tqdm(total=args.epochs * steps_per_epoch, disable=rank != 0 or args.quiet, file=sys.stderr,
-               desc=f"{args.algo} P={size}", leave=False)
+               desc=f"{algo} P={size}", leave=False)
     step = 0
     for epoch in range(args.epochs):
         lr = args.lr
@@ -176,7 +276,7 @@ def main() -> int:
         for group in opt.param_groups:
             group["lr"] = lr
         perm = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
-        density = opt.current_density() if args.algo != "dense" else 1.0  # the density of this epoch's steps
+        density = opt.current_density() if compressing else 1.0  # the density of this epoch's steps
         compute = other = 0.0
         losses = []
         opt.timings(reset=True)
@@ -200,13 +300,16 @@ def main() -> int:
         epoch_s = time.perf_counter() - t_epoch
         timings = opt.timings(reset=True)
         other = max(0.0, other - timings["compression"] - timings["communication"])
-        mean_loss = float(hvd.allreduce(torch.tensor(float(np.mean(losses))), name=f"loss.{epoch}"))
+        mean_loss = mean_over_ranks(float(np.mean(losses)))
         acc = float("nan")
         if x_test is not None:
             with torch.no_grad():
                 acc = float((model(x_test).argmax(1) == y_test).float().mean())
-        row = {"algo": args.algo, "values": args.values, "wire": compression.wire if args.algo != "dense" else "",
-               "layout": f"{layout.hosts}x{max(layout.ranks_per_host)} {'hier' if layout.hierarchical else 'flat'}",
+        wire = (opt.state.wire if opt.state is not None else "") if args.ddp else (
+            compression.wire if args.algo != "dense" else "")
+        row = {"algo": algo, "values": args.values, "wire": wire,
+               "layout": "" if layout is None else
+               f"{layout.hosts}x{max(layout.ranks_per_host)} {'hier' if layout.hierarchical else 'flat'}",
                "model": args.model, "data": args.data, "ranks": size,
                "epoch": epoch + 1, "steps": step, "density": density, "lr": lr, "loss": mean_loss,
                "test_acc": acc, "samples_per_s_per_rank": steps_per_epoch * args.batch_size / epoch_s,
@@ -221,7 +324,12 @@ def main() -> int:
                           f"{row['samples_per_s_per_rank']:.1f} samples/s/rank  compute {compute:.2f}s  "
                           f"compression {timings['compression']:.2f}s  communication {timings['communication']:.2f}s")
     bar.close()
-    hvd.shutdown()
+    if args.ddp:
+        if gtopk_mpi.is_initialized():
+            gtopk_mpi.shutdown()
+        dist.destroy_process_group()
+    else:
+        hvd.shutdown()
     return 0
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 
-from mpi_launch import run
+from mpi_launch import ROOT, run
 
 pytest.importorskip("torch")
 
@@ -33,8 +39,6 @@ def test_bench_module_runs_and_writes_csv(tmp_path):
 @pytest.mark.parametrize("algo", ["dense", "topk", "gtopk"])
 def test_train_script_learns_and_writes_csv(algo, tmp_path):
     pytest.importorskip("sklearn")
-    import csv
-
     out = tmp_path / f"{algo}.csv"
     proc = run(2, ["scripts/train.py", "--model", "mlp", "--data", "digits", "--algo", algo, "--density", "0.01",
                    "--density-warmup", "0.25", "--epochs", "4", "--batch-size", "16", "--lr", "0.1", "--quiet",
@@ -56,3 +60,25 @@ def test_soak_check_runs_short():
     proc = run(2, ["scripts/soak.py", "--calls", "300", "--steps", "100", "--numel", "200000"], timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "conservation exact: True" in proc.stdout and proc.stdout.count("threads left after shutdown: none; OK") == 2
+
+
+@pytest.mark.parametrize("hook", ["allreduce", "fp16", "powersgd:1", "gtopk"])
+def test_train_ddp_under_torchrun_without_mpiexec(hook, tmp_path):
+    """scripts/train.py --ddp under torchrun with no mpiexec on PATH (the mpich wheel's stays in
+    the venv's bin, which is not on this PATH): DDP with each hook learns and writes its CSV."""
+    pytest.importorskip("sklearn")
+    env = {**os.environ, "PATH": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    assert shutil.which("mpiexec", path=env["PATH"]) is None and shutil.which("mpirun", path=env["PATH"]) is None
+    out = tmp_path / "ddp.csv"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "scripts/train.py", "--ddp", "--hook", hook, "--model", "mlp", "--data", "digits",
+                           "--density", "0.01", "--epochs", "3", "--batch-size", "16", "--start-iter", "10",
+                           "--quiet", "--csv", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and rows[0]["algo"] == "ddp-" + hook.replace(":", "") and rows[0]["ranks"] == "2"
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    if hook == "gtopk":
+        assert float(rows[-1]["density"]) == 0.01 and float(rows[-1]["communication_s"]) > 0
