@@ -75,6 +75,8 @@ STALL_SHUTDOWN_TIME = Knob("GTOPK_STALL_SHUTDOWN_TIME_SECONDS", "float", 0.0,
 ABORT_ON_ERROR = Knob("GTOPK_ABORT_ON_ERROR", "bool", True,
                       "1: an uncaught exception on any rank ends the whole job within about a second; 0: the rank "
                       "exits alone and ranks waiting on it raise PeerGoneError")
+DYNAMIC_PROCESS_SETS = Knob("HOROVOD_DYNAMIC_PROCESS_SETS", "bool", False,
+                            "gtopk_mpi.torch: allow add_process_set / remove_process_set after init (Horovod's name)")
 TIMELINE = Knob("GTOPK_TIMELINE", "str", None, "file: rank 0 writes a Chrome trace of every torch op")
 HIERARCHICAL = Knob("GTOPK_HIERARCHICAL", "choice", "auto",
                     "gTop-k's schedule when ranks share hosts: auto (hierarchical when there are several hosts and "

@@ -172,6 +172,14 @@ class MpiTransport:
     def bcast(self, buf: Any, root: int) -> None:
         self._wait(self.comm.Ibcast(buf, root=root), root)
 
+    def alltoallv(self, buf: Any, send_counts: list[int], out: Any, recv_counts: list[int]) -> None:
+        """Bytes send_counts[j] of ``buf`` (in order) to rank j, recv_counts[j] from rank j into
+        ``out`` (in rank order). Used by the torch front end's alltoall (MPI only)."""
+        sdispl = np.concatenate([[0], np.cumsum(send_counts)[:-1]]).astype(np.int64).tolist()
+        rdispl = np.concatenate([[0], np.cumsum(recv_counts)[:-1]]).astype(np.int64).tolist()
+        self._wait(self.comm.Ialltoallv([buf, (list(send_counts), sdispl), MPI.BYTE],
+                                        [out, (list(recv_counts), rdispl), MPI.BYTE]))
+
     def allgather_obj(self, obj: Any) -> list[Any]:
         out, sizes = self.allgather(np.frombuffer(pickle.dumps(obj), np.uint8), lambda n: np.empty(n, np.uint8))
         ends = np.cumsum(sizes)

@@ -20,6 +20,14 @@ def test_torch(check, layout, suite_runs, request):
                        env={"GTOPK_RANKS_PER_HOST": str(per_host)} if per_host else None)
 
 
+@pytest.mark.parametrize("nprocs", [2, 3], ids=lambda n: f"P{n}")
+@pytest.mark.parametrize("check", suite_checks("tests/horovod_suite.py"))
+def test_horovod_parity(check, nprocs, suite_runs, request):
+    """The rest of horovod.torch (tests/horovod_suite.py): process sets, join, alltoall,
+    reducescatter, grouped and sparse ops, autograd, optimizer corner cases."""
+    suite_runs.outcome(request, "tests/horovod_suite.py", nprocs, check, timeout=300)
+
+
 def test_timeline_is_a_chrome_trace(tmp_path):
     import json
 

@@ -10,6 +10,7 @@ gtopk_mpi (butterfly.py, baselines.py), and the result is a dense tensor with at
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -97,6 +98,19 @@ class SparseCompressor:
 
     def describe(self) -> str:
         return f"{self.algorithm}(density={self.density!r}, values={self.values}, wire={self.wire})"
+
+
+def from_description(text: str):
+    """The compressor a request's ``compression`` field names (what describe() wrote), for
+    a rank that stands in for an op it did not submit; ValueError for one it cannot rebuild."""
+    if text in ("", "none", NoneCompressor.describe()):
+        return NoneCompressor
+    if text == FP16Compressor.describe():
+        return FP16Compressor
+    m = re.fullmatch(r"(gtopk|topk)\(density=([^,]+), values=(\w+), wire=(\w+)\)", text)
+    if m is None:
+        raise ValueError(f"a joined rank cannot stand in for an allreduce with compression {text}")
+    return SparseCompressor(m[1], float(m[2]), m[3], m[4])
 
 
 class Compression:

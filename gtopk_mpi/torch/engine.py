@@ -15,6 +15,15 @@ checks failed on one rank becomes that ValueError on every rank, and the engine
 carries on. All traffic of the front end happens on this one thread, through the
 engine's own Transports (gtopk_mpi.transport: MPI today).
 
+Process sets: every request names its set (0: all ranks); a name is ready once every
+member has it, and runs on the set's own data transport (a split of the engine's, made
+by the ADD_PROCESS_SET op, which every rank runs in the same place of the order), so
+ranks outside the set neither take part nor wait. Join: a rank in join() stands in for
+the global set's allreduces with zeros (of the shape, dtype, op and compression the
+others announced); other ops that a joined rank lacks fail on the others with Horovod's
+"not supported with Join" text; the JOIN op runs once every rank has joined and
+returns the rank whose join was seen last (by negotiation round, then rank).
+
 Stalls: a rank whose script is late still answers the negotiation (its engine thread
 runs beside it), so the others see which ranks have not submitted an op: after
 GTOPK_STALL_CHECK_TIME_SECONDS each waiting rank warns, naming them; after
@@ -45,6 +54,8 @@ import torch
 
 from .. import config, failures
 from ..agreement import MismatchError
+from .compression import from_description
+from .reduction import OP_NAMES, reduce_flat
 
 
 class HorovodInternalError(RuntimeError):
@@ -70,7 +81,8 @@ class Request:
     """What one rank announces for one named op (small and picklable)."""
 
     name: str
-    op_type: str                 # ALLREDUCE, ALLGATHER, BROADCAST, BARRIER, JOIN, SHUTDOWN
+    op_type: str                 # ALLREDUCE, ALLGATHER, BROADCAST, ALLTOALL, REDUCESCATTER, BARRIER, JOIN,
+    #                              ADD_PROCESS_SET, REMOVE_PROCESS_SET, SHUTDOWN
     dtype: str = ""              # HOROVOD_FLOAT32, ...
     shape: tuple[int, ...] = ()
     reduce_op: str = ""
@@ -79,7 +91,9 @@ class Request:
     root: int = -1
     device: str = "CPU"
     compression: str = ""
-    extra: float = 0.0           # join: this rank's arrival time
+    process_set: int = 0         # the set's id (0: every rank)
+    ranks: tuple[int, ...] = ()  # ADD_PROCESS_SET: the new set's ranks; REMOVE_PROCESS_SET: (its id,)
+    splits: tuple[int, ...] = ()  # ALLTOALL: rows this rank sends to each member
     group: int = 0               # grouped ops: how many tensors the group has
     error: str = ""              # what this rank's local checks raised ("rank R: ..."): every rank raises it
     error_type: str = ""         # ValueError or NotImplementedError
@@ -99,6 +113,7 @@ _CHECKS_AFTER_SHAPE = (
     ("device", "Mismatched {op} CPU/GPU device selection: One rank specified device {a}, but another rank "
                "specified device {b}."),
     ("compression", "Mismatched {op} compression: One rank used {a}, but another rank used {b}."),
+    ("ranks", "Mismatched {op} ranks: One rank specified ranks {a}, but another rank specified ranks {b}."),
 )
 
 
@@ -113,21 +128,24 @@ def _first_difference(reqs: list[Request], checks) -> str | None:
 
 def _shape_difference(reqs: list[Request]) -> str | None:
     first = reqs[0]
-    if first.op_type in ("ALLREDUCE", "BROADCAST"):
+    if first.op_type == "REDUCESCATTER" and len(first.shape) == 0:
+        return "Process-set rank zero tried to REDUCESCATTER a rank-zero tensor."
+    if first.op_type in ("ALLREDUCE", "BROADCAST", "REDUCESCATTER"):
         for r in reqs[1:]:
             if r.shape != first.shape:
                 return (f"Mismatched {first.op_type} tensor shapes: One rank sent a tensor of shape "
                         f"{list(first.shape)}, but another rank sent a tensor of shape {list(r.shape)}.")
-    if first.op_type == "ALLGATHER":  # dimension 0 may differ
+    if first.op_type in ("ALLGATHER", "ALLTOALL"):  # dimension 0 may differ
+        op = first.op_type
         if len(first.shape) == 0:
-            return "Rank zero tried to ALLGATHER a rank-zero tensor."
+            return f"Process-set rank zero tried to {op} a rank-zero tensor."
         for r in reqs[1:]:
             if len(r.shape) != len(first.shape):
-                return (f"Mismatched ALLGATHER tensor shapes: One rank sent a tensor of rank {len(first.shape)}, "
+                return (f"Mismatched {op} tensor shapes: One rank sent a tensor of rank {len(first.shape)}, "
                         f"but another rank sent a tensor of rank {len(r.shape)}.")
             for d in range(1, len(first.shape)):
                 if r.shape[d] != first.shape[d]:
-                    return (f"Mismatched ALLGATHER tensor shapes: One rank sent a tensor with dimension {d} "
+                    return (f"Mismatched {op} tensor shapes: One rank sent a tensor with dimension {d} "
                             f"equal to {first.shape[d]}, but another rank sent a tensor with dimension {d} "
                             f"equal to {r.shape[d]}.")
     return None
@@ -163,19 +181,65 @@ class Work:
         return self.result
 
 
+Key = tuple[int, str]  # (process set id, op name): what ranks match
+JOIN_KEY: Key = (0, "__gtopk_join__")
+_JOIN_UNSUPPORTED = {
+    "ALLGATHER": "Allgather is not supported with Join at this time. Specify sparse_to_dense=True if using "
+                 "DistributedOptimizer",
+    "ALLTOALL": "Alltoall is not supported with Join at this time.",
+    "REDUCESCATTER": "Reducescatter is not supported with Join at this time.",
+    "BROADCAST": "Broadcast is not supported with Join at this time.",
+}
+
+
+def _join_error(key: Key, request: Request) -> BaseException | None:
+    """The error of an op that joined ranks lack (None: they stand in for it)."""
+    op = request.op_type
+    if key[0] != 0 and op not in _JOIN_UNSUPPORTED:
+        return HorovodInternalError(f"{op} on a process set is not supported with Join at this time.")
+    if op == "BARRIER":
+        return None
+    if op != "ALLREDUCE":  # every other op needs the joined ranks' data or their part in a collective
+        return HorovodInternalError(_JOIN_UNSUPPORTED.get(op, f"{op} is not supported with Join at this time."))
+    if request.device != "CPU":
+        return HorovodInternalError("a joined rank stands in only for CPU allreduces at this time.")
+    try:
+        from_description(request.compression)
+    except ValueError as e:
+        return HorovodInternalError(str(e))
+    return None
+
+
+def key_of(request: Request) -> Key:
+    return (request.process_set, request.name)
+
+
+@dataclass
+class ProcessSetLink:
+    """A registered process set: its ranks (sorted, in the engine's numbering) and, on its
+    members, the transport its ops run on (None elsewhere)."""
+
+    ranks: tuple[int, ...]
+    link: Any
+
+
 class Engine:
     """Owns the front end's transports (``control`` for negotiation, ``link`` for the ops'
-    data) and the one thread that uses them."""
+    data, one split of it per process set) and the one thread that uses them."""
 
     def __init__(self, control: Any, link: Any):
         self.control, self.link = control, link
         self._cv = threading.Condition()
-        self._pending: dict[str, Work] = {}
-        self._in_flight: set[str] = set()
-        self._stalled: dict[str, BaseException] = {}  # names failed by the stall shutdown
+        self._pending: dict[Key, Work] = {}
+        self._in_flight: set[Key] = set()
+        self._stalled: dict[Key, BaseException] = {}  # names failed by the stall shutdown
         self._epoch = 0                               # negotiation sessions so far (every rank counts alike)
+        self._round = 0                               # negotiation rounds so far (every rank counts alike)
+        self._joined: dict[int, int] = {}             # rank -> the round its JOIN was first seen
         self._dead: BaseException | None = None       # the engine cannot run ops any more (a rank left)
         self._halt = False                            # interpreter exit: stop without a collective shutdown
+        self._sets = {0: ProcessSetLink(tuple(range(link.size)), link)}
+        self._next_set = 1
         self._cycle_s = config.CYCLE_TIME.get() / 1e3
         self._stall_s, self._stall_end_s = failures.stall_limits()
         control.activity = "the gtopk_mpi.torch engine's negotiation"
@@ -190,30 +254,72 @@ class Engine:
         self._thread.start()
         failures.on_exit(self.halt)
 
+    def start_timeline(self, path: str) -> None:
+        """Rank 0 starts writing a Chrome trace to ``path`` (closing one in progress)."""
+        self.stop_timeline()
+        if self.link.rank == 0:
+            with self._cv:
+                self._timeline = open(path, "w")
+                self._timeline.write("[\n")
+                self._t0 = time.monotonic()
+
+    def stop_timeline(self) -> None:
+        with self._cv:
+            timeline, self._timeline = self._timeline, None
+        if timeline is not None:
+            timeline.write("{}]\n")
+            timeline.close()
+
+    # -- process sets (called from the engine thread by the ops that change them) ----
+    def members(self, process_set: int) -> tuple[int, ...] | None:
+        """The ranks of a registered set, or None."""
+        entry = self._sets.get(process_set)
+        return None if entry is None else entry.ranks
+
+    def add_set(self, ranks: tuple[int, ...]) -> int | None:
+        """Register a set (collective over all ranks, in op order); None if one with these
+        ranks exists (then nothing is created anywhere)."""
+        if any(entry.ranks == ranks for entry in self._sets.values()):
+            return None
+        link = self.link.split(0 if self.link.rank in ranks else None)
+        set_id, self._next_set = self._next_set, self._next_set + 1
+        self._sets[set_id] = ProcessSetLink(ranks, link)
+        return set_id
+
+    def remove_set(self, set_id: int) -> int | None:
+        entry = self._sets.pop(set_id, None) if set_id != 0 else None
+        if entry is None:
+            return None
+        if entry.link is not None:
+            entry.link.close()
+        return set_id
+
     def submit(self, work: Work) -> Work:
-        name = work.request.name
+        key = key_of(work.request)
         with self._cv:
             if self._stopped:
                 raise ValueError("gtopk_mpi.torch has been shut down; call init() first")
-            if name in self._in_flight:
+            if key in self._in_flight:
                 raise ValueError(DUPLICATE_NAME_ERROR.format(op=work.request.op_type.lower()))
-            error = self._dead or self._stalled.get(name)
+            error = self._dead or self._stalled.get(key)
             if error is not None:
                 work.error = error
                 work.done.set()
                 return work
-            self._in_flight.add(name)
-            self._pending[name] = work
+            self._in_flight.add(key)
+            self._pending[key] = work
             self._cv.notify()
         return work
 
-    def stop(self) -> None:
+    def stop(self) -> list[Any]:
         """Collective: every rank's engine runs a SHUTDOWN op, then its thread ends (at once
-        when a rank has left the job)."""
+        when a rank has left the job). Returns the transports for the caller to release."""
         work = self.submit(Work(Request("__gtopk_shutdown__", "SHUTDOWN"), lambda link, reqs: None))
         if self._dead is None:
             work.wait()
         self._thread.join()
+        sets = [e.link for i, e in sorted(self._sets.items()) if i != 0 and e.link is not None]
+        return [self.control, self.link, *sets]
 
     def halt(self) -> None:
         """The interpreter is exiting without shutdown(): stop after the current round."""
@@ -268,31 +374,64 @@ class Engine:
                     return True
                 mine = [(w.request, now - w.submitted) for _, w in sorted(self._pending.items())]
             everyone = self.control.allgather_obj(mine)
-            tables = [{r.name: (r, age) for r, age in reqs} for reqs in everyone]
+            self._round += 1
+            tables = [{key_of(r): (r, age) for r, age in reqs} for reqs in everyone]
             if not any(tables):
                 return False
-            ready = sorted(set.intersection(*(set(t) for t in tables)))
-            for name in ready:
-                if self._run(name, [t[name][0] for t in tables]):
+            ready, waiting = self._plan(tables)
+            for key, have in ready:
+                if self._run(key, have, tables):
                     return True
-            self._stall_check(tables)
+            self._stall_check(tables, waiting)
             if not ready:
                 time.sleep(idle)
                 idle = min(idle * 2, 0.01)
             else:
                 idle = self._cycle_s
 
-    def _run(self, name: str, reqs: list[Request]) -> bool:
+    def _plan(self, tables: list[dict[Key, tuple[Request, float]]]
+              ) -> tuple[list[tuple[Key, list[int]]], list[tuple[Key, list[int]]]]:
+        """Every rank's identical decision for this round: the keys to run, in sorted order,
+        each with the ranks that submitted it; the keys left waiting, with the members
+        that have not submitted them."""
+        joined = [q for q, t in enumerate(tables) if JOIN_KEY in t]
+        for q in joined:
+            self._joined.setdefault(q, self._round)
+        ready, waiting = [], []
+        for key in sorted(set().union(*tables)):
+            have = [q for q, t in enumerate(tables) if key in t]
+            members = self.members(key[0]) or tuple(have)
+            missing = [q for q in members if q not in have]
+            stand_in = key != JOIN_KEY and bool(have) and set(missing) <= set(joined)
+            if not missing or stand_in:
+                ready.append((key, have))
+            else:
+                waiting.append((key, missing))
+        return ready, waiting
+
+    def _run(self, key: Key, have: list[int], tables: list[dict[Key, tuple[Request, float]]]) -> bool:
+        reqs = [tables[q][key][0] for q in have]
+        members = self.members(key[0]) or tuple(have)
+        standing_in = [q for q in members if q not in have]  # joined ranks
+        me = self.link.rank
         with self._cv:
-            work = self._pending.pop(name, None)
-        if work is None:  # failed with the rest of its group earlier in this round
+            work = self._pending.pop(key, None)
+        if work is None and me in standing_in:
+            work = self._stand_in(reqs[0])
+        if work is None:  # not a member, failed with its group earlier in this round, or nothing to add
             return False
         started = time.monotonic()
         error = check_requests(reqs)
+        if error is None and standing_in:
+            error = _join_error(key, reqs[0])
         try:
             if error is not None:
                 raise error
-            work.result = work.run(self.link, reqs)
+            if key == JOIN_KEY:
+                work.result = max(self._joined, key=lambda q: (self._joined[q], q))
+                self._joined.clear()
+            else:
+                work.result = work.run(self._sets[key[0]].link, reqs)
         except failures.PeerGoneError:
             raise
         except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
@@ -300,18 +439,33 @@ class Engine:
         self._trace(work, started, time.monotonic())
         shutdown = work.request.op_type == "SHUTDOWN"
         with self._cv:
-            self._in_flight.discard(name)
+            self._in_flight.discard(key)
             self._stopped |= shutdown
         work.done.set()
         if error is not None and work.request.group:  # the rest of a failed group fails alike
             self._fail_group(work.request, error)
         return shutdown
 
+    def _stand_in(self, request: Request) -> Work | None:
+        """What a joined rank runs for an allreduce it did not submit: zeros."""
+        if request.op_type != "ALLREDUCE" or _join_error((request.process_set, request.name), request):
+            return None
+        dtype = next(d for d, n in DTYPE_NAMES.items() if n == request.dtype)
+        op = next(o for o, n in OP_NAMES.items() if n == request.reduce_op)
+        comp = from_description(request.compression)
+        zeros = torch.zeros(int(np.prod(request.shape, dtype=np.int64)), dtype=dtype)
+
+        def run(link: Any, reqs: list[Request]) -> torch.Tensor:
+            return reduce_flat(link, zeros, op, comp, request.prescale, request.postscale)[0]
+
+        return Work(request, run)
+
     def _fail_group(self, request: Request, error: BaseException) -> None:
         base = request.name.rsplit(".", 1)[0]
         with self._cv:
-            siblings = [n for n in self._pending if n.rsplit(".", 1)[0] == base and self._pending[n].request.group]
-            works = [self._pending.pop(n) for n in siblings]
+            siblings = [k for k, w in self._pending.items() if k[0] == request.process_set
+                        and k[1].rsplit(".", 1)[0] == base and w.request.group]
+            works = [self._pending.pop(k) for k in siblings]
             self._in_flight.difference_update(siblings)
         for w in works:
             w.error = error
@@ -333,34 +487,35 @@ class Engine:
         else:
             self._timeline.flush()
 
-    def _stall_check(self, tables: list[dict[str, tuple[Request, float]]]) -> None:
-        """Ops some ranks have submitted and others not: warn after the stall time (each
+    def _stall_check(self, tables: list[dict[Key, tuple[Request, float]]],
+                     waiting: list[tuple[Key, list[int]]]) -> None:
+        """Ops some members have submitted and others not: warn after the stall time (each
         waiting rank, naming the missing ones); past the shutdown time fail the op on every
         rank (all ranks decide alike, on the oldest age any rank reported)."""
-        names = set().union(*tables) - set.intersection(*(set(t) for t in tables))
-        for name in sorted(names):
-            missing = [q for q, t in enumerate(tables) if name not in t]
-            oldest = max(t[name][1] for t in tables if name in t)
+        me = self.link.rank
+        for key, missing in waiting:
+            name = key[1]
+            oldest = max(t[key][1] for t in tables if key in t)
             if self._stall_end_s and oldest > self._stall_end_s:
-                op = next(t[name][0].op_type for t in tables if name in t)
+                op = next(t[key][0].op_type for t in tables if key in t)
                 error = HorovodInternalError(
                     f"{op} '{name}' stalled for {oldest:.0f} s: ranks {missing} did not submit it "
                     "(GTOPK_STALL_SHUTDOWN_TIME_SECONDS)")
                 with self._cv:
-                    self._stalled[name] = error
-                    work = self._pending.pop(name, None)
-                    self._in_flight.discard(name)
+                    self._stalled[key] = error
+                    work = self._pending.pop(key, None)
+                    self._in_flight.discard(key)
                 if work is not None:
                     work.error = error
                     work.done.set()
                 continue
             with self._cv:
-                work = self._pending.get(name)
-            if self._stall_s and work is not None and not work.warned and name in tables[self.link.rank] \
-                    and tables[self.link.rank][name][1] > self._stall_s:
+                work = self._pending.get(key)
+            if self._stall_s and work is not None and not work.warned and key in tables[me] \
+                    and tables[me][key][1] > self._stall_s:
                 work.warned = True
-                print(f"gtopk_mpi.torch: rank {self.link.rank}: {work.request.op_type} '{name}' has waited "
-                      f"{tables[self.link.rank][name][1]:.0f} s for ranks {missing}, which have not submitted it "
+                print(f"gtopk_mpi.torch: rank {me}: {work.request.op_type} '{name}' has waited "
+                      f"{tables[me][key][1]:.0f} s for ranks {missing}, which have not submitted it "
                       "(one rank is late, skipped an op, or submitted another name)", file=sys.stderr, flush=True)
 
 
@@ -376,12 +531,11 @@ def start(control: Any, link: Any) -> None:
     _engine = Engine(control, link)
 
 
-def stop() -> tuple[Any, Any]:
+def stop() -> list[Any]:
     """Collective: stop the engine; returns its transports (for the caller to release)."""
     global _engine
     engine, _engine = _engine, None
-    engine.stop()
-    return engine.control, engine.link
+    return engine.stop()
 
 
 def running() -> bool:
@@ -399,7 +553,8 @@ def submit(work: Work) -> Work:
     return current().submit(work)
 
 
-def submit_checked(op_type: str, names: list[str], build: Callable[[], list[Work]], group: int = 0) -> list[Work]:
+def submit_checked(op_type: str, names: list[str], build: Callable[[], list[Work]], group: int = 0,
+                   process_set: int = 0) -> list[Work]:
     """Submit the works ``build()`` makes for ``names``. If this rank's local checks in it
     raise, submit the names as failed requests instead: the engine then raises that error
     on every rank for them, so no rank waits on one that raised alone."""
@@ -407,7 +562,8 @@ def submit_checked(op_type: str, names: list[str], build: Callable[[], list[Work
         works = build()
     except (ValueError, NotImplementedError) as e:
         text = f"rank {current().link.rank}: {e}"
-        works = [Work(Request(n, op_type, group=group, error=text, error_type=type(e).__name__),
+        works = [Work(Request(n, op_type, group=group, error=text, error_type=type(e).__name__,
+                              process_set=process_set),
                       lambda link, reqs: None) for n in names]
     return [submit(w) for w in works]
 

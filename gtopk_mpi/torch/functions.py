@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
+from . import engine
 from .engine import Request, Work, op_name, submit_checked
-from .mpi_ops import broadcast_async_, global_process_set, rank, synchronize
+from .mpi_ops import _set_id, broadcast_async_, global_process_set, rank, synchronize
 from .optimizer import ERROR_FEEDBACK_KEY
 
 
@@ -19,7 +20,7 @@ def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: 
     params: a state_dict / dict of name -> tensor, a list of (name, tensor) pairs
     (e.g. model.named_parameters()), or a list of tensors.
     """
-    process_set._check()
+    _set_id(process_set, "Broadcast")
     if isinstance(params, dict):
         items = sorted(params.items())
     else:
@@ -31,33 +32,36 @@ def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: 
         if not isinstance(p, torch.Tensor):
             raise ValueError(f"invalid params of type {type(p).__name__} for {name!r}")
         handles.append(broadcast_async_(p.data if isinstance(p, torch.nn.Parameter) else p, root_rank,
-                                        name=f"broadcast_parameters.{name}"))
+                                        name=f"broadcast_parameters.{name}", process_set=process_set))
     for h in handles:
         synchronize(h)
 
 
 def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, process_set=global_process_set) -> Any:
     """Return root_rank's (picklable) object on every rank."""
+    set_id = _set_id(process_set, "Broadcast")
     names = [op_name(name, "broadcast_object")]
 
     def build() -> list[Work]:
-        process_set._check()
-        req = Request(names[0], "BROADCAST", dtype="OBJECT", root=int(root_rank))
-        return [Work(req, lambda link, reqs: link.bcast_obj(obj, root_rank))]
+        members = engine.current().members(set_id)
+        if root_rank not in members:
+            raise ValueError(f"root_rank {root_rank} is not a member of the process set {list(members)}")
+        req = Request(names[0], "BROADCAST", dtype="OBJECT", root=int(root_rank), process_set=set_id)
+        return [Work(req, lambda link, reqs: link.bcast_obj(obj, members.index(root_rank)))]
 
-    return submit_checked("BROADCAST", names, build)[0].wait()
+    return submit_checked("BROADCAST", names, build, 0, set_id)[0].wait()
 
 
 def allgather_object(obj: Any, name: str | None = None, process_set=global_process_set) -> list[Any]:
     """List of every rank's (picklable) object, in rank order."""
+    set_id = _set_id(process_set, "Allgather")
     names = [op_name(name, "allgather_object")]
 
     def build() -> list[Work]:
-        process_set._check()
-        return [Work(Request(names[0], "ALLGATHER", dtype="OBJECT", shape=(1,)),
+        return [Work(Request(names[0], "ALLGATHER", dtype="OBJECT", shape=(1,), process_set=set_id),
                      lambda link, reqs: link.allgather_obj(obj))]
 
-    return submit_checked("ALLGATHER", names, build)[0].wait()
+    return submit_checked("ALLGATHER", names, build, 0, set_id)[0].wait()
 
 
 def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int,
@@ -65,12 +69,34 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int,
     """Overwrite every rank's optimizer state and hyper-parameters with root_rank's.
 
     The state dict (tensors included) travels as one pickled object; non-root ranks
-    load it with load_state_dict, so state created by root's first step appears on
-    every rank. A DistributedOptimizer's error-feedback state (residuals) is per rank
-    and stays as it is on every rank.
+    load it with load_state_dict. An optimizer without state yet (freshly built) first
+    takes one step with zero gradients on every rank, as Horovod does, so that its state
+    (momentum buffers, Adam's moments) exists everywhere. A DistributedOptimizer's
+    error-feedback state (residuals) is per rank and stays as it is on every rank.
     """
+    if not optimizer.state_dict()["state"]:
+        _initialize_state(optimizer)
     state = optimizer.state_dict()
     state.pop(ERROR_FEEDBACK_KEY, None)
     state = broadcast_object(state, root_rank, name="broadcast_optimizer_state", process_set=process_set)
     if rank() != root_rank:
         optimizer.load_state_dict(state)
+
+
+def _initialize_state(optimizer: torch.optim.Optimizer) -> None:
+    """One step with zero gradients (Horovod's way to create an optimizer's state); a
+    DistributedOptimizer steps as its wrapped class, without reducing anything."""
+    saved = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad:
+                saved[p] = p.grad
+                p.grad = torch.zeros_like(p)
+                if isinstance(optimizer, torch.optim.SparseAdam):
+                    p.grad = p.grad.to_sparse()
+    if type(optimizer).__module__ == __name__.rsplit(".", 1)[0] + ".optimizer" or hasattr(optimizer, "_buckets"):
+        super(optimizer.__class__, optimizer).step()
+    else:
+        optimizer.step()
+    for p, g in saved.items():
+        p.grad = g

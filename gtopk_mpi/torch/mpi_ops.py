@@ -12,8 +12,8 @@ k nonzeros (Sum or Average only).
 from __future__ import annotations
 
 import itertools
+import os
 import threading
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,42 +22,178 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from .. import _C, failures, runtime, transport
+from .. import _C, config, failures, runtime, transport
 from . import engine
 from .compression import Compression, SparseCompressor
-from .engine import BROADCAST_DTYPES, DTYPE_NAMES, Request, Work, op_name, submit, submit_checked
+from .engine import BROADCAST_DTYPES, DTYPE_NAMES, JOIN_KEY, Request, Work, op_name, submit, submit_checked
 from .reduction import OP_NAMES, Adasum, Average, Sum, reduce_flat
 
 
 class ProcessSet:
-    """Horovod's process set; only the global one (all ranks) is supported."""
+    """Horovod's process set: ops with ``process_set=`` run on its ranks only (others neither
+    take part nor wait). Build it from a list of ranks, then pass it to ``init(process_sets=
+    [...])`` or ``add_process_set`` (needs HOROVOD_DYNAMIC_PROCESS_SETS=1 or
+    ``init(process_sets="dynamic")``); ranks are the global ranks, also for root_rank."""
 
-    def __init__(self, ranks: Sequence[int] | None = None):
-        self.ranks = None if ranks is None else list(ranks)
+    process_set_id: int | None = None
+    ranks: list[int] | None = None
+    mpi_comm = None
 
-    def _check(self) -> None:
-        if self is not global_process_set and self.ranks is not None and self.ranks != list(range(size())):
-            raise NotImplementedError("gtopk_mpi.torch supports only the global process set")
+    def __init__(self, ranks_or_comm: Sequence[int] | MPI.Comm):
+        if isinstance(ranks_or_comm, MPI.Comm):
+            raise NotImplementedError("Process sets defined by an MPI communicator are not supported by gtopk_mpi; "
+                                      "build the process set via a list of ranks.")
+        ranks = sorted(ranks_or_comm)
+        if any(not isinstance(r, int) for r in ranks):
+            raise ValueError("ProcessSet should be initialized with a list of process ranks or an mpi4py Comm object")
+        self.ranks = ranks
+
+    def _invalidate(self) -> None:
+        self.process_set_id = None
+
+    def size(self) -> int | None:
+        """Number of ranks in the set, or None if not initialized."""
+        if self.process_set_id is None:
+            return None
+        return len(_members(self.process_set_id))
+
+    def rank(self) -> int | None:
+        """This rank's index within the set (None if not initialized); ops still take global
+        ranks (e.g. root_rank)."""
+        if self.process_set_id is None:
+            return None
+        members = _members(self.process_set_id)
+        if rank() not in members:
+            raise ValueError("Process is not part of provided process set.")
+        return members.index(rank())
+
+    def included(self) -> bool | None:
+        """Whether this rank is in the set (None if its ranks are unknown)."""
+        if self.ranks is None:
+            return None
+        return rank() in self.ranks
+
+    def __str__(self) -> str:
+        return f"ProcessSet(process_set_id={self.process_set_id}, ranks={self.ranks}, mpi_comm={self.mpi_comm})"
 
 
-global_process_set = ProcessSet()
+global_process_set = ProcessSet([])
+global_process_set.process_set_id = 0
+
+
+def _members(set_id: int) -> tuple[int, ...]:
+    members = engine.current().members(set_id)
+    if members is None:
+        raise ValueError("Process set does not exist or has not been registered.")
+    return members
+
+
+def _set_id(process_set: ProcessSet, op: str) -> int:
+    """The id of ``process_set`` for an op of this rank; ValueError if it is not registered or
+    this rank is not in it (then no other rank waits: the op is this rank's alone)."""
+    if not isinstance(process_set, ProcessSet):
+        raise ValueError(f"process_set must be a ProcessSet, got {type(process_set).__name__}")
+    set_id = process_set.process_set_id
+    if set_id is None or engine.current().members(set_id) is None:
+        raise ValueError(f"{process_set} has not been registered: pass it to init(process_sets=[...]) or "
+                         "add_process_set() first.")
+    if rank() not in _members(set_id):
+        raise ValueError(f"{op}: Rank {rank()} is not a member of the provided process set.")
+    return set_id
+
+
+def _root_in_set(root_rank: int, members: tuple[int, ...]) -> int:
+    if root_rank not in members:
+        raise ValueError(f"root_rank {root_rank} is not a member of the process set {list(members)}")
+    return members.index(root_rank)
+
 
 # -------------------------------------------------------------------------------- runtime
 
 _lock = threading.Lock()
 _handles: dict[int, _Handle] = {}
 _handle_ids = itertools.count(1)
+_dynamic = False
 
 
-def init(comm=None) -> None:
-    """Start MPI and the engine (idempotent). comm: an mpi4py communicator or a list of world ranks."""
+def init(comm=None, process_sets: Sequence[ProcessSet] | str | None = None) -> None:
+    """Start MPI and the engine (idempotent). comm: an mpi4py communicator or a list of world
+    ranks. process_sets: ProcessSets to register now (every rank passes the same list), or
+    "dynamic" to allow add_process_set / remove_process_set later."""
+    global _dynamic
     with _lock:
         if engine.running():
             return
+        if isinstance(process_sets, str):
+            if process_sets.lower() != "dynamic":
+                raise ValueError(f"process_sets must be a list of ProcessSet or 'dynamic', got {process_sets!r}")
+            os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"] = "1"
+            process_sets = []
+        process_sets = list(process_sets or [])
+        for ps in process_sets:
+            if not isinstance(ps, ProcessSet):
+                raise ValueError(f"process_sets must hold ProcessSet objects, got {type(ps).__name__}")
         runtime.init(comm)
         control, data = (transport.MpiTransport(runtime.comm().Dup()) for _ in range(2))
         data.topology()  # the hosts, found now (collective) rather than in the engine's first op
         engine.start(control, data)
+        _dynamic = bool(config.DYNAMIC_PROCESS_SETS.get())
+        global_process_set.ranks = list(range(runtime.size()))
+    for i, ps in enumerate(process_sets):
+        if _register(ps, f"init.process_set.{i}") is None:
+            raise ValueError(f"Horovod could not be initialized because process_sets entry number {i} is a "
+                             f"duplicate: {ps}")
+
+
+def _register(ps: ProcessSet, name: str) -> int | None:
+    """Collective over all ranks: register ``ps`` (its id, or None for a duplicate)."""
+    bad = [r for r in ps.ranks if not 0 <= r < runtime.size()]
+    eng = engine.current()
+    ranks = tuple(ps.ranks)
+
+    def build() -> list[Work]:
+        if bad:
+            raise ValueError(f"process set ranks {bad} are out of range for size {runtime.size()}")
+        if not ranks:
+            raise ValueError("a process set needs at least one rank")
+        return [Work(Request(name, "ADD_PROCESS_SET", ranks=ranks), lambda link, reqs: eng.add_set(ranks))]
+
+    set_id = submit_checked("ADD_PROCESS_SET", [name], build)[0].wait()
+    ps.process_set_id = set_id
+    return set_id
+
+
+_set_names = itertools.count()
+
+
+def add_process_set(process_set: ProcessSet | Sequence[int]) -> ProcessSet:
+    """Collective over all ranks (in the same order everywhere): register a new process set
+    and return it. Needs HOROVOD_DYNAMIC_PROCESS_SETS=1; no set with the same ranks may exist."""
+    engine.current()
+    if not _dynamic:
+        raise ValueError("Set HOROVOD_DYNAMIC_PROCESS_SETS=1 to allow adding process sets after Horovod "
+                         "initialization.")
+    if not isinstance(process_set, ProcessSet):
+        process_set = ProcessSet(process_set)
+    if _register(process_set, f"add_process_set.{next(_set_names)}") is None:
+        raise ValueError(f"Attempted to add a duplicate process set: {process_set}")
+    return process_set
+
+
+def remove_process_set(process_set: ProcessSet) -> bool:
+    """Collective over all ranks: remove a set added before (its ops must be done); False for
+    the global set or one not registered. Needs HOROVOD_DYNAMIC_PROCESS_SETS=1."""
+    eng = engine.current()
+    if not _dynamic:
+        raise ValueError("Set HOROVOD_DYNAMIC_PROCESS_SETS=1 to allow removing process sets after Horovod "
+                         "initialization.")
+    set_id = process_set.process_set_id
+    if set_id is None or set_id == 0:
+        return False
+    process_set._invalidate()
+    name = f"remove_process_set.{next(_set_names)}"
+    work = Work(Request(name, "REMOVE_PROCESS_SET", ranks=(set_id,)), lambda link, reqs: eng.remove_set(set_id))
+    return submit(work).wait() is not None
 
 
 def shutdown() -> None:
@@ -136,6 +272,34 @@ def cuda_built() -> bool:
     return bool(getattr(_C, "has_cuda", False))
 
 
+def ddl_built() -> bool:
+    return False
+
+
+def ccl_built() -> bool:
+    return False
+
+
+def rocm_built() -> bool:
+    return False
+
+
+def is_homogeneous() -> bool:
+    """True when every host runs the same number of ranks."""
+    engine.current()
+    return len(set(runtime.layout().ranks_per_host)) == 1
+
+
+def start_timeline(file_path: str, mark_cycles: bool = False) -> None:
+    """Start writing the Chrome-trace timeline (rank 0 writes ``file_path``; as GTOPK_TIMELINE)."""
+    engine.current().start_timeline(file_path)
+
+
+def stop_timeline() -> None:
+    """Stop and close the timeline started by start_timeline or GTOPK_TIMELINE."""
+    engine.current().stop_timeline()
+
+
 # -------------------------------------------------------------------------------- handles
 
 
@@ -202,11 +366,23 @@ def _resolve_op(op: int | None, average: bool | None, fn: str) -> int:
     return op
 
 
+def _device(tensor: torch.Tensor) -> str:
+    return "GPU" if tensor.is_cuda else "CPU"
+
+
+def _names(name: str | None, kind: str, n: int, grouped: bool) -> list[str]:
+    """One name per tensor: ``name`` alone, or ``{name}.{i}`` for a group."""
+    if grouped:
+        base = op_name(name, f"grouped_{kind}")
+        return [f"{base}.{i}" for i in range(n)]
+    return [op_name(name, kind)]
+
+
 # -------------------------------------------------------------------------------- allreduce
 
 
 def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, postscale: float,
-                    compression, group: int = 0) -> Work:
+                    compression, group: int = 0, set_id: int = 0) -> Work:
     sparse = isinstance(compression, SparseCompressor)
     if sparse:
         if op not in (Sum, Average):
@@ -220,8 +396,9 @@ def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, p
         return y.reshape(tensor.shape).to(dtype=tensor.dtype)
 
     req = Request(name, "ALLREDUCE", DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape),
-                  OP_NAMES[op], float(prescale), float(postscale), -1, "GPU" if tensor.is_cuda else "CPU",
-                  compression.describe() if sparse or compression is not Compression.none else "none", group=group)
+                  OP_NAMES[op], float(prescale), float(postscale), -1, _device(tensor),
+                  compression.describe() if sparse or compression is not Compression.none else "none",
+                  group=group, process_set=set_id)
     return Work(req, run)
 
 
@@ -229,22 +406,18 @@ def _submit_allreduces(fn: str, tensors: Sequence[torch.Tensor], name: str | Non
                        average: bool | None, op: int | None, prescale: float, postscale: float,
                        process_set: ProcessSet, compression) -> list[Work]:
     """Check, then submit one named allreduce per tensor (grouped: ``{name}.{i}``)."""
-    if grouped:
-        base = op_name(name, "grouped_allreduce")
-        names = [f"{base}.{i}" for i in range(len(tensors))]
-    else:
-        names = [op_name(name, "allreduce")]
+    set_id = _set_id(process_set, "Allreduce")
+    names = _names(name, "allreduce", len(tensors), grouped)
     group = len(tensors) if grouped else 0
 
     def build() -> list[Work]:
         resolved = _resolve_op(op, average, fn)
-        process_set._check()
         for t in tensors:
             _check_tensor(t, DTYPE_NAMES)
-        return [_allreduce_work(t, n, resolved, prescale, postscale, compression, group)
+        return [_allreduce_work(t, n, resolved, prescale, postscale, compression, group, set_id)
                 for t, n in zip(tensors, names)]
 
-    return submit_checked("ALLREDUCE", names, build, group)
+    return submit_checked("ALLREDUCE", names, build, group, set_id)
 
 
 def _copy_into(tensors: Sequence[torch.Tensor]) -> Callable[[list[object]], list[torch.Tensor]]:
@@ -280,20 +453,21 @@ def allreduce_async_(tensor: torch.Tensor, average: bool | None = None, name: st
 class _AllreduceFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, name, average, op, prescale, postscale, process_set, compression):
-        ctx.args = (op, prescale, postscale)
+        ctx.args = (average, op, prescale, postscale, process_set)
         return synchronize(allreduce_async(tensor, average, name, op, prescale, postscale, process_set, compression))
 
     @staticmethod
     def backward(ctx, grad):
-        op, prescale, postscale = ctx.args
-        return (allreduce(grad.contiguous(), op=op, prescale_factor=prescale, postscale_factor=postscale),
+        average, op, prescale, postscale, process_set = ctx.args
+        return (allreduce(grad.contiguous(), average=average, op=op, prescale_factor=prescale,
+                          postscale_factor=postscale, process_set=process_set),
                 None, None, None, None, None, None, None)
 
 
 def allreduce(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
               compression=Compression.none, op: int | None = None, prescale_factor: float = 1.0,
               postscale_factor: float = 1.0, process_set: ProcessSet = global_process_set) -> torch.Tensor:
-    """Reduce ``tensor`` over all ranks (default: average); differentiable. Returns a new tensor."""
+    """Reduce ``tensor`` over the set's ranks (default: average); differentiable. Returns a new tensor."""
     if isinstance(compression, SparseCompressor) or not isinstance(tensor, torch.Tensor):
         return synchronize(allreduce_async(tensor, average, name, op, prescale_factor, postscale_factor,
                                            process_set, compression))
@@ -326,12 +500,32 @@ def grouped_allreduce_async_(tensors: Sequence[torch.Tensor], average: bool | No
     return _new_handle(works, _copy_into(tensors))
 
 
+class _GroupedAllreduceFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, name, average, op, prescale, postscale, process_set, compression, *tensors):
+        ctx.args = (average, op, prescale, postscale, process_set)
+        return tuple(synchronize(grouped_allreduce_async(list(tensors), average, name, op, prescale, postscale,
+                                                         process_set, compression)))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        average, op, prescale, postscale, process_set = ctx.args
+        reduced = grouped_allreduce([g.contiguous() for g in grads], average=average, op=op,
+                                    prescale_factor=prescale, postscale_factor=postscale, process_set=process_set)
+        return (None, None, None, None, None, None, None, *reduced)
+
+
 def grouped_allreduce(tensors: Sequence[torch.Tensor], average: bool | None = None, name: str | None = None,
                       compression=Compression.none, op: int | None = None, prescale_factor: float = 1.0,
                       postscale_factor: float = 1.0,
                       process_set: ProcessSet = global_process_set) -> list[torch.Tensor]:
-    return synchronize(grouped_allreduce_async(tensors, average, name, op, prescale_factor, postscale_factor,
-                                               process_set, compression))
+    """Allreduce each tensor of a list (one negotiation for the group); differentiable."""
+    if isinstance(compression, SparseCompressor) or not all(isinstance(t, torch.Tensor) for t in tensors) \
+            or not tensors:
+        return synchronize(grouped_allreduce_async(tensors, average, name, op, prescale_factor, postscale_factor,
+                                                   process_set, compression))
+    return list(_GroupedAllreduceFn.apply(name, average, op, prescale_factor, postscale_factor, process_set,
+                                          compression, *tensors))
 
 
 def grouped_allreduce_(tensors: Sequence[torch.Tensor], average: bool | None = None, name: str | None = None,
@@ -342,10 +536,33 @@ def grouped_allreduce_(tensors: Sequence[torch.Tensor], average: bool | None = N
                                                 process_set, compression))
 
 
+def sparse_allreduce_async(tensor: torch.Tensor, name: str, op: int,
+                           process_set: ProcessSet = global_process_set) -> Callable[[], torch.Tensor]:
+    """Reduce a sparse COO tensor as Horovod does: allgather of its indices and values (so
+    duplicates are summed when the result is coalesced); Average divides the values by the
+    set's size. Returns a function that waits and returns the (uncoalesced) sparse sum."""
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_sparse:
+        raise ValueError("sparse_allreduce_async expects a sparse COO tensor")
+    t = tensor
+    indices_handle = allgather_async(t._indices().transpose(0, 1).contiguous(), name=f"{name}.indices",
+                                     process_set=process_set)
+    values_handle = allgather_async(t._values().contiguous(), name=f"{name}.values", process_set=process_set)
+
+    def handle() -> torch.Tensor:
+        values = synchronize(values_handle)
+        indices = synchronize(indices_handle)
+        values = (values / process_set.size()) if op == Average else values
+        if indices.dim() == 0 or values.dim() == 0:
+            return t.new().resize_as_(t)
+        return torch.sparse_coo_tensor(indices.transpose(0, 1), values, t.size(), check_invariants=True)
+
+    return handle
+
+
 # -------------------------------------------------------------------------------- allgather
 
 
-def _allgather_work(tensor: torch.Tensor, name: str) -> Work:
+def _allgather_work(tensor: torch.Tensor, name: str, group: int, set_id: int) -> Work:
     snapshot = tensor.detach().to("cpu", copy=True)
     shape = tuple(tensor.shape)
 
@@ -358,77 +575,111 @@ def _allgather_work(tensor: torch.Tensor, name: str) -> Work:
         return torch.from_numpy(out).reshape((sum(rows), *shape[1:])).to(tensor.device), rows
 
     req = Request(name, "ALLGATHER", BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), shape,
-                  device="GPU" if tensor.is_cuda else "CPU")
+                  device=_device(tensor), group=group, process_set=set_id)
     return Work(req, run)
+
+
+def _submit_allgathers(tensors: Sequence[torch.Tensor], name: str | None, grouped: bool,
+                       process_set: ProcessSet) -> list[Work]:
+    set_id = _set_id(process_set, "Allgather")
+    names = _names(name, "allgather", len(tensors), grouped)
+    group = len(tensors) if grouped else 0
+
+    def build() -> list[Work]:
+        for t in tensors:
+            _check_tensor(t, BROADCAST_DTYPES)
+        return [_allgather_work(t, n, group, set_id) for t, n in zip(tensors, names)]
+
+    return submit_checked("ALLGATHER", names, build, group, set_id)
 
 
 def allgather_async(tensor: torch.Tensor, name: str | None = None,
                     process_set: ProcessSet = global_process_set) -> int:
     """Start an allgather (concatenation along dim 0; first dims may differ between ranks)."""
-    return _new_handle(_submit_allgather(tensor, name, process_set), lambda r: r[0][0])
+    return _new_handle(_submit_allgathers([tensor], name, False, process_set), lambda r: r[0][0])
 
 
-def _submit_allgather(tensor: torch.Tensor, name: str | None, process_set: ProcessSet) -> list[Work]:
-    names = [op_name(name, "allgather")]
+def grouped_allgather_async(tensors: Sequence[torch.Tensor], name: str | None = None,
+                            process_set: ProcessSet = global_process_set) -> int:
+    """Start an allgather of each tensor of a list; synchronize() returns the list."""
+    return _new_handle(_submit_allgathers(tensors, name, True, process_set), lambda r: [x for x, _ in r])
 
-    def build() -> list[Work]:
-        process_set._check()
-        _check_tensor(tensor, BROADCAST_DTYPES)
-        return [_allgather_work(tensor, names[0])]
 
-    return submit_checked("ALLGATHER", names, build)
+def _gathered_slice(grad: torch.Tensor, rows: list[int], process_set: ProcessSet) -> torch.Tensor:
+    r = process_set.rank()
+    return grad.narrow(0, sum(rows[:r]), rows[r])
 
 
 class _AllgatherFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, name, process_set):
-        out, rows = _submit_allgather(tensor, name, process_set)[0].wait()
-        ctx.rows = rows
+        out, rows = _submit_allgathers([tensor], name, False, process_set)[0].wait()
+        ctx.rows, ctx.process_set = rows, process_set
         return out
 
     @staticmethod
-    def backward(ctx, grad):
-        reduced = allreduce(grad.contiguous(), op=Sum)
-        start = sum(ctx.rows[: rank()])
-        return reduced.narrow(0, start, ctx.rows[rank()]), None, None
+    def backward(ctx, grad):  # Horovod: the gradient averaged over the ranks, this rank's rows
+        reduced = allreduce(grad.contiguous(), op=Average, process_set=ctx.process_set)
+        return _gathered_slice(reduced, ctx.rows, ctx.process_set), None, None
+
+
+class _GroupedAllgatherFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, name, process_set, *tensors):
+        results = [w.wait() for w in _submit_allgathers(list(tensors), name, True, process_set)]
+        ctx.rows, ctx.process_set = [rows for _, rows in results], process_set
+        return tuple(out for out, _ in results)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        reduced = grouped_allreduce([g.contiguous() for g in grads], op=Average, process_set=ctx.process_set)
+        return (None, None, *(_gathered_slice(g, rows, ctx.process_set) for g, rows in zip(reduced, ctx.rows)))
 
 
 def allgather(tensor: torch.Tensor, name: str | None = None,
               process_set: ProcessSet = global_process_set) -> torch.Tensor:
-    """Concatenate every rank's tensor along dim 0 (differentiable)."""
+    """Concatenate every member's tensor along dim 0 (differentiable)."""
     if not isinstance(tensor, torch.Tensor):
         return synchronize(allgather_async(tensor, name, process_set))
     return _AllgatherFn.apply(tensor, name, process_set)
 
 
+def grouped_allgather(tensors: Sequence[torch.Tensor], name: str | None = None,
+                      process_set: ProcessSet = global_process_set) -> list[torch.Tensor]:
+    """allgather of each tensor of a list (one negotiation for the group; differentiable)."""
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        return synchronize(grouped_allgather_async(tensors, name, process_set))
+    return list(_GroupedAllgatherFn.apply(name, process_set, *tensors))
+
+
 # -------------------------------------------------------------------------------- broadcast
 
 
-def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str) -> Work:
+def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str, set_id: int) -> Work:
     snapshot = tensor.detach().to("cpu", copy=True)
+    members = _members(set_id)
 
     def run(link: Any, reqs: list[Request]) -> torch.Tensor:
-        if not 0 <= root_rank < link.size:
-            raise ValueError(f"root_rank {root_rank} is out of range for size {link.size}")
+        root = _root_in_set(root_rank, members)
         buf = snapshot.reshape(-1).numpy()
-        link.bcast(buf.view(np.uint8) if buf.dtype == np.bool_ else buf, root_rank)
+        link.bcast(buf.view(np.uint8) if buf.dtype == np.bool_ else buf, root)
         return snapshot.to(tensor.device)
 
     req = Request(name, "BROADCAST", BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape),
-                  root=int(root_rank), device="GPU" if tensor.is_cuda else "CPU")
+                  root=int(root_rank), device=_device(tensor), process_set=set_id)
     return Work(req, run)
 
 
 def _submit_broadcast(tensor: torch.Tensor, root_rank: int, name: str | None, process_set: ProcessSet
                       ) -> list[Work]:
+    set_id = _set_id(process_set, "Broadcast")
     names = [op_name(name, "broadcast")]
 
     def build() -> list[Work]:
-        process_set._check()
         _check_tensor(tensor, BROADCAST_DTYPES)
-        return [_broadcast_work(tensor, root_rank, names[0])]
+        return [_broadcast_work(tensor, root_rank, names[0], set_id)]
 
-    return submit_checked("BROADCAST", names, build)
+    return submit_checked("BROADCAST", names, build, 0, set_id)
 
 
 def broadcast_async(tensor: torch.Tensor, root_rank: int, name: str | None = None,
@@ -445,12 +696,12 @@ def broadcast_async_(tensor: torch.Tensor, root_rank: int, name: str | None = No
 class _BroadcastFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, root_rank, name, process_set):
-        ctx.root_rank = root_rank
+        ctx.root_rank, ctx.process_set = root_rank, process_set
         return synchronize(broadcast_async(tensor, root_rank, name, process_set))
 
     @staticmethod
     def backward(ctx, grad):
-        reduced = allreduce(grad.contiguous(), op=Average)
+        reduced = allreduce(grad.contiguous(), op=Average, process_set=ctx.process_set)
         if rank() != ctx.root_rank:
             reduced = reduced * 0
         return reduced, None, None, None
@@ -458,7 +709,7 @@ class _BroadcastFn(torch.autograd.Function):
 
 def broadcast(tensor: torch.Tensor, root_rank: int, name: str | None = None,
               process_set: ProcessSet = global_process_set) -> torch.Tensor:
-    """Return root_rank's tensor on every rank (differentiable)."""
+    """Return root_rank's tensor on every member (differentiable). root_rank: a global rank."""
     if not isinstance(tensor, torch.Tensor):
         return synchronize(broadcast_async(tensor, root_rank, name, process_set))
     return _BroadcastFn.apply(tensor, root_rank, name, process_set)
@@ -466,31 +717,223 @@ def broadcast(tensor: torch.Tensor, root_rank: int, name: str | None = None,
 
 def broadcast_(tensor: torch.Tensor, root_rank: int, name: str | None = None,
                process_set: ProcessSet = global_process_set) -> torch.Tensor:
-    """Overwrite ``tensor`` with root_rank's on every rank."""
+    """Overwrite ``tensor`` with root_rank's on every member."""
     return synchronize(broadcast_async_(tensor, root_rank, name, process_set))
+
+
+# -------------------------------------------------------------------------------- alltoall
+
+
+def _alltoall_work(tensor: torch.Tensor, splits: list[int] | None, name: str, set_id: int) -> Work:
+    snapshot = tensor.detach().to("cpu", copy=True)
+    shape = tuple(tensor.shape)
+    n = len(_members(set_id))
+    if splits is None:
+        if not shape or shape[0] % n:
+            raise ValueError(f"alltoall: the first dimension ({shape[0] if shape else 'none'}) cannot be split "
+                             f"equally among {n} ranks; pass splits")
+        splits = [shape[0] // n] * n
+    elif len(splits) != n or any(s < 0 for s in splits) or (shape and sum(splits) != shape[0]):
+        raise ValueError(f"alltoall: splits {splits} must be {n} non-negative row counts summing to the first "
+                         f"dimension ({shape[0] if shape else 'none'})")
+
+    def run(link: Any, reqs: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
+        recv_rows = [r.splits[link.rank] for r in reqs]
+        arr = snapshot.reshape(-1).numpy()
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * arr.itemsize
+        out = np.empty(sum(recv_rows) * row_bytes, np.uint8)
+        link.alltoallv(arr.view(np.uint8), [s * row_bytes for s in splits], out, [s * row_bytes for s in recv_rows])
+        result = torch.from_numpy(out.view(arr.dtype)).reshape((sum(recv_rows), *shape[1:]))
+        return result.to(tensor.device), torch.tensor(recv_rows, dtype=torch.int32)
+
+    req = Request(name, "ALLTOALL", BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), shape,
+                  device=_device(tensor), process_set=set_id, splits=tuple(int(s) for s in splits))
+    return Work(req, run)
+
+
+def alltoall_async(tensor: torch.Tensor, splits=None, name: str | None = None,
+                   process_set: ProcessSet = global_process_set) -> int:
+    """Start an alltoall: rows splits[j] of ``tensor`` (dim 0, in order) go to member j (None:
+    equal parts); synchronize() returns (rows received from every member, concatenated in
+    member order; the int32 tensor of received row counts)."""
+    set_id = _set_id(process_set, "Alltoall")
+    names = [op_name(name, "alltoall")]
+
+    def build() -> list[Work]:
+        _check_tensor(tensor, BROADCAST_DTYPES)
+        rows = None if splits is None else [int(s) for s in torch.as_tensor(splits).reshape(-1).tolist()]
+        return [_alltoall_work(tensor, rows, names[0], set_id)]
+
+    return _new_handle(submit_checked("ALLTOALL", names, build, 0, set_id), lambda r: r[0])
+
+
+class _AlltoallFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, splits, name, process_set):
+        output, received = synchronize(alltoall_async(tensor, splits, name, process_set))
+        ctx.process_set, ctx.received = process_set, received
+        if splits is None:
+            return output
+        ctx.mark_non_differentiable(received)
+        return output, received
+
+    @staticmethod
+    def backward(ctx, grad, *unused):
+        back, _ = alltoall(grad.contiguous(), splits=ctx.received, process_set=ctx.process_set)
+        return back, None, None, None
+
+
+def alltoall(tensor: torch.Tensor, splits=None, name: str | None = None,
+             process_set: ProcessSet = global_process_set):
+    """alltoall (differentiable): the gathered rows, and with ``splits`` also the received
+    row counts (Horovod's return convention)."""
+    if not isinstance(tensor, torch.Tensor):
+        output, received = synchronize(alltoall_async(tensor, splits, name, process_set))
+        return output if splits is None else (output, received)
+    return _AlltoallFn.apply(tensor, splits, name, process_set)
+
+
+# -------------------------------------------------------------------------------- reducescatter
+
+
+def scatter_rows(rows: int, n: int) -> list[int]:
+    """Horovod's split of dim 0 among n ranks: the first rows % n ranks get one more."""
+    return [rows // n + (1 if q < rows % n else 0) for q in range(n)]
+
+
+def _reducescatter_work(tensor: torch.Tensor, name: str, op: int, prescale: float, postscale: float,
+                        compression, group: int, set_id: int) -> Work:
+    if op not in (Sum, Average):
+        raise ValueError("Reducescatter currently only supports AVERAGE and SUM.")
+    if isinstance(compression, SparseCompressor):
+        raise ValueError("reducescatter does not take a sparse compression")
+    snapshot = tensor.detach().clone()
+    shape = tuple(tensor.shape)
+
+    def run(link: Any, reqs: list[Request]) -> torch.Tensor:
+        # the whole tensor reduced, this member's rows kept (an allreduce's bytes, twice a native reduce-scatter's)
+        y, _ = reduce_flat(link, snapshot.reshape(-1), op, compression, prescale, postscale)
+        rows = scatter_rows(shape[0], link.size)
+        start = sum(rows[: link.rank])
+        return y.reshape(shape).to(tensor.dtype).narrow(0, start, rows[link.rank]).clone()
+
+    req = Request(name, "REDUCESCATTER", DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), shape, OP_NAMES[op],
+                  float(prescale), float(postscale), -1, _device(tensor),
+                  "none" if compression is Compression.none else compression.describe(), group=group,
+                  process_set=set_id)
+    return Work(req, run)
+
+
+def _submit_reducescatters(tensors: Sequence[torch.Tensor], name: str | None, grouped: bool, op: int | None,
+                           prescale: float, postscale: float, process_set: ProcessSet, compression) -> list[Work]:
+    set_id = _set_id(process_set, "Reducescatter")
+    names = _names(name, "reducescatter", len(tensors), grouped)
+    group = len(tensors) if grouped else 0
+
+    def build() -> list[Work]:
+        resolved = _resolve_op(op, None, "reducescatter")
+        for t in tensors:
+            _check_tensor(t, DTYPE_NAMES)
+        return [_reducescatter_work(t, n, resolved, prescale, postscale, compression, group, set_id)
+                for t, n in zip(tensors, names)]
+
+    return submit_checked("REDUCESCATTER", names, build, group, set_id)
+
+
+def reducescatter_async(tensor: torch.Tensor, name: str | None = None, op: int = Average,
+                        process_set: ProcessSet = global_process_set, prescale_factor: float = 1.0,
+                        postscale_factor: float = 1.0, compression=Compression.none) -> int:
+    """Start a reduce-scatter: op (Sum or Average) over the members, then member j keeps its
+    part of dim 0 (the first rows % size members one row more)."""
+    return _new_handle(_submit_reducescatters([tensor], name, False, op, prescale_factor, postscale_factor,
+                                              process_set, compression), lambda r: r[0])
+
+
+def grouped_reducescatter_async(tensors: Sequence[torch.Tensor], name: str | None = None, op: int = Average,
+                                process_set: ProcessSet = global_process_set, prescale_factor: float = 1.0,
+                                postscale_factor: float = 1.0, compression=Compression.none) -> int:
+    return _new_handle(_submit_reducescatters(tensors, name, True, op, prescale_factor, postscale_factor,
+                                              process_set, compression), list)
+
+
+def _reducescatter_grad(grad: torch.Tensor, op: int, prescale: float, postscale: float,
+                        process_set: ProcessSet) -> torch.Tensor:
+    if op == Sum:
+        grad = grad * process_set.size()
+    return grad * prescale * postscale if (prescale, postscale) != (1.0, 1.0) else grad
+
+
+class _ReducescatterFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, name, op, process_set, prescale, postscale, compression):
+        ctx.args = (op, prescale, postscale, process_set)
+        return synchronize(reducescatter_async(tensor, name, op, process_set, prescale, postscale, compression))
+
+    @staticmethod
+    def backward(ctx, grad):
+        op, prescale, postscale, process_set = ctx.args
+        grad = _reducescatter_grad(grad.contiguous(), op, prescale, postscale, process_set)
+        return allgather(grad, process_set=process_set), None, None, None, None, None, None
+
+
+class _GroupedReducescatterFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, name, op, process_set, prescale, postscale, compression, *tensors):
+        ctx.args = (op, prescale, postscale, process_set)
+        return tuple(synchronize(grouped_reducescatter_async(list(tensors), name, op, process_set, prescale,
+                                                             postscale, compression)))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        op, prescale, postscale, process_set = ctx.args
+        grads = [_reducescatter_grad(g.contiguous(), op, prescale, postscale, process_set) for g in grads]
+        return (None, None, None, None, None, None, *grouped_allgather(grads, process_set=process_set))
+
+
+def reducescatter(tensor: torch.Tensor, name: str | None = None, compression=Compression.none, op: int = Average,
+                  process_set: ProcessSet = global_process_set, prescale_factor: float = 1.0,
+                  postscale_factor: float = 1.0) -> torch.Tensor:
+    """Reduce over the members and return this member's part of dim 0 (differentiable)."""
+    if not isinstance(tensor, torch.Tensor):
+        return synchronize(reducescatter_async(tensor, name, op, process_set, prescale_factor, postscale_factor,
+                                               compression))
+    return _ReducescatterFn.apply(tensor, name, op, process_set, prescale_factor, postscale_factor, compression)
+
+
+def grouped_reducescatter(tensors: Sequence[torch.Tensor], name: str | None = None, compression=Compression.none,
+                          op: int = Average, process_set: ProcessSet = global_process_set,
+                          prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> list[torch.Tensor]:
+    """reducescatter of each tensor of a list (one negotiation for the group; differentiable)."""
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        return synchronize(grouped_reducescatter_async(tensors, name, op, process_set, prescale_factor,
+                                                       postscale_factor, compression))
+    return list(_GroupedReducescatterFn.apply(name, op, process_set, prescale_factor, postscale_factor, compression,
+                                              *tensors))
 
 
 # -------------------------------------------------------------------------------- barrier, join
 
 
 def barrier(process_set: ProcessSet = global_process_set) -> None:
-    """Block until every rank has called barrier()."""
+    """Block until every member has called barrier()."""
+    set_id = _set_id(process_set, "Barrier")
     names = [op_name(None, "barrier")]
 
     def build() -> list[Work]:
-        process_set._check()
-        return [Work(Request(names[0], "BARRIER"), lambda link, reqs: None)]
+        return [Work(Request(names[0], "BARRIER", process_set=set_id), lambda link, reqs: None)]
 
-    submit_checked("BARRIER", names, build)[0].wait()
+    submit_checked("BARRIER", names, build, 0, set_id)[0].wait()
 
 
 def join(device: int = -1) -> int:
     """Block until every rank has called join(); returns the rank that joined last.
 
-    Unlike Horovod, ranks that have joined do not stand in (with zeros) for other
-    ranks' collectives: every rank must still issue the same ops before joining.
-    Arrival order is judged by each rank's wall clock.
+    Horovod's semantics: while a rank waits here, it stands in with zeros for the
+    allreduces of the global set that the other ranks still run (Average still divides
+    by the full size), so ranks with fewer batches can stop early. Other ops submitted
+    while a rank has joined fail with Horovod's "not supported with Join" error.
+    "Last" is judged by the negotiation round in which each join was first seen (ties:
+    the higher rank).
     """
-    req = Request(op_name(None, "join"), "JOIN", extra=time.time())
-    return int(submit(Work(req, lambda link, reqs: int(np.argmax([r.extra for r in reqs])))).wait())
-
+    engine.current()
+    return int(submit(Work(Request(JOIN_KEY[1], "JOIN"), lambda link, reqs: None)).wait())

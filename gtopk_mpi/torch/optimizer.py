@@ -48,7 +48,7 @@ from .. import config
 from .compression import Compression, SparseCompressor
 from .engine import DTYPE_NAMES, Request, Work, submit
 from .error_feedback import ErrorFeedback
-from .mpi_ops import global_process_set, rank, size
+from .mpi_ops import _set_id, global_process_set, rank, size, sparse_allreduce_async
 from .reduction import OP_NAMES, Adasum, Average, Sum, reduce_flat
 
 ERROR_FEEDBACK_KEY = "gtopk_error_feedback"
@@ -68,7 +68,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                  gradient_predivide_factor, num_groups, groups, sparse_as_dense, process_set,
                  density_warmup, density_warmup_steps, momentum_correction):
         super(self.__class__, self).__init__(params)
-        process_set._check()
+        self._set_id = _set_id(process_set, "DistributedOptimizer")
+        self._process_set = process_set
+        self._sparse_as_dense = bool(sparse_as_dense)
+        self._sparse: dict[int, Any] = {}  # id(p) -> the pending sparse_allreduce_async of a sparse gradient
         self._compression = compression
         self._bpps = int(backward_passes_per_step)
         if self._bpps < 1:
@@ -103,6 +106,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             by_id = {id(p): n for n, p in named}
         else:
             by_id = {id(p): f"allreduce.noname.{i}" for i, p in enumerate(all_params)}
+        self._param_name = by_id
         # registration order, reversed: roughly the order backward produces gradients
         ordered = [(by_id[id(p)], p) for p in reversed(all_params) if p.requires_grad]
         self._buckets = self._make_buckets(ordered, num_groups, groups)
@@ -155,6 +159,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                                  "to step(). Increase backward_passes_per_step to accumulate gradients locally.")
         self._counts[id(p)] += 1
         if self._counts[id(p)] == self._bpps:
+            if p.grad is not None and p.grad.is_sparse and not self._sparse_as_dense:
+                # Horovod: a sparse gradient is reduced as sparse (allgather of indices and values)
+                self._sparse[id(p)] = sparse_allreduce_async(p.grad.detach(), f"{self._param_name[id(p)]}.sparse",
+                                                             self._op, self._process_set)
             bucket.ready.add(id(p))
             if len(bucket.ready) == len(bucket.params):
                 self._submit(bucket)
@@ -163,7 +171,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         parts = []
         for _, p in bucket.params:
             g = p.grad
-            if g is None:
+            if g is None or id(p) in self._sparse:  # sparse gradients travel on their own
                 g = torch.zeros_like(p)
             elif g.is_sparse:
                 g = g.to_dense()
@@ -185,7 +193,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             "none" if comp is Compression.none else comp.describe())
         req = Request(bucket.name, "ALLREDUCE", DTYPE_NAMES.get(flat.dtype, str(flat.dtype)), (bucket.numel,),
                       OP_NAMES[self._op], self._prescale, self._postscale, -1, "GPU" if flat.is_cuda else "CPU",
-                      describe)
+                      describe, process_set=self._set_id)
         bucket.work = submit(Work(req, run))
 
     # -- Horovod's optimizer API ------------------------------------------------------
@@ -204,11 +212,15 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 with torch.no_grad():
                     for _, p in bucket.params:
                         n = p.numel()
-                        if p.grad is None or p.grad.is_sparse:
-                            p.grad = torch.zeros_like(p)
-                        p.grad.copy_(y[offset : offset + n].view_as(p))
+                        if id(p) in self._sparse:
+                            p.grad = self._sparse.pop(id(p))()
+                        else:
+                            if p.grad is None or p.grad.is_sparse:
+                                p.grad = torch.zeros_like(p)
+                            p.grad.copy_(y[offset : offset + n].view_as(p))
                         offset += n
         finally:
+            self._sparse.clear()
             for bucket in self._buckets:
                 bucket.work = None
                 bucket.ready.clear()
