@@ -73,6 +73,7 @@ class _Watch:
         if kind == FAILED:
             print(f"gtopk_mpi: rank {self.rank}: rank {source} failed ({why}); ending the job", file=sys.stderr,
                   flush=True)
+            time.sleep(0.2)  # the launcher forwards the line before the abort tears its I/O down
             MPI.COMM_WORLD.Abort(1)
         self.gone[source] = why
 
@@ -159,6 +160,7 @@ def stall_limits() -> tuple[float, float]:
 def end_job(message: str) -> None:
     """Print ``message`` and abort every rank (a stall past GTOPK_STALL_SHUTDOWN_TIME_SECONDS)."""
     print(message, file=sys.stderr, flush=True)
+    time.sleep(0.2)  # the launcher forwards the line before the abort tears its I/O down
     MPI.COMM_WORLD.Abort(1)
 
 
