@@ -361,6 +361,49 @@ def join_stands_in_with_zeros():
     assert torch.equal(hvd.allreduce(torch.ones(2), op=hvd.Sum, name="join.after"), torch.full((2,), float(P)))
 
 
+@check
+def join_with_the_optimizer_uneven_batches():
+    """Rank q has q + 1 batches; after its last it joins, standing in with zeros for the
+    others' gradient buckets (sparse gTop-k with residuals, and dense), so step s averages
+    the gradients of the ranks still training over all P ranks."""
+    for compression in (hvd.Compression.none, hvd.Compression.gtopk(1.0, wire="fp32")):
+        torch.manual_seed(3)
+        model = torch.nn.Linear(3, 2)
+        twin = torch.nn.Linear(3, 2)
+        twin.load_state_dict(model.state_dict())
+        opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.25),
+                                       named_parameters=model.named_parameters(), compression=compression)
+        xs = [[data(q, (2, 3), torch.float32, 20 + s) for s in range(q + 1)] for q in range(P)]
+        for s in range(RANK + 1):
+            opt.zero_grad()
+            model(xs[RANK][s]).sum().backward()
+            opt.step()
+        assert hvd.join() == P - 1
+        for s in range(P):  # the reference: the same steps in one process
+            grads = []
+            for q in range(s, P):
+                twin.zero_grad()
+                twin(xs[q][s]).sum().backward()
+                grads.append([p.grad.clone() for p in twin.parameters()])
+            with torch.no_grad():
+                for i, p in enumerate(twin.parameters()):
+                    p -= 0.25 * (sum(g[i] for g in grads) / P)
+            if s == RANK:
+                for a, b in zip(model.parameters(), twin.parameters()):
+                    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # a real sparsification (k < m, residuals on the training ranks): the stand-ins agree on k
+    model = torch.nn.Linear(30, 20)
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                   named_parameters=model.named_parameters(), compression=hvd.Compression.gtopk(0.1))
+    for s in range(RANK + 1):
+        opt.zero_grad()
+        model(data(RANK, (2, 30), torch.float32, 30 + s)).sum().backward()
+        opt.step()
+        nonzero = int((opt.error_feedback.residual(opt._buckets[0].name, torch.zeros(620)) != 0).sum())
+        assert nonzero > 0  # something was held back
+    assert hvd.join() == P - 1
+
+
 def main() -> int:
     status = SUITE.run()
     hvd.shutdown()
