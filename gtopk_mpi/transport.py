@@ -172,6 +172,11 @@ class MpiTransport:
     def bcast(self, buf: Any, root: int) -> None:
         self._wait(self.comm.Ibcast(buf, root=root), root)
 
+    def reduce_scatter(self, buf: Any, counts: list[int], out: Any, op: str = "sum") -> None:
+        """``op`` over all ranks of ``buf``; rank j gets elements counts[j] (in rank order) into
+        ``out``. Used by the torch front end's reducescatter (MPI only)."""
+        self._wait(self.comm.Ireduce_scatter(buf, out, list(counts), op=_OPS[op]))
+
     def alltoallv(self, buf: Any, send_counts: list[int], out: Any, recv_counts: list[int]) -> None:
         """Bytes send_counts[j] of ``buf`` (in order) to rank j, recv_counts[j] from rank j into
         ``out`` (in rank order). Used by the torch front end's alltoall (MPI only)."""

@@ -26,7 +26,7 @@ from .. import _C, config, failures, runtime, transport
 from . import engine
 from .compression import Compression, SparseCompressor
 from .engine import BROADCAST_DTYPES, DTYPE_NAMES, JOIN_KEY, Request, Work, op_name, submit, submit_checked
-from .reduction import OP_NAMES, Adasum, Average, Sum, reduce_flat
+from .reduction import OP_NAMES, Adasum, Average, Sum, average, reduce_flat, scale
 
 
 class ProcessSet:
@@ -807,15 +807,21 @@ def _reducescatter_work(tensor: torch.Tensor, name: str, op: int, prescale: floa
         raise ValueError("Reducescatter currently only supports AVERAGE and SUM.")
     if isinstance(compression, SparseCompressor):
         raise ValueError("reducescatter does not take a sparse compression")
-    snapshot = tensor.detach().clone()
+    snapshot = tensor.detach().to("cpu", copy=True)
     shape = tuple(tensor.shape)
 
     def run(link: Any, reqs: list[Request]) -> torch.Tensor:
-        # the whole tensor reduced, this member's rows kept (an allreduce's bytes, twice a native reduce-scatter's)
-        y, _ = reduce_flat(link, snapshot.reshape(-1), op, compression, prescale, postscale)
         rows = scatter_rows(shape[0], link.size)
-        start = sum(rows[: link.rank])
-        return y.reshape(shape).to(tensor.dtype).narrow(0, start, rows[link.rank]).clone()
+        row = int(np.prod(shape[1:], dtype=np.int64))
+        c, ctx = compression.compress(scale(snapshot.reshape(-1), prescale))
+        arr = c.numpy()
+        wide = arr.astype(np.float32) if arr.dtype == np.float16 else arr  # MPI sums float16 as float32
+        out = np.empty(rows[link.rank] * row, wide.dtype)
+        link.reduce_scatter(wide, [n * row for n in rows], out)
+        y = compression.decompress(torch.from_numpy(out.astype(arr.dtype, copy=False)), ctx)
+        if op == Average:
+            y = average(y, link.size)
+        return scale(y, postscale).to(tensor.dtype).reshape((rows[link.rank], *shape[1:])).to(tensor.device)
 
     req = Request(name, "REDUCESCATTER", DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), shape, OP_NAMES[op],
                   float(prescale), float(postscale), -1, _device(tensor),
