@@ -348,6 +348,7 @@ def main() -> int:
     if args.ddp:
         if gtopk_mpi.is_initialized():
             gtopk_mpi.shutdown()
+        dist.barrier()  # gloo aborts a rank that destroys the group while its peer still sends (1 run in ~7 here)
         dist.destroy_process_group()
     else:
         hvd.shutdown()

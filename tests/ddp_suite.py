@@ -203,6 +203,7 @@ def main() -> int:
     status = SUITE.run()
     if UNDER_MPI:
         g.shutdown()
+    dist.barrier()  # gloo aborts a rank that destroys the group while its peer still sends
     dist.destroy_process_group()
     return status
 

@@ -192,4 +192,5 @@ class DistTransport:
             self._topology.close()
             self._topology = None
         if self.group is not None and self.group != dist.GroupMember.WORLD:
+            dist.barrier(group=self.group)  # gloo aborts a rank that destroys a group its peer still sends on
             dist.destroy_process_group(self.group)
