@@ -2,9 +2,10 @@
 
 A host is the set of ranks that MPI places on one shared-memory node
 (``MPI.COMM_TYPE_SHARED``; under torch.distributed: one host name), or, with
-``GTOPK_RANKS_PER_HOST=L`` (emulating a cluster on one machine), ranks ``h*L .. h*L +
-L-1``. Hosts are numbered by their lowest rank; a host's lowest rank is its *leader*.
-Any layout works: uneven ranks per host, ranks of one host not contiguous.
+``GTOPK_RANKS_PER_HOST=L`` (emulating a cluster on one machine), the job's ranks ``h*L ..
+h*L + L-1`` (also on a communicator split from the job's). Hosts are numbered by their
+lowest rank; a host's lowest rank is its *leader*. Any layout works: uneven ranks per
+host, ranks of one host not contiguous.
 
 :func:`discover` builds, once per communicator and collectively, three transports:
 ``local`` (this rank's host), ``leaders`` (one rank per host; on leaders only) and
@@ -124,7 +125,8 @@ def discover(link: Any) -> Topology:
     if per_host < 0:
         raise ValueError(f"GTOPK_RANKS_PER_HOST={per_host}: expected 0 (ask the launcher) or a positive number "
                          "of ranks")
-    colors = link.allgather_obj(link.rank // per_host if per_host else link.host_color())
+    job_rank = link.world_ranks[link.rank] if getattr(link, "world_ranks", None) else link.rank  # of a split too
+    colors = link.allgather_obj(job_rank // per_host if per_host else link.host_color())
     lowest = {c: colors.index(c) for c in colors}  # hosts numbered by their lowest rank
     number = {low: h for h, low in enumerate(sorted(lowest.values()))}
     host_of = [number[lowest[c]] for c in colors]
