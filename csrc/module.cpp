@@ -298,20 +298,27 @@ py::array settle_typed(py::array& residual, const py::array& idx, const py::arra
   const I* ix = static_cast<const I*>(idx.data());
   const uint32_t* tg = static_cast<const uint32_t*>(tags.data());
   const size_t n = static_cast<size_t>(idx.size());
-  std::vector<I> carried;
-  carried.reserve(n);
+  std::vector<I> carried(n);
   bool missing = false;
   {
     py::gil_scoped_release nogil;
-    for (size_t j = 0; j < n; ++j) {  // one pass: clear what the result carries, then add the owned errors
+    // Clear what the result carries (which entries do is data, not a pattern: no branch),
+    // collecting their indices; then each record's errors, in order, where its bit is set.
+    using B = gtopk::key_of<T>;
+    size_t c = 0;
+    for (size_t j = 0; j < n; ++j) {
       const I i = ix[j];
-      const uint32_t t = tg[j];
-      if (t & own_bit) {
-        r[i] = gtopk::Num<T>::from_bits(0);
-        carried.push_back(i);
-      }
-      for (Record& rec : recs) {
-        if (!(t & rec.bit)) continue;
+      const bool mine = (tg[j] & own_bit) != 0;
+      const B keep = static_cast<B>(B{0} - static_cast<B>(!mine));
+      r[i] = gtopk::Num<T>::from_bits(static_cast<B>(gtopk::Num<T>::bits(r[i]) & keep));
+      carried[c] = i;
+      c += mine;
+    }
+    carried.resize(c);
+    for (Record& rec : recs) {
+      for (size_t j = 0; j < n; ++j) {
+        if (!(tg[j] & rec.bit)) continue;
+        const I i = ix[j];
         while (rec.at < rec.n && rec.idx[rec.at] < i) ++rec.at;
         if (rec.at == rec.n || rec.idx[rec.at] != i) {
           missing = true;
