@@ -118,7 +118,7 @@ def reducescatter_ops_scales_uneven_rows_and_grad():
         got = hvd.reducescatter(xs[RANK], op=hvd.Sum)
         assert got.dtype == dtype and torch.equal(got.double(), total[start : start + parts[RANK]]), dtype
         avg = hvd.reducescatter(xs[RANK])  # Horovod's default op: Average
-        want = total / P if dtype.is_floating_point else torch.div(total, P, rounding_mode="floor")
+        want = total / P if dtype.is_floating_point else (total * (1.0 / P)).trunc()  # Horovod: toward 0
         assert torch.allclose(avg.double(), want[start : start + parts[RANK]], rtol=1e-3), dtype
     xs = [data(q, (rows, 2), torch.float64, 5) for q in range(P)]
     got = hvd.reducescatter(xs[RANK], op=hvd.Sum, prescale_factor=2.0, postscale_factor=0.5)
@@ -213,6 +213,22 @@ def sparse_allreduce_and_sparse_gradients_in_the_optimizer():
         ref_opt.step()
         assert torch.equal(emb.weight.detach(), twin.weight.detach()), step
     SUITE.identical_on_all_ranks(emb.weight.detach().numpy().tobytes())
+    # sparse_as_dense: reduced densely, handed back sparse (SparseAdam takes only sparse gradients)
+    torch.manual_seed(0)
+    dense_emb = torch.nn.Embedding(10, 3, sparse=True)
+    dense_opt = hvd.DistributedOptimizer(torch.optim.SparseAdam(dense_emb.parameters(), lr=0.1),
+                                         named_parameters=dense_emb.named_parameters(), sparse_as_dense=True)
+    sparse_emb = torch.nn.Embedding(10, 3, sparse=True)
+    sparse_emb.load_state_dict(dense_emb.state_dict())
+    renamed = [("sparse." + n, p) for n, p in sparse_emb.named_parameters()]
+    sparse_opt = hvd.DistributedOptimizer(torch.optim.SparseAdam(sparse_emb.parameters(), lr=0.1),
+                                          named_parameters=renamed)
+    batch = torch.tensor([RANK % 10, 7])
+    for e, o in ((dense_emb, dense_opt), (sparse_emb, sparse_opt)):
+        o.zero_grad()
+        e(batch).pow(2).sum().backward()
+        o.step()
+    torch.testing.assert_close(dense_emb.weight, sparse_emb.weight, rtol=1e-6, atol=1e-7)
 
 
 @check
@@ -236,6 +252,9 @@ def optimizer_without_named_parameters_and_fresh_state_broadcast():
             p -= 0.5 * (sum(g[i] for g in grads) / P)
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    names = sorted(opt._parameter_names.values())  # Horovod's attribute, its names
+    assert names == ["allreduce.noname.0.0", "allreduce.noname.0.1"], names
+    assert SUITE.comm.allgather(names) == [names] * P
     # a freshly built optimizer: Horovod creates its state (one zero-gradient step), then broadcasts root's
     net = torch.nn.Linear(3, 3)
     fresh = torch.optim.Adam(net.parameters(), lr=0.01)
@@ -289,6 +308,17 @@ def process_sets_static_and_dynamic():
     opt.step()
     weights = SUITE.comm.allgather(model.weight.detach().numpy().tobytes())
     assert len({weights[q] for q in members}) == 1
+    # Horovod: a rank outside the optimizer's set steps on its own gradient
+    torch.manual_seed(4)
+    local = torch.nn.Linear(3, 1)
+    before = local.weight.detach().clone()
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(local.parameters(), lr=1.0), process_set=EVEN,
+                                   named_parameters=local.named_parameters())
+    local(xs[RANK][:1]).sum().backward()
+    own_grad = local.weight.grad.clone()
+    opt.step()
+    if RANK % 2 == 1:
+        assert torch.equal(local.weight.detach(), before - own_grad)
     # errors: not a member (this rank alone), duplicates, removed sets
     other = odd if mine is EVEN else EVEN
     if P > 1:

@@ -45,7 +45,7 @@ def reduce_ref(ts: list[torch.Tensor], op) -> torch.Tensor:
     if op in (hvd.Sum, hvd.Average):
         out = stack.sum(0)
         if op == hvd.Average:
-            out = out / P if ts[0].dtype.is_floating_point else torch.div(out, P, rounding_mode="floor")
+            out = out / P if ts[0].dtype.is_floating_point else (out * (1.0 / P)).trunc()  # Horovod: toward 0
     elif op == hvd.Min:
         out = stack.min(0).values
     elif op == hvd.Max:

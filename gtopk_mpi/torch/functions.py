@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from . import engine
-from .engine import Request, Work, op_name, submit_checked
+from .engine import Request, Work, submit_checked
 from .mpi_ops import _set_id, broadcast_async_, global_process_set, rank, synchronize
 from .optimizer import ERROR_FEEDBACK_KEY
 
@@ -40,7 +40,7 @@ def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: 
 def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, process_set=global_process_set) -> Any:
     """Return root_rank's (picklable) object on every rank."""
     set_id = _set_id(process_set, "Broadcast")
-    names = [op_name(name, "broadcast_object")]
+    names = [name if name is not None else type(obj).__name__]  # Horovod's default name: the type's
 
     def build() -> list[Work]:
         members = engine.current().members(set_id)
@@ -55,7 +55,7 @@ def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, proc
 def allgather_object(obj: Any, name: str | None = None, process_set=global_process_set) -> list[Any]:
     """List of every rank's (picklable) object, in rank order."""
     set_id = _set_id(process_set, "Allgather")
-    names = [op_name(name, "allgather_object")]
+    names = [name if name is not None else type(obj).__name__]
 
     def build() -> list[Work]:
         return [Work(Request(names[0], "ALLGATHER", dtype="OBJECT", shape=(1,), process_set=set_id),
@@ -84,13 +84,12 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int,
 
 
 def _initialize_state(optimizer: torch.optim.Optimizer) -> None:
-    """One step with zero gradients (Horovod's way to create an optimizer's state); a
-    DistributedOptimizer steps as its wrapped class, without reducing anything."""
-    saved = {}
+    """One step with zero gradients (Horovod's way to create an optimizer's state; as in
+    Horovod the zero gradients stay); a DistributedOptimizer steps as its wrapped class,
+    without reducing anything."""
     for group in optimizer.param_groups:
         for p in group["params"]:
             if p.requires_grad:
-                saved[p] = p.grad
                 p.grad = torch.zeros_like(p)
                 if isinstance(optimizer, torch.optim.SparseAdam):
                     p.grad = p.grad.to_sparse()
@@ -98,5 +97,3 @@ def _initialize_state(optimizer: torch.optim.Optimizer) -> None:
         super(optimizer.__class__, optimizer).step()
     else:
         optimizer.step()
-    for p, g in saved.items():
-        p.grad = g

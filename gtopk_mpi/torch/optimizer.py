@@ -68,7 +68,11 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                  gradient_predivide_factor, num_groups, groups, sparse_as_dense, process_set,
                  density_warmup, density_warmup_steps, momentum_correction):
         super(self.__class__, self).__init__(params)
-        self._set_id = _set_id(process_set, "DistributedOptimizer")
+        if process_set.process_set_id is None or process_set.size() is None:
+            _set_id(process_set, "DistributedOptimizer")  # raises: not registered
+        # Horovod: a rank outside the set steps on its own gradients (nothing is reduced)
+        self._included = bool(process_set.included()) if process_set is not global_process_set else True
+        self._set_id = process_set.process_set_id
         self._process_set = process_set
         self._sparse_as_dense = bool(sparse_as_dense)
         self._sparse: dict[int, Any] = {}  # id(p) -> the pending sparse_allreduce_async of a sparse gradient
@@ -104,8 +108,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 raise ValueError("named_parameters was specified, but one or more model parameters were not "
                                  "named. Python object ids: " + ", ".join(str(id(all_params[i])) for i in missing))
             by_id = {id(p): n for n, p in named}
-        else:
-            by_id = {id(p): f"allreduce.noname.{i}" for i, p in enumerate(all_params)}
+        else:  # Horovod's names: group i, parameter j
+            by_id = {id(p): f"allreduce.noname.{i}.{j}" for i, g in enumerate(self.param_groups)
+                     for j, p in enumerate(g["params"])}
+        self._parameter_names = {p: by_id[id(p)] for p in all_params}  # Horovod's attribute: parameter -> name
         self._param_name = by_id
         # registration order, reversed: roughly the order backward produces gradients
         ordered = [(by_id[id(p)], p) for p in reversed(all_params) if p.requires_grad]
@@ -114,7 +120,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._counts = {id(p): 0 for _, p in ordered}
         self._synchronized = False
         self._should_synchronize = True
-        self._hooks = [p.register_post_accumulate_grad_hook(self._hook) for _, p in ordered]
+        self._hooks = [p.register_post_accumulate_grad_hook(self._hook) for _, p in ordered] if self._included else []
 
     # -- buckets --------------------------------------------------------------------
     def _make_buckets(self, ordered, num_groups, groups) -> list[_Bucket]:
@@ -199,6 +205,9 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     # -- Horovod's optimizer API ------------------------------------------------------
     def synchronize(self) -> None:
         """Wait for every bucket's reduction and write the results into p.grad."""
+        if not self._included:  # not in the process set: this rank's own gradients stay
+            self._synchronized = True
+            return
         for bucket in self._buckets:
             if bucket.work is None:
                 for _, p in bucket.params:  # hooks that did not fire: zero gradients
@@ -214,6 +223,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                         n = p.numel()
                         if id(p) in self._sparse:
                             p.grad = self._sparse.pop(id(p))()
+                        elif p.grad is not None and p.grad.is_sparse:  # sparse_as_dense: sparse again after
+                            p.grad = y[offset : offset + n].view_as(p).to_sparse()
                         else:
                             if p.grad is None or p.grad.is_sparse:
                                 p.grad = torch.zeros_like(p)

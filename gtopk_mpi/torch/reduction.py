@@ -2,10 +2,10 @@
 each DistributedOptimizer bucket run on the engine thread.
 
 Result: postscale * reduce(prescale * flat), reduce being Horovod's op (Average divides
-the sum by the number of ranks; integers by floor division). A Horovod compressor
-(Compression.none / fp16) wraps a dense reduction; a SparseCompressor (Compression.gtopk
-/ topk) makes it the sparse collective it names, with error feedback when an
-ErrorFeedback state and key are given. CPU tensors are reduced as NumPy views, CUDA
+the sum by the number of ranks; integers as Horovod does: times 1/n, truncated toward
+zero). A Horovod compressor (Compression.none / fp16) wraps a dense reduction; a
+SparseCompressor (Compression.gtopk / topk) makes it the sparse collective it names,
+with error feedback when an ErrorFeedback state and key are given. CPU tensors are reduced as NumPy views, CUDA
 tensors on the GPU path (gtopk_mpi.spaces).
 """
 
@@ -38,7 +38,9 @@ def scale(t: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def average(t: torch.Tensor, n: int) -> torch.Tensor:
-    return t / n if t.dtype.is_floating_point else torch.div(t, n, rounding_mode="floor")
+    """Horovod's Average of a sum over n ranks: floats divided; integers scaled by 1/n in
+    double and truncated toward zero (Horovod's ScaleBuffer: -3 / 2 -> -1)."""
+    return t / n if t.dtype.is_floating_point else (t.double() * (1.0 / n)).to(t.dtype)
 
 
 def _array(t: torch.Tensor) -> tuple[Any, Any]:
