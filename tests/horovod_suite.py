@@ -387,8 +387,11 @@ def join_stands_in_with_zeros():
                 except hvd.HorovodInternalError as e:
                     assert fragment in str(e), str(e)
         assert hvd.join() == P - 1
-    # everyone back: ops work as before
+    # everyone back: ops work as before, unnamed ones too (join realigned the names the
+    # failed unnamed ops above used on rank P - 1 alone)
     assert torch.equal(hvd.allreduce(torch.ones(2), op=hvd.Sum, name="join.after"), torch.full((2,), float(P)))
+    assert hvd.allgather(torch.ones(1, 2)).shape == (P, 2)
+    assert torch.equal(hvd.broadcast(torch.full((2,), float(RANK)), 0), torch.zeros(2))
 
 
 @check

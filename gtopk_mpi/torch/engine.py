@@ -6,8 +6,9 @@ dtype, shape, reduction, scale factors, root, device, compression, group size, o
 the error its local checks raised). A single background thread negotiates in
 sessions: a rank with work rings every other rank (a one-integer message), and all
 engines then allgather their pending requests round after round; the names pending
-on every rank run, in sorted-name order, on the engine's data transport; the rest
-wait for the next round; the session ends, on every rank in the same round, when no
+on every rank run on the engine's data transport, in the order the lowest such rank
+submitted them (an op a rank submitted before its barrier runs before that barrier); the
+rest wait for the next round; the session ends, on every rank in the same round, when no
 rank has anything pending. Idle engines send nothing. Requests that disagree become the
 same TensorMismatchError on every rank (Horovod's checks and wording, in its order:
 data type, operation, shape, scale factors, root rank, device), a request whose local
@@ -40,7 +41,6 @@ to agreement and its RUN span).
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 import threading
@@ -94,6 +94,7 @@ class Request:
     process_set: int = 0         # the set's id (0: every rank)
     ranks: tuple[int, ...] = ()  # ADD_PROCESS_SET: the new set's ranks; REMOVE_PROCESS_SET: (its id,)
     splits: tuple[int, ...] = ()  # ALLTOALL: rows this rank sends to each member
+    counts: tuple[tuple[str, int, int], ...] = ()  # JOIN: this rank's unnamed-op counters
     group: int = 0               # grouped ops: how many tensors the group has
     error: str = ""              # what this rank's local checks raised ("rank R: ..."): every rank raises it
     error_type: str = ""         # ValueError or NotImplementedError
@@ -172,6 +173,7 @@ class Work:
     result: object = None
     error: BaseException | None = None
     submitted: float = field(default_factory=time.monotonic)
+    seq: int = 0                 # this rank's submission number (set by Engine.submit)
     warned: bool = False
 
     def wait(self) -> object:
@@ -235,6 +237,7 @@ class Engine:
         self._stalled: dict[Key, BaseException] = {}  # names failed by the stall shutdown
         self._epoch = 0                               # negotiation sessions so far (every rank counts alike)
         self._round = 0                               # negotiation rounds so far (every rank counts alike)
+        self._seq = 0                                 # ops submitted on this rank
         self._joined: dict[int, int] = {}             # rank -> the round its JOIN was first seen
         self._dead: BaseException | None = None       # the engine cannot run ops any more (a rank left)
         self._halt = False                            # interpreter exit: stop without a collective shutdown
@@ -307,9 +310,19 @@ class Engine:
                 work.done.set()
                 return work
             self._in_flight.add(key)
+            self._seq += 1
+            work.seq = self._seq
             self._pending[key] = work
             self._cv.notify()
         return work
+
+    def check_free(self, keys: list[Key], op_type: str) -> None:
+        """Horovod's duplicate-name error if one of ``keys`` is still in flight on this rank
+        (checked before the op's inputs are copied, so the window in which an op submitted
+        just before could complete first stays as short as Horovod's)."""
+        with self._cv:
+            if any(k in self._in_flight for k in keys):
+                raise ValueError(DUPLICATE_NAME_ERROR.format(op=op_type.lower()))
 
     def stop(self) -> list[Any]:
         """Collective: every rank's engine runs a SHUTDOWN op, then its thread ends (at once
@@ -372,10 +385,10 @@ class Engine:
             with self._cv:
                 if self._halt:
                     return True
-                mine = [(w.request, now - w.submitted) for _, w in sorted(self._pending.items())]
+                mine = [(w.request, now - w.submitted, w.seq) for _, w in sorted(self._pending.items())]
             everyone = self.control.allgather_obj(mine)
             self._round += 1
-            tables = [{key_of(r): (r, age) for r, age in reqs} for reqs in everyone]
+            tables = [{key_of(r): (r, age, seq) for r, age, seq in reqs} for reqs in everyone]
             if not any(tables):
                 return False
             ready, waiting = self._plan(tables)
@@ -389,11 +402,11 @@ class Engine:
             else:
                 idle = self._cycle_s
 
-    def _plan(self, tables: list[dict[Key, tuple[Request, float]]]
+    def _plan(self, tables: list[dict[Key, tuple[Request, float, int]]]
               ) -> tuple[list[tuple[Key, list[int]]], list[tuple[Key, list[int]]]]:
-        """Every rank's identical decision for this round: the keys to run, in sorted order,
-        each with the ranks that submitted it; the keys left waiting, with the members
-        that have not submitted them."""
+        """Every rank's identical decision for this round: the keys to run, each with the
+        ranks that submitted it, in the order the lowest of those submitted them; the keys
+        left waiting, with the members that have not submitted them."""
         joined = [q for q, t in enumerate(tables) if JOIN_KEY in t]
         for q in joined:
             self._joined.setdefault(q, self._round)
@@ -407,9 +420,10 @@ class Engine:
                 ready.append((key, have))
             else:
                 waiting.append((key, missing))
+        ready.sort(key=lambda item: (tables[item[1][0]][item[0]][2], item[0]))
         return ready, waiting
 
-    def _run(self, key: Key, have: list[int], tables: list[dict[Key, tuple[Request, float]]]) -> bool:
+    def _run(self, key: Key, have: list[int], tables: list[dict[Key, tuple[Request, float, int]]]) -> bool:
         reqs = [tables[q][key][0] for q in have]
         members = self.members(key[0]) or tuple(have)
         standing_in = [q for q in members if q not in have]  # joined ranks
@@ -430,6 +444,7 @@ class Engine:
             if key == JOIN_KEY:
                 work.result = max(self._joined, key=lambda q: (self._joined[q], q))
                 self._joined.clear()
+                realign_unnamed(reqs)
             else:
                 work.result = work.run(self._sets[key[0]].link, reqs)
         except failures.PeerGoneError:
@@ -487,7 +502,7 @@ class Engine:
         else:
             self._timeline.flush()
 
-    def _stall_check(self, tables: list[dict[Key, tuple[Request, float]]],
+    def _stall_check(self, tables: list[dict[Key, tuple[Request, float, int]]],
                      waiting: list[tuple[Key, list[int]]]) -> None:
         """Ops some members have submitted and others not: warn after the stall time (each
         waiting rank, naming the missing ones); past the shutdown time fail the op on every
@@ -522,7 +537,7 @@ class Engine:
 # -- the front end's one engine -----------------------------------------------------------
 
 _engine: Engine | None = None
-_noname = itertools.count()
+_noname: dict[tuple[str, int], int] = {}
 
 
 def start(control: Any, link: Any) -> None:
@@ -558,6 +573,7 @@ def submit_checked(op_type: str, names: list[str], build: Callable[[], list[Work
     """Submit the works ``build()`` makes for ``names``. If this rank's local checks in it
     raise, submit the names as failed requests instead: the engine then raises that error
     on every rank for them, so no rank waits on one that raised alone."""
+    current().check_free([(process_set, n) for n in names], op_type)
     try:
         works = build()
     except (ValueError, NotImplementedError) as e:
@@ -568,6 +584,27 @@ def submit_checked(op_type: str, names: list[str], build: Callable[[], list[Work
     return [submit(w) for w in works]
 
 
-def op_name(name: str | None, kind: str) -> str:
-    """``name``, or a fresh one for an unnamed op (every rank numbers its unnamed ops alike)."""
-    return name if name is not None else f"{kind}.noname.{next(_noname)}"
+def op_name(name: str | None, kind: str, process_set: int = 0) -> str:
+    """``name``, or a fresh one for an unnamed op: the ranks of a process set number its
+    unnamed ops of each kind alike, one counter per (kind, set), so unnamed ops that only
+    some ranks issued (on another set, or one that raised on them alone) do not shift the
+    names of the others; join() realigns the counters (see unnamed_counts)."""
+    if name is not None:
+        return name
+    n = _noname.get((kind, process_set), 0)
+    _noname[(kind, process_set)] = n + 1
+    return f"{kind}.noname.{n}"
+
+
+def unnamed_counts() -> tuple[tuple[str, int, int], ...]:
+    """This rank's unnamed-op counters, for the JOIN request."""
+    return tuple((kind, ps, n) for (kind, ps), n in sorted(_noname.items()))
+
+
+def realign_unnamed(reqs: list[Request]) -> None:
+    """After every rank joined: each counter to its highest value on any rank, so unnamed
+    ops that only the ranks still working issued (and that failed there because others
+    had joined) do not leave the ranks' names apart."""
+    for r in reqs:
+        for kind, ps, n in r.counts:
+            _noname[(kind, ps)] = max(_noname.get((kind, ps), 0), n)

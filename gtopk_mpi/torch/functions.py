@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from . import engine
-from .engine import Request, Work, submit_checked
+from .engine import Request, Work, op_name, submit_checked
 from .mpi_ops import _set_id, broadcast_async_, global_process_set, rank, synchronize
 from .optimizer import ERROR_FEEDBACK_KEY
 
@@ -40,7 +40,7 @@ def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: 
 def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, process_set=global_process_set) -> Any:
     """Return root_rank's (picklable) object on every rank."""
     set_id = _set_id(process_set, "Broadcast")
-    names = [name if name is not None else type(obj).__name__]  # Horovod's default name: the type's
+    names = [op_name(name, "broadcast_object", set_id)]
 
     def build() -> list[Work]:
         members = engine.current().members(set_id)
@@ -55,7 +55,7 @@ def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, proc
 def allgather_object(obj: Any, name: str | None = None, process_set=global_process_set) -> list[Any]:
     """List of every rank's (picklable) object, in rank order."""
     set_id = _set_id(process_set, "Allgather")
-    names = [name if name is not None else type(obj).__name__]
+    names = [op_name(name, "allgather_object", set_id)]
 
     def build() -> list[Work]:
         return [Work(Request(names[0], "ALLGATHER", dtype="OBJECT", shape=(1,), process_set=set_id),

@@ -370,12 +370,12 @@ def _device(tensor: torch.Tensor) -> str:
     return "GPU" if tensor.is_cuda else "CPU"
 
 
-def _names(name: str | None, kind: str, n: int, grouped: bool) -> list[str]:
+def _names(name: str | None, kind: str, n: int, grouped: bool, set_id: int) -> list[str]:
     """One name per tensor: ``name`` alone, or ``{name}.{i}`` for a group."""
     if grouped:
-        base = op_name(name, f"grouped_{kind}")
+        base = op_name(name, f"grouped_{kind}", set_id)
         return [f"{base}.{i}" for i in range(n)]
-    return [op_name(name, kind)]
+    return [op_name(name, kind, set_id)]
 
 
 # -------------------------------------------------------------------------------- allreduce
@@ -407,7 +407,7 @@ def _submit_allreduces(fn: str, tensors: Sequence[torch.Tensor], name: str | Non
                        process_set: ProcessSet, compression) -> list[Work]:
     """Check, then submit one named allreduce per tensor (grouped: ``{name}.{i}``)."""
     set_id = _set_id(process_set, "Allreduce")
-    names = _names(name, "allreduce", len(tensors), grouped)
+    names = _names(name, "allreduce", len(tensors), grouped, set_id)
     group = len(tensors) if grouped else 0
 
     def build() -> list[Work]:
@@ -582,7 +582,7 @@ def _allgather_work(tensor: torch.Tensor, name: str, group: int, set_id: int) ->
 def _submit_allgathers(tensors: Sequence[torch.Tensor], name: str | None, grouped: bool,
                        process_set: ProcessSet) -> list[Work]:
     set_id = _set_id(process_set, "Allgather")
-    names = _names(name, "allgather", len(tensors), grouped)
+    names = _names(name, "allgather", len(tensors), grouped, set_id)
     group = len(tensors) if grouped else 0
 
     def build() -> list[Work]:
@@ -673,7 +673,7 @@ def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str, set_id: int
 def _submit_broadcast(tensor: torch.Tensor, root_rank: int, name: str | None, process_set: ProcessSet
                       ) -> list[Work]:
     set_id = _set_id(process_set, "Broadcast")
-    names = [op_name(name, "broadcast")]
+    names = [op_name(name, "broadcast", set_id)]
 
     def build() -> list[Work]:
         _check_tensor(tensor, BROADCAST_DTYPES)
@@ -757,7 +757,7 @@ def alltoall_async(tensor: torch.Tensor, splits=None, name: str | None = None,
     equal parts); synchronize() returns (rows received from every member, concatenated in
     member order; the int32 tensor of received row counts)."""
     set_id = _set_id(process_set, "Alltoall")
-    names = [op_name(name, "alltoall")]
+    names = [op_name(name, "alltoall", set_id)]
 
     def build() -> list[Work]:
         _check_tensor(tensor, BROADCAST_DTYPES)
@@ -833,7 +833,7 @@ def _reducescatter_work(tensor: torch.Tensor, name: str, op: int, prescale: floa
 def _submit_reducescatters(tensors: Sequence[torch.Tensor], name: str | None, grouped: bool, op: int | None,
                            prescale: float, postscale: float, process_set: ProcessSet, compression) -> list[Work]:
     set_id = _set_id(process_set, "Reducescatter")
-    names = _names(name, "reducescatter", len(tensors), grouped)
+    names = _names(name, "reducescatter", len(tensors), grouped, set_id)
     group = len(tensors) if grouped else 0
 
     def build() -> list[Work]:
@@ -923,7 +923,7 @@ def grouped_reducescatter(tensors: Sequence[torch.Tensor], name: str | None = No
 def barrier(process_set: ProcessSet = global_process_set) -> None:
     """Block until every member has called barrier()."""
     set_id = _set_id(process_set, "Barrier")
-    names = [op_name(None, "barrier")]
+    names = [op_name(None, "barrier", set_id)]
 
     def build() -> list[Work]:
         return [Work(Request(names[0], "BARRIER", process_set=set_id), lambda link, reqs: None)]
@@ -942,4 +942,5 @@ def join(device: int = -1) -> int:
     the higher rank).
     """
     engine.current()
-    return int(submit(Work(Request(JOIN_KEY[1], "JOIN"), lambda link, reqs: None)).wait())
+    return int(submit(Work(Request(JOIN_KEY[1], "JOIN", counts=engine.unnamed_counts()),
+                           lambda link, reqs: None)).wait())
