@@ -125,8 +125,7 @@ def discover(link: Any) -> Topology:
     if per_host < 0:
         raise ValueError(f"GTOPK_RANKS_PER_HOST={per_host}: expected 0 (ask the launcher) or a positive number "
                          "of ranks")
-    job_rank = link.world_ranks[link.rank] if getattr(link, "world_ranks", None) else link.rank  # of a split too
-    colors = link.allgather_obj(job_rank // per_host if per_host else link.host_color())
+    colors = link.allgather_obj(link.world_ranks[link.rank] // per_host if per_host else link.host_color())
     lowest = {c: colors.index(c) for c in colors}  # hosts numbered by their lowest rank
     number = {low: h for h, low in enumerate(sorted(lowest.values()))}
     host_of = [number[lowest[c]] for c in colors]

@@ -43,6 +43,7 @@ class Transport(Protocol):
 
     rank: int
     size: int
+    world_ranks: list[int]  # the job's rank of each member (a split transport's too)
 
     def next_sequence(self) -> int: ...
     def send(self, buf: Any, dest: int) -> None: ...
@@ -96,7 +97,26 @@ def poll(ready: Callable[[], Any], link: Any, who: str, gone: Callable[[], str |
     return out
 
 
-class MpiTransport:
+class Numbered:
+    """What every transport keeps alike: the call numbers, the activity named in wait
+    messages and the topology found on first use (``topology.discover``: collective)."""
+
+    def __init__(self) -> None:
+        self.activity = "a collective"
+        self._sequence = 0
+        self._topology: topology.Topology | None = None
+
+    def next_sequence(self) -> int:
+        self._sequence += 1
+        return self._sequence
+
+    def topology(self) -> topology.Topology:
+        if self._topology is None:
+            self._topology = topology.discover(self)
+        return self._topology
+
+
+class MpiTransport(Numbered):
     """The Transport over an mpi4py intracommunicator (messages tagged TAG).
 
     Every wait is a poll loop over non-blocking MPI calls, never a blocking one, so that a
@@ -112,13 +132,7 @@ class MpiTransport:
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.world_ranks = comm.Get_group().Translate_ranks(list(range(self.size)), MPI.COMM_WORLD.Get_group())
-        self.activity = "a collective"
-        self._sequence = 0
-        self._topology: topology.Topology | None = None
-
-    def next_sequence(self) -> int:
-        self._sequence += 1
-        return self._sequence
+        super().__init__()
 
     def _poll(self, ready: Callable[[], Any], peer: int | None, idle: bool = False) -> Any:
         who = f"rank {peer}" if peer is not None else "the other ranks"
@@ -200,11 +214,6 @@ class MpiTransport:
 
     def barrier(self) -> None:
         self._wait(self.comm.Ibarrier())
-
-    def topology(self) -> topology.Topology:
-        if self._topology is None:
-            self._topology = topology.discover(self)
-        return self._topology
 
     def host_color(self) -> int:
         """The lowest rank of this rank's shared-memory node (collective)."""

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import failures, topology
-from ..transport import Alloc, poll
+from .. import failures
+from ..transport import Alloc, Numbered, poll
 
 TAG = 0x6770
 _OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "prod": dist.ReduceOp.PRODUCT}
@@ -41,7 +41,7 @@ def _end_job(message: str) -> None:
     os._exit(1)
 
 
-class DistTransport:
+class DistTransport(Numbered):
     """The Transport over a torch.distributed process group (default: the default group)."""
 
     def __init__(self, group: Any = None):
@@ -50,15 +50,9 @@ class DistTransport:
                              "and init_process_group())")
         self.group = group
         self.rank, self.size = dist.get_rank(group), dist.get_world_size(group)
-        self.ranks = [r if group is None else dist.get_global_rank(group, r) for r in range(self.size)]
+        self.world_ranks = [r if group is None else dist.get_global_rank(group, r) for r in range(self.size)]
         self.device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else None
-        self.activity = "a collective"
-        self._sequence = 0
-        self._topology: topology.Topology | None = None
-
-    def next_sequence(self) -> int:
-        self._sequence += 1
-        return self._sequence
+        super().__init__()
 
     def _tensor(self, buf: Any) -> torch.Tensor:
         return torch.from_numpy(buf) if isinstance(buf, np.ndarray) else buf
@@ -86,9 +80,9 @@ class DistTransport:
         n = torch.tensor([buf.nbytes if isinstance(buf, np.ndarray) else buf.numel()], dtype=torch.int64)
         if self.device is not None:
             n = n.to(self.device)
-        works = [dist.isend(n, self.ranks[dest], group=self.group, tag=TAG)]
+        works = [dist.isend(n, self.world_ranks[dest], group=self.group, tag=TAG)]
         if int(n[0]):
-            works.append(dist.isend(self._tensor(buf), self.ranks[dest], group=self.group, tag=TAG))
+            works.append(dist.isend(self._tensor(buf), self.world_ranks[dest], group=self.group, tag=TAG))
         return works
 
     def send(self, buf: Any, dest: int) -> None:
@@ -97,10 +91,10 @@ class DistTransport:
 
     def recv(self, source: int, alloc: Alloc, idle: bool = False) -> Any:
         n = torch.zeros(1, dtype=torch.int64, device=self.device)
-        self._wait_p2p(dist.irecv(n, self.ranks[source], group=self.group, tag=TAG), source)
+        self._wait_p2p(dist.irecv(n, self.world_ranks[source], group=self.group, tag=TAG), source)
         buf = alloc(int(n[0]))
         if int(n[0]):
-            self._wait_p2p(dist.irecv(self._tensor(buf), self.ranks[source], group=self.group, tag=TAG), source)
+            self._wait_p2p(dist.irecv(self._tensor(buf), self.world_ranks[source], group=self.group, tag=TAG), source)
         return buf
 
     def probe_any(self, alloc: Alloc) -> tuple[int, Any] | None:
@@ -149,7 +143,7 @@ class DistTransport:
 
     def bcast(self, buf: Any, root: int) -> None:
         if len(buf):
-            self._wait(dist.broadcast(self._tensor(buf), self.ranks[root], group=self.group, async_op=True), root)
+            self._wait(dist.broadcast(self._tensor(buf), self.world_ranks[root], group=self.group, async_op=True), root)
 
     def allgather_obj(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.size
@@ -158,16 +152,11 @@ class DistTransport:
 
     def bcast_obj(self, obj: Any, root: int) -> Any:
         box = [obj]
-        dist.broadcast_object_list(box, src=self.ranks[root], group=self.group)
+        dist.broadcast_object_list(box, src=self.world_ranks[root], group=self.group)
         return box[0]
 
     def barrier(self) -> None:
         self._wait(dist.barrier(group=self.group, async_op=True))
-
-    def topology(self) -> topology.Topology:
-        if self._topology is None:
-            self._topology = topology.discover(self)
-        return self._topology
 
     def host_color(self) -> int:
         """The lowest rank with this rank's host name (collective)."""
@@ -179,7 +168,7 @@ class DistTransport:
         colors = self.allgather_obj(color)
         mine = None
         for c in sorted({c for c in colors if c is not None}):
-            group = dist.new_group([self.ranks[q] for q, cq in enumerate(colors) if cq == c],
+            group = dist.new_group([self.world_ranks[q] for q, cq in enumerate(colors) if cq == c],
                                    backend=dist.get_backend(self.group))
             if c == color:
                 mine = DistTransport(group)
