@@ -392,8 +392,8 @@ class Engine:
             if not any(tables):
                 return False
             ready, waiting = self._plan(tables)
-            for key, have in ready:
-                if self._run(key, have, tables):
+            for key, have, standing_in in ready:
+                if self._run(key, have, standing_in, tables):
                     return True
             self._stall_check(tables, waiting)
             if not ready:
@@ -403,10 +403,11 @@ class Engine:
                 idle = self._cycle_s
 
     def _plan(self, tables: list[dict[Key, tuple[Request, float, int]]]
-              ) -> tuple[list[tuple[Key, list[int]]], list[tuple[Key, list[int]]]]:
+              ) -> tuple[list[tuple[Key, list[int], list[int]]], list[tuple[Key, list[int]]]]:
         """Every rank's identical decision for this round: the keys to run, each with the
-        ranks that submitted it, in the order the lowest of those submitted them; the keys
-        left waiting, with the members that have not submitted them."""
+        ranks that submitted it and the joined members that stand in for it, in the order
+        the lowest submitter submitted them; the keys left waiting, with the members that
+        have not submitted them."""
         joined = [q for q, t in enumerate(tables) if JOIN_KEY in t]
         for q in joined:
             self._joined.setdefault(q, self._round)
@@ -417,27 +418,25 @@ class Engine:
             missing = [q for q in members if q not in have]
             stand_in = key != JOIN_KEY and bool(have) and set(missing) <= set(joined)
             if not missing or stand_in:
-                ready.append((key, have))
+                ready.append((key, have, missing))
             else:
                 waiting.append((key, missing))
         ready.sort(key=lambda item: (tables[item[1][0]][item[0]][2], item[0]))
         return ready, waiting
 
-    def _run(self, key: Key, have: list[int], tables: list[dict[Key, tuple[Request, float, int]]]) -> bool:
+    def _run(self, key: Key, have: list[int], standing_in: list[int],
+             tables: list[dict[Key, tuple[Request, float, int]]]) -> bool:
         reqs = [tables[q][key][0] for q in have]
-        members = self.members(key[0]) or tuple(have)
-        standing_in = [q for q in members if q not in have]  # joined ranks
-        me = self.link.rank
+        error = check_requests(reqs)
+        if error is None and standing_in:
+            error = _join_error(key, reqs[0])
         with self._cv:
             work = self._pending.pop(key, None)
-        if work is None and me in standing_in:
+        if work is None and error is None and self.link.rank in standing_in:
             work = self._stand_in(reqs[0])
         if work is None:  # not a member, failed with its group earlier in this round, or nothing to add
             return False
         started = time.monotonic()
-        error = check_requests(reqs)
-        if error is None and standing_in:
-            error = _join_error(key, reqs[0])
         try:
             if error is not None:
                 raise error
@@ -462,8 +461,9 @@ class Engine:
         return shutdown
 
     def _stand_in(self, request: Request) -> Work | None:
-        """What a joined rank runs for an allreduce it did not submit: zeros."""
-        if request.op_type != "ALLREDUCE" or _join_error((request.process_set, request.name), request):
+        """What a joined rank runs for an allreduce it did not submit (one _join_error
+        allows): zeros. None for a barrier (nothing to run)."""
+        if request.op_type != "ALLREDUCE":
             return None
         dtype = next(d for d, n in DTYPE_NAMES.items() if n == request.dtype)
         op = next(o for o, n in OP_NAMES.items() if n == request.reduce_op)

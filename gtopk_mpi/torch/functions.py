@@ -7,10 +7,9 @@ from typing import Any
 
 import torch
 
-from . import engine
 from .engine import Request, Work, op_name, submit_checked
-from .mpi_ops import _set_id, broadcast_async_, global_process_set, rank, synchronize
-from .optimizer import ERROR_FEEDBACK_KEY
+from .mpi_ops import _members, _root_in_set, _set_id, broadcast_async_, global_process_set, rank, synchronize
+from .optimizer import ERROR_FEEDBACK_KEY, is_distributed
 
 
 def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: int,
@@ -43,11 +42,9 @@ def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, proc
     names = [op_name(name, "broadcast_object", set_id)]
 
     def build() -> list[Work]:
-        members = engine.current().members(set_id)
-        if root_rank not in members:
-            raise ValueError(f"root_rank {root_rank} is not a member of the process set {list(members)}")
+        root = _root_in_set(root_rank, _members(set_id))
         req = Request(names[0], "BROADCAST", dtype="OBJECT", root=int(root_rank), process_set=set_id)
-        return [Work(req, lambda link, reqs: link.bcast_obj(obj, members.index(root_rank)))]
+        return [Work(req, lambda link, reqs: link.bcast_obj(obj, root))]
 
     return submit_checked("BROADCAST", names, build, 0, set_id)[0].wait()
 
@@ -93,7 +90,7 @@ def _initialize_state(optimizer: torch.optim.Optimizer) -> None:
                 p.grad = torch.zeros_like(p)
                 if isinstance(optimizer, torch.optim.SparseAdam):
                     p.grad = p.grad.to_sparse()
-    if type(optimizer).__module__ == __name__.rsplit(".", 1)[0] + ".optimizer" or hasattr(optimizer, "_buckets"):
+    if is_distributed(optimizer):
         super(optimizer.__class__, optimizer).step()
     else:
         optimizer.step()

@@ -88,16 +88,23 @@ def _members(set_id: int) -> tuple[int, ...]:
     return members
 
 
-def _set_id(process_set: ProcessSet, op: str) -> int:
-    """The id of ``process_set`` for an op of this rank; ValueError if it is not registered or
-    this rank is not in it (then no other rank waits: the op is this rank's alone)."""
+def _registered(process_set: ProcessSet) -> tuple[int, tuple[int, ...]]:
+    """(id, ranks) of a registered ``process_set``; ValueError if it is not one."""
     if not isinstance(process_set, ProcessSet):
         raise ValueError(f"process_set must be a ProcessSet, got {type(process_set).__name__}")
     set_id = process_set.process_set_id
-    if set_id is None or engine.current().members(set_id) is None:
+    members = None if set_id is None else engine.current().members(set_id)
+    if members is None:
         raise ValueError(f"{process_set} has not been registered: pass it to init(process_sets=[...]) or "
                          "add_process_set() first.")
-    if rank() not in _members(set_id):
+    return set_id, members
+
+
+def _set_id(process_set: ProcessSet, op: str) -> int:
+    """The id of ``process_set`` for an op of this rank; ValueError if it is not registered or
+    this rank is not in it (then no other rank waits: the op is this rank's alone)."""
+    set_id, members = _registered(process_set)
+    if rank() not in members:
         raise ValueError(f"{op}: Rank {rank()} is not a member of the provided process set.")
     return set_id
 

@@ -48,7 +48,7 @@ from .. import config
 from .compression import Compression, SparseCompressor
 from .engine import DTYPE_NAMES, Request, Work, submit
 from .error_feedback import ErrorFeedback
-from .mpi_ops import _set_id, global_process_set, rank, size, sparse_allreduce_async
+from .mpi_ops import _registered, global_process_set, rank, size, sparse_allreduce_async
 from .reduction import OP_NAMES, Adasum, Average, Sum, reduce_flat
 
 ERROR_FEEDBACK_KEY = "gtopk_error_feedback"
@@ -68,11 +68,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                  gradient_predivide_factor, num_groups, groups, sparse_as_dense, process_set,
                  density_warmup, density_warmup_steps, momentum_correction):
         super(self.__class__, self).__init__(params)
-        if process_set.process_set_id is None or process_set.size() is None:
-            _set_id(process_set, "DistributedOptimizer")  # raises: not registered
-        # Horovod: a rank outside the set steps on its own gradients (nothing is reduced)
-        self._included = bool(process_set.included()) if process_set is not global_process_set else True
-        self._set_id = process_set.process_set_id
+        self._set_id, members = _registered(process_set)
+        self._included = rank() in members  # Horovod: a rank outside the set steps on its own gradients
         self._process_set = process_set
         self._sparse_as_dense = bool(sparse_as_dense)
         self._sparse: dict[int, Any] = {}  # id(p) -> the pending sparse_allreduce_async of a sparse gradient
@@ -306,6 +303,11 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def _layout(self) -> dict[str, list[str]]:
         return {b.name: [n for n, _ in b.params] for b in self._buckets}
+
+
+def is_distributed(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` is a DistributedOptimizer (a dynamic subclass made below)."""
+    return type(optimizer).__dict__.get("synchronize") is _DistributedOptimizer.synchronize
 
 
 def DistributedOptimizer(optimizer: torch.optim.Optimizer, named_parameters=None, compression=Compression.none,
