@@ -7,27 +7,44 @@
 // magnitude key, ties to the lower index, indices ascending. merge(a, b) and merge(b, a)
 // give bit-identical indices and values.
 //
-// On the critical path of every round, so in three passes over memory that stays in
-// cache: (1) the union, branch-free, as four independent merges of disjoint index ranges
+// On the critical path of every round. float32 / int32 merges take the AVX-512 form
+// (merge_avx512.h: a bitonic merge network, 16 entries a step) on CPUs that have it; the
+// scalar form here, for every other case, in three passes over memory that stays in cache: (1) the union, branch-free, as four independent merges of disjoint index ranges
 // interleaved (their dependency chains overlap in the core), then closed up; (2) the k-th
 // key: a threshold bracket from 1024 sampled keys, then an exact radix select over the
 // keys inside the bracket only (over every key when the sample misleads); (3) one
 // branch-free ordered write of the keys above it and the lowest-index ties.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "merge_avx512.h"
 #include "numeric.h"
 #include "radix.h"
 
 namespace gtopk {
+
+// Whether float32 / int32 merges may take the AVX-512 form (merge_avx512.h) where the CPU has
+// it; tests turn it off to check the scalar form on the same machine.
+inline std::atomic<bool> g_merge_simd{true};
+
+inline bool merge_simd_available() {
+#ifdef GTOPK_HAVE_AVX512_MERGE
+  return avx512::supported();
+#else
+  return false;
+#endif
+}
 
 template <class I>
 void check_ascending(const I* idx, size_t n, const char* name) {
@@ -168,11 +185,7 @@ size_t merge_topk(const I* ia, const T* va, const uint32_t* ta, size_t na, const
   if (k == 0) throw std::invalid_argument("k must be >= 1");
   check_ascending<I>(ia, na, "first");
   check_ascending<I>(ib, nb, "second");
-  thread_local MergeScratch<T, I> s;
   const bool tagged = out_tag != nullptr;
-  s.idx.resize(na + nb);
-  s.val.resize(na + nb);
-  s.tag.resize(tagged ? na + nb : 0);
   thread_local std::vector<uint32_t> zeros;
   const uint32_t* pta = ta;
   const uint32_t* ptb = tb;
@@ -181,6 +194,19 @@ size_t merge_topk(const I* ia, const T* va, const uint32_t* ta, size_t na, const
     if (!pta) pta = zeros.data();
     if (!ptb) ptb = zeros.data();
   }
+#ifdef GTOPK_HAVE_AVX512_MERGE
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<I, int32_t>) {
+    constexpr I kTop = std::numeric_limits<I>::max();  // keys (index << 1 | side) must stay below 2^32 - 2
+    const bool in_range = (na == 0 || (ia[0] >= 0 && ia[na - 1] < kTop)) && (nb == 0 || (ib[0] >= 0 && ib[nb - 1] < kTop));
+    if (in_range && g_merge_simd.load(std::memory_order_relaxed) && avx512::supported())
+      return tagged ? avx512::merge_topk<true>(ia, va, pta, na, ib, vb, ptb, nb, k, out_idx, out_val, out_tag)
+                    : avx512::merge_topk<false>(ia, va, nullptr, na, ib, vb, nullptr, nb, k, out_idx, out_val, nullptr);
+  }
+#endif
+  thread_local MergeScratch<T, I> s;
+  s.idx.resize(na + nb);
+  s.val.resize(na + nb);
+  s.tag.resize(tagged ? na + nb : 0);
   const size_t n = tagged ? sparse_union<T, I, true>(ia, va, pta, na, ib, vb, ptb, nb, s.idx.data(), s.val.data(),
                                                      s.tag.data())
                           : sparse_union<T, I, false>(ia, va, nullptr, na, ib, vb, nullptr, nb, s.idx.data(),

@@ -468,6 +468,16 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("k"), py::arg("tags_a") = py::none(), py::arg("tags_b") = py::none(),
           "Union of two index-ascending sparse sets, values summed at equal indices (uint32 tags OR-ed), then\n"
           "top-k by |value|. Returns (indices, values), or (indices, values, tags) when tags are given.");
+  mod.def(
+      "merge_simd",
+      [](const py::object& enable) {
+        const bool was = gtopk::g_merge_simd.load() && gtopk::merge_simd_available();
+        if (!enable.is_none()) gtopk::g_merge_simd.store(py::cast<bool>(enable));
+        return was;
+      },
+      py::arg("enable") = py::none(),
+      "Whether float32 / int32 merges take the AVX-512 form on this CPU; with `enable`, turn it on or off\n"
+      "(tests check both forms on one machine). Returns the state before the call.");
   mod.def("encode_entries", &encode_entries, py::arg("indices"), py::arg("values"), py::arg("value_code"),
           py::arg("pack") = -1, py::arg("rounded") = false,
           "Wire payload of a sparse set: indices raw or as packed gaps (pack: 1, 0, -1 = whichever is smaller),\n"

@@ -53,6 +53,14 @@ def merge(a, b, k: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     return topk(np.array(keys, dtype=np.int64), np.array([table[i] for i in keys], dtype=dtype), k)
 
 
+def merged_tags(ia, ta, ib, tb, kept) -> np.ndarray:
+    """The tag each kept index carries through a merge: a's tag OR b's (0 where absent)."""
+    tags = {int(i): int(t) for i, t in zip(ia, ta)}
+    for i, t in zip(ib, tb):
+        tags[int(i)] = tags.get(int(i), 0) | int(t)
+    return np.array([tags[int(i)] for i in kept], np.uint32)
+
+
 # ---- wire codecs (gtopk_mpi/wire.py, csrc/codec.h) ---------------------------------------
 
 

@@ -25,8 +25,22 @@ def implementations(cpu, emulated_gpu) -> list:
             + [pytest.param(emulated_gpu, d, id=f"emulated_gpu-{np.dtype(d).name}") for d in GPU_DTYPES])
 
 
+def scalar_form(fn):
+    """fn with the AVX-512 merge (float32 / int32 on CPUs that have it) turned off: the scalar
+    form every other CPU and dtype runs, checked on the same machine."""
+    def run(*args):
+        was = _C.merge_simd(False)
+        try:
+            return fn(*args)
+        finally:
+            _C.merge_simd(was)
+    return run
+
+
 SELECTS = implementations(select_topk, emu.select_topk)
-MERGES = implementations(merge_topk, emu.merge_topk)
+MERGES = implementations(merge_topk, emu.merge_topk) + [
+    pytest.param(scalar_form(merge_topk), np.float32, id="cpu_scalar-float32")]
+MERGE_FORMS = [pytest.param(_C.merge_topk, id="as_built"), pytest.param(scalar_form(_C.merge_topk), id="scalar")]
 
 
 def check_select(x: np.ndarray, k: int, threads: int = 1, select=None) -> None:
@@ -163,9 +177,10 @@ def test_merge_against_reference_and_symmetric(merge, dtype, overlap):
         assert np.array_equal(got[0], swapped[0]) and ref.same_bits(got[1], swapped[1])
 
 
-@pytest.mark.parametrize("case", ["normal", "ties", "overlap", "constant", "spikes", "cancel"])
+@pytest.mark.parametrize("merge", MERGE_FORMS)
+@pytest.mark.parametrize("case", ["normal", "ties", "overlap", "constant", "spikes", "cancel", "decoy"])
 @pytest.mark.parametrize("k", [1, 700, 12_000, 19_999])
-def test_large_merges_take_the_sampled_threshold_and_stay_exact(case, k):
+def test_large_merges_take_the_sampled_threshold_and_stay_exact(merge, case, k):
     """Unions of 8,192 entries and more find the k-th key from a sample bracket (falling back
     to every key when the sample misleads): against the reference, and symmetric."""
     rng = np.random.default_rng(hash(case) % 2**32)
@@ -181,13 +196,35 @@ def test_large_merges_take_the_sampled_threshold_and_stay_exact(case, k):
         a[1][::997] = 1e6
     elif case == "cancel":  # shared indices whose values cancel to exactly 0
         b = (a[0].copy(), -a[1])
-    got = merge_topk(*a, *b, k)
+    elif case == "decoy":  # tiny values exactly where the AVX-512 form samples the inputs
+        for _, v in (a, b):
+            v[(np.arange(512) * len(v)) // 512] = 1e-3
+    got = merge(*a, *b, k)
     want = ref.merge(a, b, k, np.float32)
     assert np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
-    back = merge_topk(*b, *a, k)
+    back = merge(*b, *a, k)
     assert np.array_equal(back[0], got[0]) and ref.same_bits(back[1], got[1])
-    tags = _C.merge_topk(*a, *b, k, np.arange(len(a[0]), dtype=np.uint32), None)
-    assert np.array_equal(tags[0], got[0]) and ref.same_bits(tags[1], got[1])
+    ta = np.arange(1, len(a[0]) + 1, dtype=np.uint32) << 1
+    tb = np.full(len(b[0]), 1, np.uint32)
+    tagged = merge(*a, *b, k, ta, tb)
+    assert np.array_equal(tagged[0], got[0]) and ref.same_bits(tagged[1], got[1])
+    assert np.array_equal(tagged[2], ref.merged_tags(a[0], ta, b[0], tb, got[0]))
+    one_sided = merge(*a, *b, k, ta, None)
+    assert np.array_equal(one_sided[2], ref.merged_tags(a[0], ta, b[0], np.zeros_like(tb), got[0]))
+
+
+def test_merge_forms_agree_at_the_edges_of_the_index_range():
+    """Indices up to 2^31 - 2 (the AVX-512 form's key is index << 1 | side) and 2^31 - 1 (the
+    scalar form takes those): both forms, against the reference."""
+    top = 2**31 - 1
+    rng = np.random.default_rng(5)
+    for high in (top - 1, top):
+        a = (np.array([0, 5, top - 3, high], np.int32), rng.standard_normal(4).astype(np.float32))
+        b = (np.array([5, top - 2, high], np.int32), rng.standard_normal(3).astype(np.float32))
+        for merge in (_C.merge_topk, scalar_form(_C.merge_topk)):
+            for k in (1, 3, 6):
+                got, want = merge(*a, *b, k), ref.merge(a, b, k, np.float32)
+                assert np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
 
 
 def test_merge_rejects_unsorted_and_mixed():
