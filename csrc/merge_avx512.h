@@ -3,17 +3,16 @@
 // later); the same result bit for bit as the scalar merge in merge.h, which every other CPU,
 // dtype and index type runs.
 //
-// Five passes, each 16 entries per step, none with a branch that depends on the data:
-//   1. a threshold bracket [lo, hi] from 1024 keys sampled from the two inputs (the union's
-//      keys are theirs except at shared indices);
-//   2. the union's order: the keys (index << 1 | side) of a and b merged by a streaming
+// Passes of 16 entries per step, none with a branch that depends on the data:
+//   1. the union's order: the keys (index << 1 | side) of a and b merged by a streaming
 //      bitonic network (16 sorted keys out per step), a's entry just before b's at an index
 //      both hold;
-//   3. the union itself at slot p + q (p, q: entries of a and b consumed), values and tags
-//      expanded from the inputs, a sum at a shared index followed by a hole (index -1); the
-//      keys inside the bracket compressed into a candidate list, the ones above it counted;
-//   4. the k-th key by radix select over the candidates (over every key when the bracket
-//      misleads);
+//   2. the union itself at slot p + q (p, q: entries of a and b consumed), values and tags
+//      expanded from the inputs, a sum at a shared index followed by a hole (index -1);
+//   3. a threshold bracket [lo, hi] from the keys of 1024 evenly spaced slots;
+//   4. the keys inside the bracket compressed into a candidate list, the ones above counted,
+//      then the k-th key by radix select over the candidates (over every key when the
+//      bracket misleads);
 //   5. the top k compressed out in index order: keys above the k-th, then the lowest-index ties.
 // Compressed stores go through a register and a masked store (a compressing store to memory is
 // microcoded on Zen 4, several times slower).
@@ -111,21 +110,16 @@ GTOPK_AVX512 inline void merge_order(const int32_t* ia, size_t na, const int32_t
   _mm512_storeu_si512(out + (blocks - 1) * 16, kept);
 }
 
-struct UnionCounts {
-  size_t candidates = 0, above = 0, shared = 0;
-};
-
-// Pass 3 over the merged keys order[0 .. n) (order[-1] and order[n .. n + 16] readable, not
-// real keys): the union to slots 0 .. n of (ui, uv, ut), the keys in [lo, hi] to cand.
+// Pass 2 over the merged keys order[0 .. n) (order[-1] and order[n .. n + 16] readable, not
+// real keys): the union to slots 0 .. n of (ui, uv, ut); returns how many indices a and b share
+// (holes).
 template <bool kTags>
-GTOPK_AVX512 UnionCounts build_union(const uint32_t* order, size_t n, const float* va, const float* vb,
-                                     const uint32_t* ta, const uint32_t* tb, int32_t* ui, float* uv, uint32_t* ut,
-                                     uint32_t* cand, uint32_t lo, uint32_t hi) {
+GTOPK_AVX512 size_t build_union(const uint32_t* order, size_t n, const float* va, const float* vb,
+                                const uint32_t* ta, const uint32_t* tb, int32_t* ui, float* uv, uint32_t* ut) {
   const __m512i one = _mm512_set1_epi32(1), none = _mm512_set1_epi32(-1);
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
-  const __m512i nan_key = _mm512_set1_epi32(0x7f800001), quiet_nan = _mm512_set1_epi32(0x7fc00000);
-  const __m512i vlo = _mm512_set1_epi32(static_cast<int>(lo)), vhi = _mm512_set1_epi32(static_cast<int>(hi));
-  size_t p = 0, q = 0, c = 0, above = 0, shared = 0;
+  const __m512i quiet_nan = _mm512_set1_epi32(0x7fc00000);
+  size_t p = 0, q = 0, shared = 0;
   for (size_t o = 0; o < n; o += 16) {
     const __mmask16 live = n - o >= 16 ? __mmask16(0xffff) : first_n(static_cast<uint32_t>(n - o));
     const __m512i key = _mm512_loadu_si512(order + o);
@@ -147,31 +141,35 @@ GTOPK_AVX512 UnionCounts build_union(const uint32_t* order, size_t n, const floa
     _mm512_mask_storeu_epi32(ui + o, live, _mm512_mask_mov_epi32(none, real, idx));
     _mm512_mask_storeu_ps(uv + o, live, v);
     if constexpr (kTags) _mm512_mask_storeu_epi32(ut + o, live, _mm512_or_si512(expand(ma, ta + p), expand(mb, tb + q)));
-    const __m512i mag = _mm512_min_epu32(_mm512_and_si512(_mm512_castps_si512(v), abs_mask), nan_key);  // mag_key
-    const __mmask16 in = _mm512_mask_cmpge_epu32_mask(real, mag, vlo) & _mm512_cmple_epu32_mask(mag, vhi);
-    compress(cand + c, in, mag);
-    c += _mm_popcnt_u32(in);
-    above += _mm_popcnt_u32(_mm512_mask_cmpgt_epu32_mask(real, mag, vhi));
     shared += _mm_popcnt_u32(both);
     p += _mm_popcnt_u32(ma);
     q += _mm_popcnt_u32(mb);
   }
-  return UnionCounts{c, above, shared};
+  return shared;
 }
 
-// Every real entry's key of the union (n slots) to keys; returns their count.
-GTOPK_AVX512 inline size_t union_keys(const int32_t* ui, const float* uv, size_t n, uint32_t* keys) {
+struct Candidates {
+  size_t count, above;
+};
+
+// Pass 4: the keys of the union's real entries (n slots) inside [lo, hi] to keys, and how many
+// are above hi.
+GTOPK_AVX512 inline Candidates candidates(const int32_t* ui, const float* uv, size_t n, uint32_t lo, uint32_t hi,
+                                          uint32_t* keys) {
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), nan_key = _mm512_set1_epi32(0x7f800001);
-  size_t c = 0;
+  const __m512i vlo = _mm512_set1_epi32(static_cast<int>(lo)), vhi = _mm512_set1_epi32(static_cast<int>(hi));
+  size_t c = 0, above = 0;
   for (size_t o = 0; o < n; o += 16) {
     const __mmask16 live = n - o >= 16 ? __mmask16(0xffff) : first_n(static_cast<uint32_t>(n - o));
     const __mmask16 real = _mm512_mask_cmpge_epi32_mask(live, _mm512_maskz_loadu_epi32(live, ui + o),
                                                         _mm512_setzero_si512());
-    const __m512i v = _mm512_maskz_loadu_epi32(live, uv + o);
-    compress(keys + c, real, _mm512_min_epu32(_mm512_and_si512(v, abs_mask), nan_key));
-    c += _mm_popcnt_u32(real);
+    const __m512i mag = _mm512_min_epu32(_mm512_and_si512(_mm512_maskz_loadu_epi32(live, uv + o), abs_mask), nan_key);
+    const __mmask16 in = _mm512_mask_cmpge_epu32_mask(real, mag, vlo) & _mm512_cmple_epu32_mask(mag, vhi);
+    compress(keys + c, in, mag);
+    c += _mm_popcnt_u32(in);
+    above += _mm_popcnt_u32(_mm512_mask_cmpgt_epu32_mask(real, mag, vhi));
   }
-  return c;
+  return Candidates{c, above};
 }
 
 // Pass 5: the entries with keys above kth.key and the first kth.ties equal to it, in slot
@@ -206,22 +204,27 @@ GTOPK_AVX512 size_t write_top(const int32_t* ui, const float* uv, const uint32_t
   return w;
 }
 
-// Pass 1: [lo, hi] such that the k-th largest key of the union very likely lies inside, from
-// 1024 keys sampled evenly from a and b (in proportion to their lengths).
-inline std::pair<uint32_t, uint32_t> bracket(const float* va, size_t na, const float* vb, size_t nb, size_t k) {
-  constexpr size_t kSample = 1024;
-  uint32_t s[kSample];
-  const size_t sa = std::min(kSample - 1, std::max<size_t>(1, kSample * na / (na + nb)));
-  for (size_t j = 0; j < sa; ++j) s[j] = mag_key<float>(va[j * na / sa]);
-  for (size_t j = sa; j < kSample; ++j) s[j] = mag_key<float>(vb[(j - sa) * nb / (kSample - sa)]);
-  const double n = static_cast<double>(na + nb), r = static_cast<double>(k) * kSample / n;
-  const double margin = 4.0 * std::sqrt(r * (1.0 - static_cast<double>(k) / n)) + 8.0;
+// Pass 3: [lo, hi] such that the k-th largest key of the union's `real` entries (in n slots)
+// very likely lies inside, from the keys of 1024 evenly spaced slots (holes left out).
+inline std::pair<uint32_t, uint32_t> bracket(const int32_t* ui, const float* uv, size_t n, size_t real, size_t k) {
+  constexpr size_t kSlots = 1024;
+  uint32_t s[kSlots];
+  size_t got = 0;
+  for (size_t j = 0; j < kSlots; ++j) {
+    const size_t o = j * n / kSlots;
+    s[got] = mag_key<float>(uv[o]);
+    got += ui[o] >= 0;
+  }
+  if (got == 0) return {0, kSentinel};
+  const double nr = static_cast<double>(real), r = static_cast<double>(k) * static_cast<double>(got) / nr;
+  const double margin = 4.0 * std::sqrt(r * (1.0 - static_cast<double>(k) / nr)) + 8.0;
+  // ranks past the sample's ends leave that side of the bracket open
   const size_t r_hi = r > margin ? static_cast<size_t>(r - margin) : 0;
-  const size_t r_lo = std::min(kSample - 1, static_cast<size_t>(r + margin));
-  std::nth_element(s, s + r_hi, s + kSample, std::greater<uint32_t>());
-  const uint32_t hi = s[r_hi];
-  std::nth_element(s + r_hi, s + r_lo, s + kSample, std::greater<uint32_t>());
-  return {s[r_lo], hi};
+  const size_t r_lo = std::min(got - 1, static_cast<size_t>(r + margin));
+  std::nth_element(s, s + r_hi, s + got, std::greater<uint32_t>());
+  const uint32_t hi = r > margin ? s[r_hi] : kSentinel;
+  std::nth_element(s + r_hi, s + r_lo, s + got, std::greater<uint32_t>());
+  return {r + margin < static_cast<double>(got - 1) ? s[r_lo] : 0u, hi};
 }
 
 struct Scratch {
@@ -248,19 +251,17 @@ GTOPK_AVX512 size_t merge_topk(const int32_t* ia, const float* va, const uint32_
   s.val.resize(n);
   s.tag.resize(kTags ? n : 0);
   s.cand.resize(n);
-  constexpr size_t kSampled = 8 * 1024;  // shorter unions rank every key
-  const auto br = n >= kSampled && k < n ? bracket(va, na, vb, nb, k) : std::pair<uint32_t, uint32_t>{0, kSentinel};
-  const UnionCounts u = build_union<kTags>(s.order.data() + 1, n, va, vb, ta, tb, s.idx.data(), s.val.data(),
-                                           s.tag.data(), s.cand.data(), br.first, br.second);
-  const size_t real = n - u.shared;
+  const size_t real = n - build_union<kTags>(s.order.data() + 1, n, va, vb, ta, tb, s.idx.data(), s.val.data(),
+                                              s.tag.data());
   KthKey<uint32_t> kth{0, UINT64_MAX};  // k >= |union|: every entry
   if (k < real) {
-    if (u.above < k && u.above + u.candidates >= k) {
-      kth = kth_largest_key<float>(s.cand.data(), u.candidates, k - u.above);
-    } else {  // the sample misled: rank every key
-      const size_t all = union_keys(s.idx.data(), s.val.data(), n, s.cand.data());
-      kth = kth_largest_key<float>(s.cand.data(), all, k);
-    }
+    constexpr size_t kSampled = 8 * 1024;  // shorter unions rank every key
+    const auto br = real >= kSampled ? bracket(s.idx.data(), s.val.data(), n, real, k)
+                                     : std::pair<uint32_t, uint32_t>{0, kSentinel};
+    Candidates c = candidates(s.idx.data(), s.val.data(), n, br.first, br.second, s.cand.data());
+    if (c.above >= k || c.above + c.count < k)  // the sample misled: rank every key
+      c = candidates(s.idx.data(), s.val.data(), n, 0, kSentinel, s.cand.data());
+    kth = kth_largest_key<float>(s.cand.data(), c.count, k - c.above);
   }
   const size_t cap = std::min(k, real);
   const size_t w = write_top<kTags>(s.idx.data(), s.val.data(), s.tag.data(), n, kth, cap, out_idx, out_val, out_tag);
