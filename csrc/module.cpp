@@ -282,7 +282,7 @@ py::array settle_typed(py::array& residual, const py::array& idx, const py::arra
     uint32_t bit;
     const I* idx;
     const T* err;
-    size_t n, at;
+    size_t n;
   };
   std::vector<Record> recs;
   for (const auto& item : errors) {
@@ -292,7 +292,7 @@ py::array settle_typed(py::array& residual, const py::array& idx, const py::arra
     if (ir.dtype().num() != idx.dtype().num() || er.dtype().num() != residual.dtype().num() || ir.size() != er.size())
       throw py::value_error("settle: an error record does not match the set");
     recs.push_back({rec[0].cast<uint32_t>(), static_cast<const I*>(ir.data()), static_cast<const T*>(er.data()),
-                    static_cast<size_t>(ir.size()), 0});
+                    static_cast<size_t>(ir.size())});
   }
   T* r = static_cast<T*>(residual.mutable_data());
   const I* ix = static_cast<const I*>(idx.data());
@@ -315,17 +315,29 @@ py::array settle_typed(py::array& residual, const py::array& idx, const py::arra
       c += mine;
     }
     carried.resize(c);
-    for (Record& rec : recs) {
+    // Each record: the set's indices holding its bit, compacted (no branch on the tags,
+    // which are data), then a two-pointer walk over them and the record's indices (both
+    // ascending): r[i] + error goes to r[i] where they match, else to a dummy.
+    thread_local std::vector<I> marked;
+    marked.resize(n);
+    for (const Record& rec : recs) {
+      size_t nm = 0;
       for (size_t j = 0; j < n; ++j) {
-        if (!(tg[j] & rec.bit)) continue;
-        const I i = ix[j];
-        while (rec.at < rec.n && rec.idx[rec.at] < i) ++rec.at;
-        if (rec.at == rec.n || rec.idx[rec.at] != i) {
-          missing = true;
-          continue;
-        }
-        r[i] = gtopk::Num<T>::add(r[i], rec.err[rec.at]);
+        marked[nm] = ix[j];
+        nm += (tg[j] & rec.bit) != 0;
       }
+      size_t j = 0, at = 0;
+      bool lost = false;  // a marked index the record has no error for
+      T dummy;
+      while (j < nm && at < rec.n) {
+        const I i = marked[j], q = rec.idx[at];
+        lost |= i < q;
+        T* dst = i == q ? r + i : &dummy;
+        *dst = gtopk::Num<T>::add(r[i], rec.err[at]);
+        j += i <= q;
+        at += q <= i;
+      }
+      missing |= lost || j < nm;
     }
   }
   if (missing) throw py::value_error("settle: a tagged entry has no error record");
