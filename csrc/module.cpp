@@ -3,6 +3,9 @@
 // kernel's buffers (no copy).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <cstdint>
 #include <cstring>
@@ -480,6 +483,19 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("k"), py::arg("tags_a") = py::none(), py::arg("tags_b") = py::none(),
           "Union of two index-ascending sparse sets, values summed at equal indices (uint32 tags OR-ed), then\n"
           "top-k by |value|. Returns (indices, values), or (indices, values, tags) when tags are given.");
+  mod.def(
+      "malloc_top_pad",
+      [](int64_t bytes) {
+#if defined(__GLIBC__)
+        return bytes >= 0 && bytes <= std::numeric_limits<int>::max() && mallopt(M_TOP_PAD, static_cast<int>(bytes)) == 1;
+#else
+        (void)bytes;
+        return false;
+#endif
+      },
+      py::arg("bytes"),
+      "glibc's M_TOP_PAD: heap growth and the free memory kept at its top (so that per-call buffers\n"
+      "reuse mapped pages instead of faulting fresh ones in). False where not glibc.");
   mod.def(
       "merge_simd",
       [](const py::object& enable) {
