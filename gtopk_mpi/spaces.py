@@ -91,7 +91,7 @@ class HostSpace:
         return selection.check_vector(x, name, dtypes)
 
     def dtype_name(self, a: np.ndarray) -> str:
-        return a.dtype.name
+        return selection.dtype_name(a)
 
     def activate(self) -> AbstractContextManager[None]:
         return contextlib.nullcontext()
