@@ -34,8 +34,9 @@
 
 namespace gtopk {
 
-// Whether float32 / int32 merges may take the AVX-512 form (merge_avx512.h) where the CPU has
-// it; tests turn it off to check the scalar form on the same machine.
+// Whether float32 / int32 merges (and settle's record lookups) may take the AVX-512 form
+// (merge_avx512.h) where the CPU has it; tests turn it off to check the scalar form on the
+// same machine.
 inline std::atomic<bool> g_merge_simd{true};
 
 inline bool merge_simd_available() {

@@ -269,5 +269,47 @@ GTOPK_AVX512 size_t merge_topk(const int32_t* ia, const float* va, const uint32_
   return w;
 }
 
+// Error feedback's record lookup (module.cpp's settle): r[i] += err[j] for every index i of
+// `marked` (ascending), where j is i's position in `rec` (ascending); false if some marked index
+// is not in rec. The two lists merged by the network (rec side 0, marked side 1): a marked key
+// right after the rec key of the same index is a match, and that rec key's position is the
+// count of rec keys before it.
+GTOPK_AVX512 inline bool add_record_errors(const int32_t* marked, size_t nm, const int32_t* rec, const float* err,
+                                           size_t nr, float* r) {
+  thread_local std::vector<uint32_t> order;
+  const size_t n = nm + nr, padded = 16 * ((nm + 15) / 16 + (nr + 15) / 16);
+  order.resize(padded + 32);
+  order[0] = kSentinel;
+  merge_order(rec, nr, marked, nm, order.data() + 1);
+  const uint32_t* keys = order.data() + 1;
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  __m512i last = _mm512_set1_epi32(-1);  // lane 15: the position in rec of the last rec key seen
+  size_t p = 0;
+  bool lost = false;
+  int32_t at_i[16], at_j[16];
+  for (size_t o = 0; o < n; o += 16) {
+    const __mmask16 live = n - o >= 16 ? __mmask16(0xffff) : first_n(static_cast<uint32_t>(n - o));
+    const __m512i key = _mm512_loadu_si512(keys + o);
+    const __m512i idx = _mm512_srli_epi32(key, 1);
+    const __m512i idx_prev = _mm512_srli_epi32(_mm512_loadu_si512(keys + o - 1), 1);
+    const __mmask16 side_b = _mm512_mask_test_epi32_mask(live, key, one);
+    const __mmask16 side_a = static_cast<__mmask16>(~side_b & live);
+    const __mmask16 match = _mm512_mask_cmpeq_epi32_mask(side_b, idx, idx_prev);
+    lost |= match != side_b;
+    // each rec key's position in rec, carried onto the lanes after it (only matches read it)
+    const __m512i pos = _mm512_mask_expand_epi32(_mm512_setzero_si512(), side_a,
+                                                 _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int>(p))));
+    const __m512i partner = _mm512_alignr_epi32(pos, last, 15);  // lane l: pos of lane l - 1
+    const uint32_t c = _mm_popcnt_u32(match);
+    compress(at_i, match, idx);
+    compress(at_j, match, partner);
+    for (uint32_t t = 0; t < c; ++t) r[at_i[t]] = r[at_i[t]] + err[at_j[t]];
+    p += _mm_popcnt_u32(side_a);
+    last = pos;
+  }
+  return !lost;
+}
+
 }  // namespace gtopk::avx512
 #endif

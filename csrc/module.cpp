@@ -12,6 +12,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "codec.h"
@@ -329,6 +330,17 @@ py::array settle_typed(py::array& residual, const py::array& idx, const py::arra
         marked[nm] = ix[j];
         nm += (tg[j] & rec.bit) != 0;
       }
+#ifdef GTOPK_HAVE_AVX512_MERGE
+      if constexpr (std::is_same_v<T, float> && std::is_same_v<I, int32_t>) {
+        constexpr I kTop = std::numeric_limits<I>::max();
+        const bool in_range = (nm == 0 || (marked[0] >= 0 && marked[nm - 1] < kTop)) &&
+                              (rec.n == 0 || (rec.idx[0] >= 0 && rec.idx[rec.n - 1] < kTop));
+        if (in_range && gtopk::g_merge_simd.load(std::memory_order_relaxed) && gtopk::avx512::supported()) {
+          missing |= !gtopk::avx512::add_record_errors(marked.data(), nm, rec.idx, rec.err, rec.n, r);
+          continue;
+        }
+      }
+#endif
       size_t j = 0, at = 0;
       bool lost = false;  // a marked index the record has no error for
       T dummy;
@@ -504,7 +516,8 @@ PYBIND11_MODULE(_C, mod) {
         return was;
       },
       py::arg("enable") = py::none(),
-      "Whether float32 / int32 merges take the AVX-512 form on this CPU; with `enable`, turn it on or off\n"
+      "Whether float32 / int32 merges and settle's record lookups take the AVX-512 form on this CPU; with\n"
+      "`enable`, turn it on or off "
       "(tests check both forms on one machine). Returns the state before the call.");
   mod.def("encode_entries", &encode_entries, py::arg("indices"), py::arg("values"), py::arg("value_code"),
           py::arg("pack") = -1, py::arg("rounded") = false,

@@ -95,6 +95,7 @@ class Row:
     nic_kb: float = float("nan")     # --nic: bytes out of the host's port per call, measured (max over hosts)
     skew_ms: float = 0.0             # --align: waiting for slower ranks (not in median_ms)
     model_ms: float = float("nan")   # alpha-beta prediction (with --model-fit)
+    wire_ms: float = float("nan")    # --model-fit, flat gtopk: log2(P) alpha + bytes sent x beta
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -273,7 +274,7 @@ def format_table(rows: list[Row]) -> str:
     if with_skew:
         head += f" {'skew':>7}"
     if with_model:
-        head += f" {'model ms':>9}"
+        head += f" {'model ms':>9} {'rest/wire':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{dense.median_ms / r.median_ms:8.1f}x" if dense and r.median_ms > 0 else f"{'':>9}"
@@ -282,8 +283,17 @@ def format_table(rows: list[Row]) -> str:
                      f"{r.bytes_sent / 1e3:10.1f} {r.bytes_received / 1e3:10.1f} {r.messages:5d} "
                      f"{r.bytes_per_entry:8.2f} {ratio}"
                      + (f" {r.port_kb:8.1f}" if with_port else "") + (f" {r.nic_kb:8.1f}" if with_nic else "")
-                     + (f" {r.skew_ms:7.2f}" if with_skew else "") + (f" {r.model_ms:9.2f}" if with_model else ""))
+                     + (f" {r.skew_ms:7.2f}" if with_skew else "")
+                     + (f" {r.model_ms:9.2f} {rest_over_wire(r)}" if with_model else ""))
     return "\n".join(lines)
+
+
+def rest_over_wire(r: Row) -> str:
+    """A flat gtopk row's rest (the call minus selection) over the butterfly's wire bound on the
+    fitted network, log2(P) x alpha + the bytes it sent x beta: 1.0x is the wire alone."""
+    if not np.isfinite(r.wire_ms) or r.wire_ms <= 0:
+        return f"{'':>9}"
+    return f"{r.rest_ms / r.wire_ms:8.2f}x"
 
 
 def _local_costs(rows: list[Row], r: Row, common_selection: bool) -> tuple[float, float]:
@@ -307,6 +317,8 @@ def model_rows(rows: list[Row], net: costmodel.Network) -> None:
     """Fill each row's model_ms with the cost model's total for this run's P and its own selection."""
     for r in rows:
         r.model_ms = _model(r, net, r.ranks, *_local_costs(rows, r, common_selection=False))
+        if r.algorithm == "gtopk" and r.schedule == "flat":  # (an --align agreement pass is not timed)
+            r.wire_ms = 1e3 * (costmodel.log2p(r.ranks) * net.alpha + r.bytes_sent * net.beta)
 
 
 def label(r: Row) -> str:

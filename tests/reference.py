@@ -61,6 +61,21 @@ def merged_tags(ia, ta, ib, tb, kept) -> np.ndarray:
     return np.array([tags[int(i)] for i in kept], np.uint32)
 
 
+def settle(residual, idx, tags, own_bit: int, records) -> np.ndarray:
+    """_C.settle's model, in place: the residual is 0 (+0.0) where the result carries this
+    rank's own entry, then each record's errors are added, in order, at the entries holding
+    its bit. Returns the carried indices."""
+    mine = (tags & own_bit) != 0
+    residual[idx[mine]] = 0
+    for bit, rec_idx, err in records:
+        for i in idx[(tags & bit) != 0]:
+            at = int(np.searchsorted(rec_idx, i))
+            if at == len(rec_idx) or rec_idx[at] != i:
+                raise ValueError("settle: a tagged entry has no error record")
+            residual[i] = residual[i] + err[at]
+    return idx[mine]
+
+
 # ---- wire codecs (gtopk_mpi/wire.py, csrc/codec.h) ---------------------------------------
 
 

@@ -26,8 +26,9 @@ def implementations(cpu, emulated_gpu) -> list:
 
 
 def scalar_form(fn):
-    """fn with the AVX-512 merge (float32 / int32 on CPUs that have it) turned off: the scalar
-    form every other CPU and dtype runs, checked on the same machine."""
+    """fn with the AVX-512 kernels (merge and settle's record lookup, float32 / int32 on CPUs
+    that have them) turned off: the scalar form every other CPU and dtype runs, checked on the
+    same machine."""
     def run(*args):
         was = _C.merge_simd(False)
         try:
@@ -228,6 +229,38 @@ def test_merge_stays_exact_when_the_sample_misleads(merge):
         got = merge(*a, *b, k)
         want = ref.merge(a, b, k, np.float32)
         assert np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
+
+
+SETTLE_FORMS = [pytest.param(_C.settle, id="as_built"), pytest.param(scalar_form(_C.settle), id="scalar")]
+
+
+@pytest.mark.parametrize("settle", SETTLE_FORMS)
+@pytest.mark.parametrize("m,n", [(50, 7), (100_000, 25_000)])
+def test_settle_against_reference(settle, m, n):
+    """Error feedback after an exchange: own entries cleared, then two records' rounding
+    errors added in order where their bits are set; a marked index missing from a record is
+    an error (either form: the AVX-512 lookup where the CPU has it, and the scalar walk)."""
+    rng = np.random.default_rng(m)
+    own_bit, bits = 1, (16, 32)
+    idx = np.sort(rng.choice(m, n, replace=False)).astype(np.int32)
+    tags = (rng.integers(0, 2, n) * own_bit).astype(np.uint32)
+    records = []
+    for bit in bits:
+        marked = rng.random(n) < 0.5
+        tags[marked] |= bit
+        extra = rng.choice(np.setdiff1d(np.arange(m), idx[marked]), n // 3, replace=False)
+        rec_idx = np.union1d(idx[marked], extra).astype(np.int32)
+        records.append((bit, rec_idx, rng.standard_normal(len(rec_idx)).astype(np.float32)))
+    residual = rng.standard_normal(m).astype(np.float32)
+    want = residual.copy()
+    want_carried = ref.settle(want, idx, tags, own_bit, records)
+    got = residual.copy()
+    carried = settle(got, idx, tags, own_bit, records)
+    assert np.array_equal(carried, want_carried) and ref.same_bits(got, want)
+    bit, rec_idx, err = records[1]
+    gap = rec_idx != idx[(tags & bit) != 0][n // 4]  # one marked index dropped from the record
+    with pytest.raises(ValueError, match="no error record"):
+        settle(residual.copy(), idx, tags, own_bit, [records[0], (bit, rec_idx[gap], err[gap])])
 
 
 def test_merge_forms_agree_at_the_edges_of_the_index_range():
