@@ -161,9 +161,9 @@ KthKey<key_of<T>> kth_key_of_union(const T* uv, size_t n, size_t k, std::vector<
     const size_t r_hi = r > margin ? static_cast<size_t>(r - margin) : 0;
     const size_t r_lo = std::min(kSample - 1, static_cast<size_t>(r + margin));
     std::nth_element(sample, sample + r_hi, sample + kSample, std::greater<U>());
-    const U hi = sample[r_hi];
+    const U hi = r > margin ? sample[r_hi] : static_cast<U>(~U{0});  // a rank past the sample's top: no upper bound
     std::nth_element(sample + r_hi, sample + r_lo, sample + kSample, std::greater<U>());
-    const U lo = sample[r_lo];
+    const U lo = r + margin < static_cast<double>(kSample - 1) ? sample[r_lo] : U{0};
     size_t above = 0, c = 0;
     for (size_t j = 0; j < n; ++j) {  // branch-free: keys inside [lo, hi] to the candidates
       const U key = mag_key<T>(uv[j]);
