@@ -65,6 +65,20 @@ py::array own(std::vector<T>&& v) {
 
 bool fits_int32(size_t m) { return m <= static_cast<size_t>(std::numeric_limits<int32_t>::max()); }
 
+// f(T{}, I{}) for the value type dt (float16/32/64) and the index type (int32 when i32, else
+// int64): the one place the kernels' type pairs are spelled out.
+template <class F>
+auto with_types(DType dt, bool i32, F&& f) {
+  const auto with_index = [&](auto value) { return i32 ? f(value, int32_t{}) : f(value, int64_t{}); };
+  switch (dt) {
+    case DType::kFloat16: return with_index(half_t{});
+    case DType::kFloat32: return with_index(float{});
+    case DType::kFloat64: return with_index(double{});
+    default: break;
+  }
+  throw py::value_error("unreachable dtype");
+}
+
 template <class T, class I, bool kFused>
 py::tuple select_typed(const py::array& x, py::array* r, size_t k, int threads) {
   const size_t m = static_cast<size_t>(x.size());
@@ -86,17 +100,9 @@ py::tuple select_dispatch(const py::array& x, py::array* r, int64_t k, int threa
   if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
   const DType dt = value_dtype(x, "x");
   const bool i32 = fits_int32(static_cast<size_t>(x.size()));
-#define GTOPK_CASE(T)                                                                    \
-  return i32 ? select_typed<T, int32_t, kFused>(x, r, static_cast<size_t>(k), threads) \
-             : select_typed<T, int64_t, kFused>(x, r, static_cast<size_t>(k), threads)
-  switch (dt) {
-    case DType::kFloat16: GTOPK_CASE(half_t);
-    case DType::kFloat32: GTOPK_CASE(float);
-    case DType::kFloat64: GTOPK_CASE(double);
-    default: break;
-  }
-#undef GTOPK_CASE
-  throw py::value_error("unreachable dtype");
+  return with_types(dt, i32, [&](auto t, auto i) {
+    return select_typed<decltype(t), decltype(i), kFused>(x, r, static_cast<size_t>(k), threads);
+  });
 }
 
 py::tuple select_topk(const py::array& x, int64_t k, int threads) { return select_dispatch<false>(x, nullptr, k, threads); }
@@ -156,16 +162,9 @@ py::tuple merge_topk(const py::array& ia, const py::array& va, const py::array& 
     throw py::value_error("indices must both be int32 or both int64");
   const bool i32 = inum == kNpyInt32;
   const size_t kk = static_cast<size_t>(k);
-#define GTOPK_CASE(T) \
-  return i32 ? merge_typed<T, int32_t>(ia, va, ta, ib, vb, tb, kk) : merge_typed<T, int64_t>(ia, va, ta, ib, vb, tb, kk)
-  switch (value_dtype(va, "val_a")) {
-    case DType::kFloat16: GTOPK_CASE(half_t);
-    case DType::kFloat32: GTOPK_CASE(float);
-    case DType::kFloat64: GTOPK_CASE(double);
-    default: break;
-  }
-#undef GTOPK_CASE
-  throw py::value_error("unreachable dtype");
+  return with_types(value_dtype(va, "val_a"), i32, [&](auto t, auto i) {
+    return merge_typed<decltype(t), decltype(i)>(ia, va, ta, ib, vb, tb, kk);
+  });
 }
 
 // ---- wire codecs (codec.h) ----------------------------------------------------------------
@@ -369,17 +368,9 @@ py::array settle(py::array residual, const py::array& idx, const py::array& tags
     throw py::value_error("tags must be uint32, one per entry");
   const bool i32 = idx.dtype().num() == kNpyInt32;
   if (!i32 && idx.dtype().num() != kNpyInt64) throw py::value_error("indices must be int32 or int64");
-#define GTOPK_CASE(T) \
-  return i32 ? settle_typed<T, int32_t>(residual, idx, tags, own_bit, errors) \
-             : settle_typed<T, int64_t>(residual, idx, tags, own_bit, errors)
-  switch (value_dtype(residual, "residual")) {
-    case DType::kFloat16: GTOPK_CASE(half_t);
-    case DType::kFloat32: GTOPK_CASE(float);
-    case DType::kFloat64: GTOPK_CASE(double);
-    default: break;
-  }
-#undef GTOPK_CASE
-  throw py::value_error("unreachable dtype");
+  return with_types(value_dtype(residual, "residual"), i32, [&](auto t, auto i) {
+    return settle_typed<decltype(t), decltype(i)>(residual, idx, tags, own_bit, errors);
+  });
 }
 
 py::array adopt_tags(const py::array& mine, const py::array& tags, const py::array& kept, const py::array& flags) {
