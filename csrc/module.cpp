@@ -487,18 +487,22 @@ PYBIND11_MODULE(_C, mod) {
           "Union of two index-ascending sparse sets, values summed at equal indices (uint32 tags OR-ed), then\n"
           "top-k by |value|. Returns (indices, values), or (indices, values, tags) when tags are given.");
   mod.def(
-      "malloc_top_pad",
-      [](int64_t bytes) {
+      "malloc_keep",
+      [](int64_t mmap_threshold, int64_t trim_threshold) {
 #if defined(__GLIBC__)
-        return bytes >= 0 && bytes <= std::numeric_limits<int>::max() && mallopt(M_TOP_PAD, static_cast<int>(bytes)) == 1;
+        const int64_t top = std::numeric_limits<int>::max();
+        if (mmap_threshold < 0 || mmap_threshold > top || trim_threshold < 0 || trim_threshold > top) return false;
+        return mallopt(M_MMAP_THRESHOLD, static_cast<int>(mmap_threshold)) == 1 &&
+               mallopt(M_TRIM_THRESHOLD, static_cast<int>(trim_threshold)) == 1;
 #else
-        (void)bytes;
+        (void)mmap_threshold, (void)trim_threshold;
         return false;
 #endif
       },
-      py::arg("bytes"),
-      "glibc's M_TOP_PAD: heap growth and the free memory kept at its top (so that per-call buffers\n"
-      "reuse mapped pages instead of faulting fresh ones in). False where not glibc.");
+      py::arg("mmap_threshold"), py::arg("trim_threshold"),
+      "glibc's M_MMAP_THRESHOLD (blocks from this size up get pages of their own, unmapped when freed)\n"
+      "and M_TRIM_THRESHOLD (free memory at the heap's top beyond this goes back to the kernel), in bytes.\n"
+      "False where not glibc.");
   mod.def(
       "merge_simd",
       [](const py::object& enable) {

@@ -87,10 +87,11 @@ RANKS_PER_HOST = Knob("GTOPK_RANKS_PER_HOST", "int", 0,
                       "ranks share memory")
 YIELD = Knob("GTOPK_YIELD", "bool", True,
              "1: yield the core while waiting for a partner (oversubscribed machines); 0: block in MPI")
-MALLOC_TOP_PAD = Knob("GTOPK_MALLOC_TOP_PAD", "int", 16 << 20,
-                      "bytes glibc's malloc keeps free at the heap's top (M_TOP_PAD), so the collectives' per-call "
-                      "buffers reuse mapped pages instead of faulting in new ones; 0 (or MALLOC_TOP_PAD_ set): leave "
-                      "malloc as it is")
+MALLOC_TUNE = Knob("GTOPK_MALLOC_TUNE", "bool", True,
+                   "1: set glibc's mmap threshold to 32 MiB and trim threshold to 64 MiB (where its own adjustment "
+                   "tops out), so the collectives' per-call buffers reuse mapped pages instead of faulting new ones "
+                   "in on every call; 0, or any MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ / MALLOC_TOP_PAD_ "
+                   "set: leave malloc as it is")
 CUDA_AWARE = Knob("GTOPK_MPI_CUDA_AWARE", "bool", False,
                   "1: the collectives on CUDA tensors keep sets and messages in device memory and hand device "
                   "buffers to a CUDA-aware MPI (merges on the GPU); 0: stage the k pairs through pinned host memory")

@@ -39,31 +39,33 @@ def test_init_with_a_list_of_world_ranks():
 
 
 def test_steady_calls_fault_in_no_new_pages():
-    """GTOPK_MALLOC_TOP_PAD (runtime._keep_heap_pages): once warm, the 100 KB-scale buffers of
-    a call reuse mapped pages; with the knob at 0, glibc's trimming of the heap's top makes
-    a fresh process fault pages in on every call (the contrast shows what the check sees)."""
+    """GTOPK_MALLOC_TUNE (runtime._keep_heap_pages): once warm, the buffers a call allocates
+    and frees reuse mapped pages; with the knob at 0, glibc's own thresholds make a fresh
+    process fault pages in on every call (the contrast shows what the check sees)."""
     code = ("import resource, numpy as np, gtopk_mpi as g\n"
+            "from mpi4py import MPI\n"
             "g.init()\n"
             "m, k = 102_232, 25_558\n"
             "x = np.random.default_rng(g.rank()).standard_normal(m, dtype=np.float32)\n"
             "r = np.zeros(m, np.float32)\n"
             "def faults():\n"
             "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-            "for _ in range(10): g.gtopk_allreduce(x, k=k, residual=r, wire='bf16')\n"
-            "f0 = faults()\n"
-            "for _ in range(30): g.gtopk_allreduce(x, k=k, residual=r, wire='bf16')\n"
+            "for i in range(40):\n"
+            "    if i == 10: f0 = faults()\n"
+            "    MPI.COMM_WORLD.Barrier()\n"
+            "    g.gtopk_allreduce(x, k=k, residual=r, wire='bf16')\n"
             "print(f'FAULTS {(faults() - f0) / 30}\\n', end='')\n"
             "g.shutdown()\n")
 
-    def per_call(pad: str) -> float:
-        proc = run(2, ["-c", code], timeout=60, env={"GTOPK_MALLOC_TOP_PAD": pad})
+    def per_call(tune: str) -> float:
+        proc = run(2, ["-c", code], timeout=60, env={"GTOPK_MALLOC_TUNE": tune})
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return max(float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("FAULTS"))
 
     untuned = per_call("0")
     if untuned < 5:
-        pytest.skip(f"this malloc does not trim between calls ({untuned:.1f} faults per call without the knob)")
-    assert per_call("") < 5, "pages faulted in on every call with GTOPK_MALLOC_TOP_PAD at its default"
+        pytest.skip(f"this malloc does not give pages back between calls ({untuned:.1f} faults per call untuned)")
+    assert per_call("1") < 5, "pages faulted in on every call with GTOPK_MALLOC_TUNE=1"
 
 
 @pytest.mark.parametrize("layout", [(4, 2), (5, 2), (6, 2), (6, 3), (8, 4)], ids=lambda t: f"P{t[0]}L{t[1]}")
