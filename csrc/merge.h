@@ -8,8 +8,8 @@
 // give bit-identical indices and values.
 //
 // On the critical path of every round. float32 / int32 merges take the AVX-512 form
-// (merge_avx512.h: a bitonic merge network, 16 entries a step) on CPUs that have it; the
-// scalar form here, for every other case, in three passes over memory that stays in cache: (1) the union, branch-free, as four independent merges of disjoint index ranges
+// (merge_avx512.h: a bitonic merge network, 16 entries a step) or the AVX2 one
+// (merge_avx2.h, 8 a step) on CPUs that have them; the scalar form here, for every other case, in three passes over memory that stays in cache: (1) the union, branch-free, as four independent merges of disjoint index ranges
 // interleaved (their dependency chains overlap in the core), then closed up; (2) the k-th
 // key: a threshold bracket from 1024 sampled keys, then an exact radix select over the
 // keys inside the bracket only (over every key when the sample misleads); (3) one
@@ -28,23 +28,29 @@
 #include <type_traits>
 #include <vector>
 
+#include "merge_avx2.h"
 #include "merge_avx512.h"
 #include "numeric.h"
 #include "radix.h"
 
 namespace gtopk {
 
-// Whether float32 / int32 merges (and settle's record lookups) may take the AVX-512 form
-// (merge_avx512.h) where the CPU has it; tests turn it off to check the scalar form on the
-// same machine.
-inline std::atomic<bool> g_merge_simd{true};
+// Which form float32 / int32 merges (and settle's record lookups) take: the widest the CPU has
+// (merge_avx512.h, merge_avx2.h), up to a cap that tests lower to check every form on one
+// machine (_C.merge_form).
+enum class MergeForm : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+inline std::atomic<int> g_merge_form_cap{static_cast<int>(MergeForm::kAvx512)};
 
-inline bool merge_simd_available() {
+inline MergeForm merge_form() {
+  const int cap = g_merge_form_cap.load(std::memory_order_relaxed);
 #ifdef GTOPK_HAVE_AVX512_MERGE
-  return avx512::supported();
-#else
-  return false;
+  if (cap >= static_cast<int>(MergeForm::kAvx512) && avx512::supported()) return MergeForm::kAvx512;
 #endif
+#ifdef GTOPK_HAVE_AVX2_MERGE
+  if (cap >= static_cast<int>(MergeForm::kAvx2) && avx2::supported()) return MergeForm::kAvx2;
+#endif
+  (void)cap;
+  return MergeForm::kScalar;
 }
 
 template <class I>
@@ -199,9 +205,13 @@ size_t merge_topk(const I* ia, const T* va, const uint32_t* ta, size_t na, const
   if constexpr (std::is_same_v<T, float> && std::is_same_v<I, int32_t>) {
     constexpr I kTop = std::numeric_limits<I>::max();  // keys (index << 1 | side) must stay below 2^32 - 2
     const bool in_range = (na == 0 || (ia[0] >= 0 && ia[na - 1] < kTop)) && (nb == 0 || (ib[0] >= 0 && ib[nb - 1] < kTop));
-    if (in_range && g_merge_simd.load(std::memory_order_relaxed) && avx512::supported())
+    const MergeForm form = in_range ? merge_form() : MergeForm::kScalar;
+    if (form == MergeForm::kAvx512)
       return tagged ? avx512::merge_topk<true>(ia, va, pta, na, ib, vb, ptb, nb, k, out_idx, out_val, out_tag)
                     : avx512::merge_topk<false>(ia, va, nullptr, na, ib, vb, nullptr, nb, k, out_idx, out_val, nullptr);
+    if (form == MergeForm::kAvx2)
+      return tagged ? avx2::merge_topk<true>(ia, va, pta, na, ib, vb, ptb, nb, k, out_idx, out_val, out_tag)
+                    : avx2::merge_topk<false>(ia, va, nullptr, na, ib, vb, nullptr, nb, k, out_idx, out_val, nullptr);
   }
 #endif
   thread_local MergeScratch<T, I> s;

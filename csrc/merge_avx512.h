@@ -114,8 +114,9 @@ GTOPK_AVX512 inline void merge_order(const int32_t* ia, size_t na, const int32_t
 // real keys): the union to slots 0 .. n of (ui, uv, ut); returns how many indices a and b share
 // (holes).
 template <bool kTags>
-GTOPK_AVX512 size_t build_union(const uint32_t* order, size_t n, const float* va, const float* vb,
+GTOPK_AVX512 size_t build_union(const uint32_t* order, size_t na, size_t nb, const float* va, const float* vb,
                                 const uint32_t* ta, const uint32_t* tb, int32_t* ui, float* uv, uint32_t* ut) {
+  const size_t n = na + nb;
   const __m512i one = _mm512_set1_epi32(1), none = _mm512_set1_epi32(-1);
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
   const __m512i quiet_nan = _mm512_set1_epi32(0x7fc00000);
@@ -234,39 +235,63 @@ struct Scratch {
   std::vector<uint32_t> tag;
 };
 
-// merge_topk's contract (merge.h) for float32 / int32 inputs with indices in [0, 2^31 - 1);
-// ta, tb non-null when out_tag is.
+// The kernels of one form (this file's, 16 lanes; merge_avx2.h's, 8) for merge_with.
 template <bool kTags>
-GTOPK_AVX512 size_t merge_topk(const int32_t* ia, const float* va, const uint32_t* ta, size_t na, const int32_t* ib,
-                               const float* vb, const uint32_t* tb, size_t nb, size_t k, int32_t* out_idx,
-                               float* out_val, uint32_t* out_tag) {
+struct Kernels {
+  size_t lanes;
+  void (*merge_order)(const int32_t*, size_t, const int32_t*, size_t, uint32_t*);
+  size_t (*build_union)(const uint32_t*, size_t, size_t, const float*, const float*, const uint32_t*, const uint32_t*,
+                        int32_t*, float*, uint32_t*);
+  Candidates (*candidates)(const int32_t*, const float*, size_t, uint32_t, uint32_t, uint32_t*);
+  size_t (*write_top)(const int32_t*, const float*, const uint32_t*, size_t, KthKey<uint32_t>, size_t, int32_t*,
+                      float*, uint32_t*);
+};
+
+// merge_topk's contract (merge.h) for float32 / int32 inputs with indices in [0, 2^31 - 1);
+// ta, tb non-null when out_tag is: the passes in order, with one form's kernels. The scratch
+// has a vector's worth of slack past the union (whole-vector loads and stores where a masked
+// one is slow).
+template <bool kTags>
+size_t merge_with(const Kernels<kTags>& f, const int32_t* ia, const float* va, const uint32_t* ta, size_t na,
+                  const int32_t* ib, const float* vb, const uint32_t* tb, size_t nb, size_t k, int32_t* out_idx,
+                  float* out_val, uint32_t* out_tag) {
   thread_local Scratch s;
-  const size_t n = na + nb;
-  const size_t padded = 16 * ((na + 15) / 16 + (nb + 15) / 16);
-  s.order.resize(padded + 32);
-  s.order[0] = kSentinel;  // order[-1] for the values pass
+  const size_t n = na + nb, lanes = f.lanes;
+  const size_t padded = lanes * ((na + lanes - 1) / lanes + (nb + lanes - 1) / lanes);
+  s.order.resize(padded + 2 * lanes);
+  s.order[0] = kSentinel;  // order[-1] for the union pass
   std::fill(s.order.begin() + 1 + static_cast<std::ptrdiff_t>(padded), s.order.end(), kSentinel);
-  merge_order(ia, na, ib, nb, s.order.data() + 1);
-  s.idx.resize(n);
-  s.val.resize(n);
-  s.tag.resize(kTags ? n : 0);
-  s.cand.resize(n);
-  const size_t real = n - build_union<kTags>(s.order.data() + 1, n, va, vb, ta, tb, s.idx.data(), s.val.data(),
-                                              s.tag.data());
+  f.merge_order(ia, na, ib, nb, s.order.data() + 1);
+  s.idx.resize(n + lanes);
+  s.val.resize(n + lanes);
+  s.tag.resize(kTags ? n + lanes : 0);
+  s.cand.resize(n + lanes);
+  const size_t real =
+      n - f.build_union(s.order.data() + 1, na, nb, va, vb, ta, tb, s.idx.data(), s.val.data(), s.tag.data());
   KthKey<uint32_t> kth{0, UINT64_MAX};  // k >= |union|: every entry
   if (k < real) {
     constexpr size_t kSampled = 8 * 1024;  // shorter unions rank every key
     const auto br = real >= kSampled ? bracket(s.idx.data(), s.val.data(), n, real, k)
                                      : std::pair<uint32_t, uint32_t>{0, kSentinel};
-    Candidates c = candidates(s.idx.data(), s.val.data(), n, br.first, br.second, s.cand.data());
+    Candidates c = f.candidates(s.idx.data(), s.val.data(), n, br.first, br.second, s.cand.data());
     if (c.above >= k || c.above + c.count < k)  // the sample misled: rank every key
-      c = candidates(s.idx.data(), s.val.data(), n, 0, kSentinel, s.cand.data());
+      c = f.candidates(s.idx.data(), s.val.data(), n, 0, kSentinel, s.cand.data());
     kth = kth_largest_key<float>(s.cand.data(), c.count, k - c.above);
   }
   const size_t cap = std::min(k, real);
-  const size_t w = write_top<kTags>(s.idx.data(), s.val.data(), s.tag.data(), n, kth, cap, out_idx, out_val, out_tag);
+  const size_t w = f.write_top(s.idx.data(), s.val.data(), s.tag.data(), n, kth, cap, out_idx, out_val, out_tag);
   if (w != cap) throw std::logic_error("gtopk: merge produced a wrong count");
   return w;
+}
+
+template <bool kTags>
+inline constexpr Kernels<kTags> kKernels{16, &merge_order, &build_union<kTags>, &candidates, &write_top<kTags>};
+
+template <bool kTags>
+size_t merge_topk(const int32_t* ia, const float* va, const uint32_t* ta, size_t na, const int32_t* ib,
+                  const float* vb, const uint32_t* tb, size_t nb, size_t k, int32_t* out_idx, float* out_val,
+                  uint32_t* out_tag) {
+  return merge_with<kTags>(kKernels<kTags>, ia, va, ta, na, ib, vb, tb, nb, k, out_idx, out_val, out_tag);
 }
 
 // Error feedback's record lookup (module.cpp's settle): r[i] += err[j] for every index i of

@@ -7,6 +7,7 @@
 #include <malloc.h>
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -334,7 +335,7 @@ py::array settle_typed(py::array& residual, const py::array& idx, const py::arra
         constexpr I kTop = std::numeric_limits<I>::max();
         const bool in_range = (nm == 0 || (marked[0] >= 0 && marked[nm - 1] < kTop)) &&
                               (rec.n == 0 || (rec.idx[0] >= 0 && rec.idx[rec.n - 1] < kTop));
-        if (in_range && gtopk::g_merge_simd.load(std::memory_order_relaxed) && gtopk::avx512::supported()) {
+        if (in_range && gtopk::merge_form() == gtopk::MergeForm::kAvx512) {
           missing |= !gtopk::avx512::add_record_errors(marked.data(), nm, rec.idx, rec.err, rec.n, r);
           continue;
         }
@@ -504,16 +505,22 @@ PYBIND11_MODULE(_C, mod) {
       "and M_TRIM_THRESHOLD (free memory at the heap's top beyond this goes back to the kernel), in bytes.\n"
       "False where not glibc.");
   mod.def(
-      "merge_simd",
-      [](const py::object& enable) {
-        const bool was = gtopk::g_merge_simd.load() && gtopk::merge_simd_available();
-        if (!enable.is_none()) gtopk::g_merge_simd.store(py::cast<bool>(enable));
+      "merge_form",
+      [](const py::object& cap) {
+        static const char* const names[] = {"scalar", "avx2", "avx512"};
+        const std::string was = names[static_cast<int>(gtopk::merge_form())];
+        if (!cap.is_none()) {
+          const std::string want = py::cast<std::string>(cap);
+          const auto* at = std::find(std::begin(names), std::end(names), want);
+          if (at == std::end(names)) throw py::value_error("merge_form: expected scalar, avx2 or avx512, got " + want);
+          gtopk::g_merge_form_cap.store(static_cast<int>(at - std::begin(names)));
+        }
         return was;
       },
-      py::arg("enable") = py::none(),
-      "Whether float32 / int32 merges and settle's record lookups take the AVX-512 form on this CPU; with\n"
-      "`enable`, turn it on or off "
-      "(tests check both forms on one machine). Returns the state before the call.");
+      py::arg("cap") = py::none(),
+      "The form float32 / int32 merges (and settle's record lookups) take on this CPU: avx512, avx2 or\n"
+      "scalar; with `cap`, the widest allowed from now on (tests check every form on one machine).\n"
+      "Returns the form in effect before the call.");
   mod.def("encode_entries", &encode_entries, py::arg("indices"), py::arg("values"), py::arg("value_code"),
           py::arg("pack") = -1, py::arg("rounded") = false,
           "Wire payload of a sparse set: indices raw or as packed gaps (pack: 1, 0, -1 = whichever is smaller),\n"

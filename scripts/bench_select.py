@@ -6,8 +6,8 @@ Default: ResNet-50's gradient (25,557,032 float32, standard normal), rho = 0.001
 Prints medians over repeats and the ratios the project targets:
   select_topk (1 thread) vs np.argpartition(|x|), torch.topk(|x|, k) and one np.abs(x, out=buf) pass;
   the fused error-feedback selection vs plain selection; the 2-thread (OpenMP) figure;
-  the butterfly round's local work on two k-sets: the merge with survivor tags (and its scalar
-  form, where the CPU has the AVX-512 one) vs np.partition of their 2k magnitudes, and encoding +
+  the butterfly round's local work on two k-sets: the merge with survivor tags (and its AVX2 and
+  scalar forms, what CPUs without AVX-512 run) vs np.partition of their 2k magnitudes, and encoding +
   decoding one message (bf16 values, packed indices) vs the time that message takes on 1 Gbit/s
   Ethernet (119 MB/s).
 """
@@ -66,9 +66,12 @@ def main() -> None:
     rows["merge_topk of two k-sets"] = timed(lambda: merge_topk(*a, *b, k), 50)
     tags = np.ones(k, np.uint32)
     rows["merge with survivor tags (a round's merge)"] = timed(lambda: _C.merge_topk(*a, *b, k, tags, None), 50)
-    simd = _C.merge_simd(False)  # the scalar form, what CPUs without AVX-512 run
+    form = _C.merge_form("avx2")  # the forms CPUs without AVX-512 run
+    if _C.merge_form("avx2") == "avx2":
+        rows["  the same, AVX2 form"] = timed(lambda: _C.merge_topk(*a, *b, k, tags, None), 50)
+    _C.merge_form("scalar")
     rows["  the same, scalar form"] = timed(lambda: _C.merge_topk(*a, *b, k, tags, None), 50)
-    _C.merge_simd(simd)
+    _C.merge_form(form)
     mags = np.abs(np.concatenate([a[1], b[1]]))
     rows["np.partition of the 2k magnitudes"] = timed(lambda: np.partition(mags, len(mags) - k), 50)
     payload, index_bytes, scale, packed, _, _ = _C.encode_entries(*a, 1, -1, True)
@@ -91,8 +94,11 @@ def main() -> None:
     print(f"  1 thread / 2 threads                {sel / rows['select_topk, 2 threads']:7.2f}x")
     merge = rows["merge with survivor tags (a round's merge)"]
     print(f"  merge with tags / np.partition      {merge / rows['np.partition of the 2k magnitudes']:7.2f}x   "
-          f"(target <= 2x; {merge:.3f} ms, target <= 0.2 ms; AVX-512 form: {'yes' if simd else 'no'})")
-    print(f"  scalar form / merge as run          {rows['  the same, scalar form'] / merge:7.2f}x")
+          f"(target <= 2x; {merge:.3f} ms, target <= 0.2 ms; {form} form)")
+    for other in ("AVX2", "scalar"):
+        if f"  the same, {other} form" in rows:
+            label = f"{other} form / merge as run"
+            print(f"  {label:<35}{rows[f'  the same, {other} form'] / merge:7.2f}x")
     codec = rows["encode one message (bf16, packed)"] + rows["decode one message"]
     wire_ms = (payload.nbytes + 56) / 119e6 * 1e3
     print(f"  encode + decode / 1 GbE time        {codec / wire_ms:7.2f}x   ({codec:.3f} ms for "

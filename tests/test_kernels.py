@@ -25,23 +25,24 @@ def implementations(cpu, emulated_gpu) -> list:
             + [pytest.param(emulated_gpu, d, id=f"emulated_gpu-{np.dtype(d).name}") for d in GPU_DTYPES])
 
 
-def scalar_form(fn):
-    """fn with the AVX-512 kernels (merge and settle's record lookup, float32 / int32 on CPUs
-    that have them) turned off: the scalar form every other CPU and dtype runs, checked on the
-    same machine."""
+def capped(fn, form: str):
+    """fn with the merge kernels capped at ``form`` ("avx2" or "scalar"; float32 / int32 merges
+    and settle's record lookups take the widest form the CPU has): the forms CPUs without
+    AVX-512 run, checked on the same machine."""
     def run(*args):
-        was = _C.merge_simd(False)
+        was = _C.merge_form(form)
         try:
             return fn(*args)
         finally:
-            _C.merge_simd(was)
+            _C.merge_form(was)
     return run
 
 
 SELECTS = implementations(select_topk, emu.select_topk)
 MERGES = implementations(merge_topk, emu.merge_topk) + [
-    pytest.param(scalar_form(merge_topk), np.float32, id="cpu_scalar-float32")]
-MERGE_FORMS = [pytest.param(_C.merge_topk, id="as_built"), pytest.param(scalar_form(_C.merge_topk), id="scalar")]
+    pytest.param(capped(merge_topk, f), np.float32, id=f"cpu_{f}-float32") for f in ("avx2", "scalar")]
+MERGE_FORMS = [pytest.param(_C.merge_topk, id="as_built")] + [
+    pytest.param(capped(_C.merge_topk, f), id=f) for f in ("avx2", "scalar")]
 
 
 def check_select(x: np.ndarray, k: int, threads: int = 1, select=None) -> None:
@@ -231,7 +232,7 @@ def test_merge_stays_exact_when_the_sample_misleads(merge):
         assert np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
 
 
-SETTLE_FORMS = [pytest.param(_C.settle, id="as_built"), pytest.param(scalar_form(_C.settle), id="scalar")]
+SETTLE_FORMS = [pytest.param(_C.settle, id="as_built"), pytest.param(capped(_C.settle, "scalar"), id="scalar")]
 
 
 @pytest.mark.parametrize("settle", SETTLE_FORMS)
@@ -271,7 +272,7 @@ def test_merge_forms_agree_at_the_edges_of_the_index_range():
     for high in (top - 1, top):
         a = (np.array([0, 5, top - 3, high], np.int32), rng.standard_normal(4).astype(np.float32))
         b = (np.array([5, top - 2, high], np.int32), rng.standard_normal(3).astype(np.float32))
-        for merge in (_C.merge_topk, scalar_form(_C.merge_topk)):
+        for merge in (_C.merge_topk, capped(_C.merge_topk, "avx2"), capped(_C.merge_topk, "scalar")):
             for k in (1, 3, 6):
                 got, want = merge(*a, *b, k), ref.merge(a, b, k, np.float32)
                 assert np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
