@@ -335,8 +335,13 @@ py::array settle_typed(py::array& residual, const py::array& idx, const py::arra
         constexpr I kTop = std::numeric_limits<I>::max();
         const bool in_range = (nm == 0 || (marked[0] >= 0 && marked[nm - 1] < kTop)) &&
                               (rec.n == 0 || (rec.idx[0] >= 0 && rec.idx[rec.n - 1] < kTop));
-        if (in_range && gtopk::merge_form() == gtopk::MergeForm::kAvx512) {
+        const gtopk::MergeForm form = in_range ? gtopk::merge_form() : gtopk::MergeForm::kScalar;
+        if (form == gtopk::MergeForm::kAvx512) {
           missing |= !gtopk::avx512::add_record_errors(marked.data(), nm, rec.idx, rec.err, rec.n, r);
+          continue;
+        }
+        if (form == gtopk::MergeForm::kAvx2) {
+          missing |= !gtopk::avx2::add_record_errors(marked.data(), nm, rec.idx, rec.err, rec.n, r);
           continue;
         }
       }

@@ -373,7 +373,9 @@ def join_stands_in_with_zeros():
         want[idx] = vals
         assert np.array_equal(got.numpy(), want)
     last = hvd.join()
-    assert last == (0 if P == 1 else P - 1), last
+    # ranks 1 .. P - 1 join after the same allreduce, in one negotiation round (the tie goes to
+    # the higher rank) or in later ones as they happen to arrive: any of them may be last
+    assert last in active, last
     # ops a joined rank cannot stand in for fail on the others with Horovod's text
     if P > 1:
         if RANK == P - 1:

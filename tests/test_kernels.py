@@ -232,7 +232,8 @@ def test_merge_stays_exact_when_the_sample_misleads(merge):
         assert np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
 
 
-SETTLE_FORMS = [pytest.param(_C.settle, id="as_built"), pytest.param(capped(_C.settle, "scalar"), id="scalar")]
+SETTLE_FORMS = [pytest.param(_C.settle, id="as_built")] + [
+    pytest.param(capped(_C.settle, f), id=f) for f in ("avx2", "scalar")]
 
 
 @pytest.mark.parametrize("settle", SETTLE_FORMS)
