@@ -9,8 +9,10 @@
 //
 // On the critical path of every round. float32 / int32 merges take the AVX-512 form
 // (merge_avx512.h: a bitonic merge network, 16 entries a step) or the AVX2 one
-// (merge_avx2.h, 8 a step) on CPUs that have them; the scalar form here, for every other case, in three passes over memory that stays in cache: (1) the union, branch-free, as four independent merges of disjoint index ranges
-// interleaved (their dependency chains overlap in the core), then closed up; (2) the k-th
+// (merge_avx2.h, 8 a step) on CPUs that have them; the scalar form here, for every other
+// case, in three passes over memory that stays in cache: (1) the union, branch-free, as four
+// independent merges of disjoint index ranges interleaved (their dependency chains overlap
+// in the core), then closed up; (2) the k-th
 // key: a threshold bracket from 1024 sampled keys, then an exact radix select over the
 // keys inside the bracket only (over every key when the sample misleads); (3) one
 // branch-free ordered write of the keys above it and the lowest-index ties.
@@ -51,6 +53,14 @@ inline MergeForm merge_form() {
 #endif
   (void)cap;
   return MergeForm::kScalar;
+}
+
+// merge_form() for two ascending int32 index lists, or kScalar when an index falls outside
+// [0, 2^31 - 1) (the SIMD forms' keys are index << 1 | side, below 2^32 - 2).
+inline MergeForm merge_form_for(const int32_t* a, size_t na, const int32_t* b, size_t nb) {
+  constexpr int32_t kTop = std::numeric_limits<int32_t>::max();
+  const bool keyable = (na == 0 || (a[0] >= 0 && a[na - 1] < kTop)) && (nb == 0 || (b[0] >= 0 && b[nb - 1] < kTop));
+  return keyable ? merge_form() : MergeForm::kScalar;
 }
 
 template <class I>
@@ -203,9 +213,7 @@ size_t merge_topk(const I* ia, const T* va, const uint32_t* ta, size_t na, const
   }
 #ifdef GTOPK_HAVE_AVX512_MERGE
   if constexpr (std::is_same_v<T, float> && std::is_same_v<I, int32_t>) {
-    constexpr I kTop = std::numeric_limits<I>::max();  // keys (index << 1 | side) must stay below 2^32 - 2
-    const bool in_range = (na == 0 || (ia[0] >= 0 && ia[na - 1] < kTop)) && (nb == 0 || (ib[0] >= 0 && ib[nb - 1] < kTop));
-    const MergeForm form = in_range ? merge_form() : MergeForm::kScalar;
+    const MergeForm form = merge_form_for(ia, na, ib, nb);
     if (form == MergeForm::kAvx512)
       return tagged ? avx512::merge_topk<true>(ia, va, pta, na, ib, vb, ptb, nb, k, out_idx, out_val, out_tag)
                     : avx512::merge_topk<false>(ia, va, nullptr, na, ib, vb, nullptr, nb, k, out_idx, out_val, nullptr);

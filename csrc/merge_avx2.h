@@ -23,6 +23,7 @@
 
 namespace gtopk::avx2 {
 
+using avx512::head;
 using avx512::kSentinel;
 
 inline bool supported() {
@@ -111,10 +112,6 @@ GTOPK_AVX2 inline __m256i keys8(const int32_t* idx, size_t n, size_t pos, uint32
   const __m256i live = first_n(static_cast<uint32_t>(rem));
   const __m256i key = _mm256_or_si256(_mm256_slli_epi32(_mm256_maskload_epi32(idx + pos, live), 1), side_bit);
   return _mm256_blendv_epi8(_mm256_set1_epi32(-1), key, live);
-}
-
-inline uint32_t head(const int32_t* idx, size_t n, size_t pos, uint32_t side) {
-  return pos < n ? (static_cast<uint32_t>(idx[pos]) << 1) | side : kSentinel;
 }
 
 // merge_avx512.h's merge_order, 8 keys a step: out[0 .. na + nb) ascending, then sentinels up
@@ -250,12 +247,8 @@ size_t merge_topk(const int32_t* ia, const float* va, const uint32_t* ta, size_t
 GTOPK_AVX2 inline bool add_record_errors(const int32_t* marked, size_t nm, const int32_t* rec, const float* err,
                                          size_t nr, float* r) {
   thread_local std::vector<uint32_t> order;
-  const size_t n = nm + nr, padded = 8 * ((nm + 7) / 8 + (nr + 7) / 8);
-  order.resize(padded + 16);
-  order[0] = kSentinel;
-  std::fill(order.begin() + 1 + static_cast<std::ptrdiff_t>(padded), order.end(), kSentinel);
-  merge_order(rec, nr, marked, nm, order.data() + 1);
-  const uint32_t* keys = order.data() + 1;
+  const size_t n = nm + nr;
+  const uint32_t* keys = avx512::merged_order(order, 8, &merge_order, rec, nr, marked, nm);
   const __m256i one = _mm256_set1_epi32(1), iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i previous_lane = _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6);
   int32_t last = -1;  // the position in rec of the last rec key seen (if it was lane 7)

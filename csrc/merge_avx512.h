@@ -82,7 +82,8 @@ GTOPK_AVX512 inline __m512i keys16(const int32_t* idx, size_t n, size_t pos, uin
   return _mm512_mask_mov_epi32(_mm512_set1_epi32(-1), live, key);
 }
 
-GTOPK_AVX512 inline uint32_t head(const int32_t* idx, size_t n, size_t pos, uint32_t side) {
+// The key of idx[pos] (side 0 or 1), kSentinel past n (both forms' merge_order).
+inline uint32_t head(const int32_t* idx, size_t n, size_t pos, uint32_t side) {
   return pos < n ? (static_cast<uint32_t>(idx[pos]) << 1) | side : kSentinel;
 }
 
@@ -235,11 +236,27 @@ struct Scratch {
   std::vector<uint32_t> tag;
 };
 
+using MergeOrderFn = void (*)(const int32_t*, size_t, const int32_t*, size_t, uint32_t*);
+
+// The keys of a (side 0) and b (side 1) in ascending order, by one form's merge_order with
+// `lanes`-wide steps, in `order` (resized): returns a pointer p to the first key; p[-1] and
+// at least 2 * lanes - 1 slots from p[na + nb] on hold kSentinel (no real key) for the
+// passes' whole-vector reads of a key's neighbours.
+inline const uint32_t* merged_order(std::vector<uint32_t>& order, size_t lanes, MergeOrderFn merge_order,
+                                    const int32_t* a, size_t na, const int32_t* b, size_t nb) {
+  const size_t padded = lanes * ((na + lanes - 1) / lanes + (nb + lanes - 1) / lanes);
+  order.resize(padded + 2 * lanes);
+  order[0] = kSentinel;
+  std::fill(order.begin() + 1 + static_cast<std::ptrdiff_t>(padded), order.end(), kSentinel);
+  merge_order(a, na, b, nb, order.data() + 1);
+  return order.data() + 1;
+}
+
 // The kernels of one form (this file's, 16 lanes; merge_avx2.h's, 8) for merge_with.
 template <bool kTags>
 struct Kernels {
   size_t lanes;
-  void (*merge_order)(const int32_t*, size_t, const int32_t*, size_t, uint32_t*);
+  MergeOrderFn merge_order;
   size_t (*build_union)(const uint32_t*, size_t, size_t, const float*, const float*, const uint32_t*, const uint32_t*,
                         int32_t*, float*, uint32_t*);
   Candidates (*candidates)(const int32_t*, const float*, size_t, uint32_t, uint32_t, uint32_t*);
@@ -257,17 +274,13 @@ size_t merge_with(const Kernels<kTags>& f, const int32_t* ia, const float* va, c
                   float* out_val, uint32_t* out_tag) {
   thread_local Scratch s;
   const size_t n = na + nb, lanes = f.lanes;
-  const size_t padded = lanes * ((na + lanes - 1) / lanes + (nb + lanes - 1) / lanes);
-  s.order.resize(padded + 2 * lanes);
-  s.order[0] = kSentinel;  // order[-1] for the union pass
-  std::fill(s.order.begin() + 1 + static_cast<std::ptrdiff_t>(padded), s.order.end(), kSentinel);
-  f.merge_order(ia, na, ib, nb, s.order.data() + 1);
+  const uint32_t* order = merged_order(s.order, lanes, f.merge_order, ia, na, ib, nb);
   s.idx.resize(n + lanes);
   s.val.resize(n + lanes);
   s.tag.resize(kTags ? n + lanes : 0);
   s.cand.resize(n + lanes);
   const size_t real =
-      n - f.build_union(s.order.data() + 1, na, nb, va, vb, ta, tb, s.idx.data(), s.val.data(), s.tag.data());
+      n - f.build_union(order, na, nb, va, vb, ta, tb, s.idx.data(), s.val.data(), s.tag.data());
   KthKey<uint32_t> kth{0, UINT64_MAX};  // k >= |union|: every entry
   if (k < real) {
     constexpr size_t kSampled = 8 * 1024;  // shorter unions rank every key
@@ -302,11 +315,8 @@ size_t merge_topk(const int32_t* ia, const float* va, const uint32_t* ta, size_t
 GTOPK_AVX512 inline bool add_record_errors(const int32_t* marked, size_t nm, const int32_t* rec, const float* err,
                                            size_t nr, float* r) {
   thread_local std::vector<uint32_t> order;
-  const size_t n = nm + nr, padded = 16 * ((nm + 15) / 16 + (nr + 15) / 16);
-  order.resize(padded + 32);
-  order[0] = kSentinel;
-  merge_order(rec, nr, marked, nm, order.data() + 1);
-  const uint32_t* keys = order.data() + 1;
+  const size_t n = nm + nr;
+  const uint32_t* keys = merged_order(order, 16, &merge_order, rec, nr, marked, nm);
   const __m512i one = _mm512_set1_epi32(1);
   const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   __m512i last = _mm512_set1_epi32(-1);  // lane 15: the position in rec of the last rec key seen

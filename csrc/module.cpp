@@ -332,10 +332,7 @@ py::array settle_typed(py::array& residual, const py::array& idx, const py::arra
       }
 #ifdef GTOPK_HAVE_AVX512_MERGE
       if constexpr (std::is_same_v<T, float> && std::is_same_v<I, int32_t>) {
-        constexpr I kTop = std::numeric_limits<I>::max();
-        const bool in_range = (nm == 0 || (marked[0] >= 0 && marked[nm - 1] < kTop)) &&
-                              (rec.n == 0 || (rec.idx[0] >= 0 && rec.idx[rec.n - 1] < kTop));
-        const gtopk::MergeForm form = in_range ? gtopk::merge_form() : gtopk::MergeForm::kScalar;
+        const gtopk::MergeForm form = gtopk::merge_form_for(marked.data(), nm, rec.idx, rec.n);
         if (form == gtopk::MergeForm::kAvx512) {
           missing |= !gtopk::avx512::add_record_errors(marked.data(), nm, rec.idx, rec.err, rec.n, r);
           continue;

@@ -66,8 +66,9 @@ def main() -> None:
     rows["merge_topk of two k-sets"] = timed(lambda: merge_topk(*a, *b, k), 50)
     tags = np.ones(k, np.uint32)
     rows["merge with survivor tags (a round's merge)"] = timed(lambda: _C.merge_topk(*a, *b, k, tags, None), 50)
-    form = _C.merge_form("avx2")  # the forms CPUs without AVX-512 run
-    if _C.merge_form("avx2") == "avx2":
+    form = _C.merge_form()  # the form as run; then the ones CPUs without AVX-512 run
+    _C.merge_form("avx2")
+    if _C.merge_form() == "avx2":
         rows["  the same, AVX2 form"] = timed(lambda: _C.merge_topk(*a, *b, k, tags, None), 50)
     _C.merge_form("scalar")
     rows["  the same, scalar form"] = timed(lambda: _C.merge_topk(*a, *b, k, tags, None), 50)
