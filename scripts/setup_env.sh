@@ -33,6 +33,14 @@ else
     rm -f .venv/.system-mpicc
   fi
 fi
+# Fashion-MNIST (scripts/train.py --data fashion-mnist, scripts/horovod_mnist.sh) from Debian's
+# package where apt is available; without it those runs say what to install, nothing else needs it.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo="sudo -n"
+  { $sudo apt-get install -y -q dataset-fashion-mnist || { $sudo apt-get update -q \
+      && $sudo apt-get install -y -q dataset-fashion-mnist; }; } >/dev/null 2>&1 \
+    || echo "setup_env.sh: could not apt-get install dataset-fashion-mnist (Fashion-MNIST runs need it)" >&2
+fi
 # (Re)build the extension only when a source, setup.py or the CUDA switch changed.
 so=$(ls gtopk_mpi/_C.*.so 2>/dev/null | head -1 || true)
 want="cuda=${GTOPK_MPI_WITH_CUDA:-auto}"

@@ -10,9 +10,12 @@ or mpiexec:
 
     torchrun --standalone --nproc-per-node 2 scripts/train.py --ddp --hook gtopk --density 0.001
 
-Data never comes from the network: ``digits`` is scikit-learn's bundled 8x8 handwritten
-digits (real images; a fixed 80/20 split, each rank trains on its own shard of the
-training set, accuracy on the whole test set); ``synthetic`` is random CIFAR-shaped
+Data never comes from the network: ``fashion-mnist`` is Fashion-MNIST from its IDX files
+(``--data-dir``, by default where Debian's dataset-fashion-mnist puts them; 60,000 training
+images, each rank trains on its own shard, accuracy on the whole 10,000-image test set);
+``digits`` is scikit-learn's bundled 8x8 handwritten digits (real images; a fixed 80/20
+split, each rank trains on its own shard, accuracy on the whole test set: the CI-sized
+smoke); ``synthetic`` is random CIFAR-shaped
 images or token streams (for throughput). Each epoch logs loss, test accuracy,
 samples/s per rank and the time split into compute (forward + backward), compression
 (top-k selection with the residual, merges) and communication (inside MPI), as the
@@ -43,8 +46,11 @@ CSV_FIELDS = ["algo", "values", "wire", "layout", "model", "data", "ranks", "epo
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="mlp", help="mlp, cnn, resnet20, vgg16, lstm-small, lstm")
-    p.add_argument("--data", choices=("digits", "synthetic"), default="digits")
+    p.add_argument("--model", default="mlp", help="digits: mlp, cnn; fashion-mnist: resnet20, vgg16, convnet, "
+                   "hvd-net, mlp; synthetic: resnet20, vgg16, lstm-small, lstm")
+    p.add_argument("--data", choices=("digits", "fashion-mnist", "synthetic"), default="digits")
+    p.add_argument("--data-dir", default=None, help="fashion-mnist: the directory of its four IDX files "
+                   "(default: /usr/share/datasets/fashion-mnist, Debian's dataset-fashion-mnist)")
     p.add_argument("--algo", choices=("dense", "topk", "gtopk"), default="gtopk")
     p.add_argument("--ddp", action="store_true", help="PyTorch DistributedDataParallel with a communication hook "
                    "(--hook) instead of gtopk_mpi.torch's DistributedOptimizer (--algo); launch with torchrun or "
@@ -60,7 +66,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--hierarchical", choices=("auto", "0", "1"), default=None,
                    help="gTop-k's schedule when ranks share hosts (sets GTOPK_HIERARCHICAL; default: auto)")
     p.add_argument("--density", type=float, default=0.001)
-    p.add_argument("--density-warmup", default="", help="comma-separated densities, one per warm-up epoch")
+    p.add_argument("--density-warmup", default=None, help="comma-separated densities, one per warm-up "
+                   "epoch; none: no warm-up (default: the library's, GTOPK_DENSITY_WARMUP for "
+                   "GTOPK_DENSITY_WARMUP_STEPS steps each)")
     p.add_argument("--lr", type=float, default=0.1, help="learning rate (after warm-up)")
     p.add_argument("--lr-warmup-epochs", type=int, default=0, help="ramp the lr from lr/P over this many epochs")
     p.add_argument("--momentum", type=float, default=0.0)
@@ -119,6 +127,21 @@ def digits_data(rank: int, size: int):
     return (x[shard], y[shard]), (x[test], y[test])
 
 
+def fashion_mnist_data(rank: int, size: int, data_dir: str | None):
+    import fashion_mnist  # scripts/fashion_mnist.py
+
+    where = data_dir or fashion_mnist.DEFAULT_DIR
+    try:
+        train_images, train_labels = fashion_mnist.load("train", where)
+        test_images, test_labels = fashion_mnist.load("test", where)
+    except fashion_mnist.DatasetMissing as e:
+        raise SystemExit(f"train.py: {e}") from None
+    order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(1234))
+    shard = order[rank::size].numpy()
+    x_train, y_train = fashion_mnist.normalized(train_images[shard]), torch.from_numpy(train_labels[shard])
+    return (x_train, y_train), (fashion_mnist.normalized(test_images), torch.from_numpy(test_labels))
+
+
 class DdpOptimizer:
     """--ddp: a plain torch optimizer over the DDP model (whose hook reduces the gradients inside
     backward), with DistributedOptimizer's timings(): the gTop-k hook's selection + merges as
@@ -150,7 +173,7 @@ class DdpOptimizer:
         return out
 
 
-def ddp_optimizer(args, model, steps_per_epoch: int, warmup: list[float]):
+def ddp_optimizer(args, model, steps_per_epoch: int, warmup: list[float] | None, warmup_steps: int | None):
     """(the DDP model with args.hook registered, its DdpOptimizer)."""
     import torch.distributed as dist  # noqa: F401
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
@@ -172,13 +195,37 @@ def ddp_optimizer(args, model, steps_per_epoch: int, warmup: list[float]):
         net.register_comm_hook(ps, powerSGD_hook.powerSGD_hook)
     elif args.hook == "gtopk":
         state = ddp.GTopkState(density=args.density, start_iter=start, values=args.values, wire=args.wire,
-                               density_warmup=warmup, warmup_steps=steps_per_epoch,
+                               density_warmup=warmup, warmup_steps=warmup_steps,
                                named_parameters=net.module.named_parameters())
         net.register_comm_hook(state, ddp.gtopk_hook)
     else:
         raise SystemExit(f"--hook {args.hook!r}: choose allreduce, fp16, powersgd:RANK or gtopk")
     base = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
     return net, DdpOptimizer(base, state)
+
+
+def test_accuracy(model: torch.nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, rank: int, size: int,
+                  sum_over_ranks, average_buffers: bool, batch: int = 1000) -> float:
+    """Accuracy on the whole test set: each rank evaluates its slice (eval mode, batches of
+    ``batch``) and the correct counts are summed. ``average_buffers``: first average the
+    floating-point buffers (batch norm's running statistics, which each rank's forward passes
+    update on its own data) over the ranks, so every rank evaluates the same model; DDP
+    broadcasts rank 0's buffers every forward instead."""
+    if average_buffers:
+        with torch.no_grad():
+            for buf in model.buffers():
+                if buf.is_floating_point():
+                    buf.copy_(sum_over_ranks(buf) / size)
+    lo, hi = len(y_test) * rank // size, len(y_test) * (rank + 1) // size
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(lo, hi, batch):
+            j = min(hi, i + batch)
+            correct += int((model(x_test[i:j]).argmax(-1) == y_test[i:j]).sum())
+    model.train(was_training)
+    return float(sum_over_ranks(torch.tensor(correct, dtype=torch.float64))) / len(y_test)
 
 
 def main() -> int:
@@ -209,32 +256,38 @@ def main() -> int:
             gtopk_mpi.init()
         rank, size = dist.get_rank(), dist.get_world_size()
 
-        def mean_over_ranks(value: float) -> float:
-            t = torch.tensor(value)
+        def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+            t = t.clone()
             dist.all_reduce(t)
-            return float(t) / size
+            return t
     else:
         hvd.init()
         rank, size = hvd.rank(), hvd.size()
 
-        def mean_over_ranks(value: float) -> float:
-            return float(hvd.allreduce(torch.tensor(value)))
+        def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+            return hvd.allreduce(t, op=hvd.Sum)
+
+    def mean_over_ranks(value: float) -> float:
+        return float(sum_over_ranks(torch.tensor(value, dtype=torch.float64))) / size
     layout = gtopk_mpi.runtime.layout() if gtopk_mpi.is_initialized() else None
     if rank == 0 and not args.quiet:
         where = layout.describe() if layout is not None else "torch.distributed (gloo)"
         print(f"train.py: {size} ranks on {where}", file=sys.stderr, flush=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = models.build(args.model)
+    model = models.build(args.model, args.data)
     lm = models.is_language_model(args.model)
 
-    if args.data == "digits":
-        if args.model not in ("mlp", "cnn"):
-            raise SystemExit("--data digits needs --model mlp or cnn (8x8 images)")
-        (x_train, y_train), (x_test, y_test) = digits_data(rank, size)
+    if args.data in ("digits", "fashion-mnist"):
+        if args.data == "digits":
+            if args.model not in ("mlp", "cnn"):
+                raise SystemExit("--data digits needs --model mlp or cnn (8x8 images)")
+            (x_train, y_train), (x_test, y_test) = digits_data(rank, size)
+        else:
+            (x_train, y_train), (x_test, y_test) = fashion_mnist_data(rank, size, args.data_dir)
         steps_per_epoch = max(1, len(y_train) // args.batch_size)
     else:
-        shape = models.input_shape(args.model)
+        shape = models.input_shape(args.model, args.data)
         gen = torch.Generator().manual_seed(args.seed + rank)
         if lm:
             vocab = model.decoder.out_features
@@ -246,18 +299,20 @@ def main() -> int:
         x_test = y_test = None
         steps_per_epoch = args.steps_per_epoch
 
-    warmup = [float(v) for v in args.density_warmup.split(",") if v.strip()]
+    warmup = None if args.density_warmup is None else [  # None: the library's default warm-up
+        float(v) for v in args.density_warmup.split(",") if v.strip() and v.strip().lower() != "none"]
+    warmup_steps = None if warmup is None else steps_per_epoch
     if args.ddp:
         algo = "ddp-" + args.hook.replace(":", "")
-        model, opt = ddp_optimizer(args, model, steps_per_epoch, warmup)  # DDP broadcasts rank 0's parameters
+        # DDP broadcasts rank 0's parameters
+        model, opt = ddp_optimizer(args, model, steps_per_epoch, warmup, warmup_steps)
     else:
         algo = args.algo
         compression = {"dense": hvd.Compression.none, "topk": hvd.Compression.topk(args.density, args.wire),
                        "gtopk": hvd.Compression.gtopk(args.density, args.values, args.wire)}[args.algo]
         base = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(), compression=compression,
-                                       density_warmup=warmup if args.algo != "dense" else None,
-                                       density_warmup_steps=steps_per_epoch)
+                                       density_warmup=warmup, density_warmup_steps=warmup_steps)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     compressing = algo in ("topk", "gtopk", "ddp-gtopk")
 
@@ -324,8 +379,7 @@ def main() -> int:
         mean_loss = mean_over_ranks(float(np.mean(losses)))
         acc = float("nan")
         if x_test is not None:
-            with torch.no_grad():
-                acc = float((model(x_test).argmax(1) == y_test).float().mean())
+            acc = test_accuracy(model, x_test, y_test, rank, size, sum_over_ranks, average_buffers=not args.ddp)
         wire = (opt.state.wire if opt.state is not None else "") if args.ddp else (
             compression.wire if args.algo != "dense" else "")
         row = {"algo": algo, "values": args.values, "wire": wire,
