@@ -65,6 +65,16 @@ WIRE = Knob("GTOPK_WIRE", "choice", "bf16",
 DENSITY = Knob("GTOPK_DENSITY", "float", None,
                "switch an unchanged Horovod script to gTop-k: DistributedOptimizer without a compression gets "
                "Compression.gtopk(density)")
+MIN_K = Knob("GTOPK_MIN_K", "int", 6055,
+              "training paths (DistributedOptimizer, the DDP hook): k is at least this many entries, and a bucket "
+              "whose k entries would take as many bytes as its dense values is reduced densely; the default is "
+              "Hockney's half-performance length alpha / beta of the paper's 1 GbE fit (0.436 ms / 9 ns per byte) "
+              "in 8-byte entries: shorter messages cost mostly latency (0: k = ceil(density * m), never dense)")
+DENSITY_WARMUP = Knob("GTOPK_DENSITY_WARMUP", "str", "0.25,0.0625,0.0156,0.004",
+                      "training paths: densities of the first steps, each for GTOPK_DENSITY_WARMUP_STEPS steps, "
+                      "where the caller gives none (the paper's schedule; none: no warm-up)")
+DENSITY_WARMUP_STEPS = Knob("GTOPK_DENSITY_WARMUP_STEPS", "int", 100,
+                            "steps of each GTOPK_DENSITY_WARMUP density where the caller gives none")
 CYCLE_TIME = Knob("GTOPK_CYCLE_TIME", "float", 1.0,
                   "ms the torch engine sleeps after a round that found nothing to run")
 STALL_CHECK_TIME = Knob("GTOPK_STALL_CHECK_TIME_SECONDS", "float", 60.0,

@@ -199,6 +199,34 @@ def disagreeing_ranks_raise_in_backward_everywhere():
     raise AssertionError("no error raised")
 
 
+@check
+def k_floor_and_dense_fallback():
+    """min_k (GTOPK_MIN_K's default for the hook): k raised to the floor, and a dense exchange
+    of residual + gradient (every rank's, averaged, residuals emptied) where the floor's entries
+    would outweigh the dense values."""
+    for floor, dense in ((40, False), (10**6, True)):
+        net = DDP(model(seed=3))
+        state = ddp.GTopkState(density=0.0001, start_iter=2, density_warmup=[], min_k=floor, wire="fp32",
+                               named_parameters=net.module.named_parameters())
+        seen: list = []
+        net.register_comm_hook(state, recording(ddp.gtopk_hook, seen))
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        for i in range(4):
+            seen.clear()
+            step(net, opt, i)
+        ordered = sorted(seen, key=lambda s: s[0])
+        got = torch.cat(bucket_grads(net, ordered)).numpy()
+        identical(torch.from_numpy(got))
+        nnz = int(np.count_nonzero(got))
+        if dense:
+            local = torch.cat([b for _, b, _ in ordered]).numpy()
+            want = np.sum(COMM.allgather(local.astype(np.float64)), axis=0) / P
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)  # previous residuals were emptied too
+            assert all(not r.any() for r in state.residuals.values()), "dense exchange left a residual"
+        else:
+            assert 20 < nnz <= floor, f"min_k={floor}: {nnz} nonzeros"
+
+
 def main() -> int:
     status = SUITE.run()
     if UNDER_MPI:

@@ -509,6 +509,51 @@ def density_warmup_schedule_and_env_switch():
 
 
 @check
+def library_defaults_warm_up_floor_and_dense_fallback():
+    """Where the caller gives none, the default warm-up (GTOPK_DENSITY_WARMUP for
+    GTOPK_DENSITY_WARMUP_STEPS steps each) and the floor GTOPK_MIN_K apply, also to the
+    GTOPK_DENSITY drop-in; a step whose k entries would outweigh the dense values is the exact
+    dense average."""
+    model, ref_model = make_model(seed=11), make_model(seed=11)
+    m = sum(p.numel() for p in model.parameters())  # 353
+    saved = {k: os.environ.get(k) for k in ("GTOPK_MIN_K", "GTOPK_DENSITY_WARMUP", "GTOPK_DENSITY_WARMUP_STEPS",
+                                            "GTOPK_DENSITY")}
+    os.environ.update(GTOPK_MIN_K="60", GTOPK_DENSITY_WARMUP="0.5", GTOPK_DENSITY_WARMUP_STEPS="2",
+                      GTOPK_DENSITY="0.01")
+    try:
+        opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                       named_parameters=model.named_parameters())
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert opt._compression.min_k == 60 and opt.error_feedback.density_warmup == [0.5]
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1)
+    for step in range(4):
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        x, y = batch(step)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.synchronize()
+        nnz = sum(int((p.grad != 0).sum()) for p in model.parameters())
+        if step < 2:  # density 0.5: 177 entries x 8 bytes >= 353 values x 4 bytes: dense, exact
+            for q in range(P):
+                xq, yq = batch(step, q)
+                (torch.nn.functional.mse_loss(ref_model(xq), yq) / P).backward()
+            for p, r in zip(model.parameters(), ref_model.parameters()):
+                torch.testing.assert_close(p.grad, r.grad, rtol=1e-5, atol=1e-6)
+            ref_opt.step()
+        else:  # density 0.01: k = 4, raised to 60
+            assert 30 <= nnz <= 60, (step, nnz)
+        with opt.skip_synchronize():
+            opt.step()
+    assert m == 353
+    SUITE.identical_on_all_ranks(params_bytes(model), "parameters")
+
+
+@check
 def momentum_correction_runs_and_masks():
     model = make_model(seed=11)
     opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05),

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import config
+from ..arguments import resolve_k
 from ..baselines import topk_allreduce
 from ..butterfly import gtopk_allreduce
 from ..wire import WIRES
+from .density import training_k
 
 
 class Compressor:
@@ -66,13 +68,16 @@ class SparseCompressor:
     only; see gtopk_mpi.gtopk_allreduce). wire: the message format (gtopk_mpi.wire:
     "fp32", "bf16", "fp16", "raw"; default GTOPK_WIRE). Residuals (error feedback) are
     kept by DistributedOptimizer (an ErrorFeedback state); hvd.allreduce with a sparse
-    compression returns the sparse sum and keeps no residual.
+    compression returns the sparse sum and keeps no residual. min_k: None (k as above), or
+    the training paths' floor (gtopk_mpi.torch.density.training_k: k at least min_k, dense
+    where those entries outweigh the values; DistributedOptimizer sets GTOPK_MIN_K).
     """
 
     algorithm: str = "gtopk"
     density: float = 0.001
     values: str = "merged"
     wire: str = field(default_factory=config.WIRE.get)
+    min_k: int | None = None
     sparse = True
 
     def __post_init__(self) -> None:
@@ -84,6 +89,16 @@ class SparseCompressor:
             raise ValueError(f"values must be 'merged' or 'exact', got {self.values!r}")
         if self.wire not in WIRES:
             raise ValueError(f"wire must be one of {', '.join(WIRES)}, got {self.wire!r}")
+        if self.min_k is not None and (isinstance(self.min_k, bool) or int(self.min_k) != self.min_k
+                                       or self.min_k < 0):
+            raise ValueError(f"min_k must be None or an integer >= 0, got {self.min_k!r}")
+
+    def k(self, m: int, density: float | None = None, value_bytes: int = 4) -> int:
+        """Entries sent of m elements at ``density`` (default: this compressor's); m: dense."""
+        d = self.density if density is None else density
+        if self.min_k is None:
+            return resolve_k(m, None, d)
+        return training_k(m, d, value_bytes, self.min_k)
 
     def allreduce(self, x, k: int, residual, comm):
         """The sparse collective this compressor names, on a 1-D NumPy array or CUDA tensor
@@ -97,7 +112,8 @@ class SparseCompressor:
         return dataclasses.replace(self, density=density)
 
     def describe(self) -> str:
-        return f"{self.algorithm}(density={self.density!r}, values={self.values}, wire={self.wire})"
+        floor = "" if self.min_k is None else f", min_k={self.min_k}"
+        return f"{self.algorithm}(density={self.density!r}, values={self.values}, wire={self.wire}{floor})"
 
 
 def from_description(text: str):
@@ -107,10 +123,10 @@ def from_description(text: str):
         return NoneCompressor
     if text == FP16Compressor.describe():
         return FP16Compressor
-    m = re.fullmatch(r"(gtopk|topk)\(density=([^,]+), values=(\w+), wire=(\w+)\)", text)
+    m = re.fullmatch(r"(gtopk|topk)\(density=([^,]+), values=(\w+), wire=(\w+)(?:, min_k=(\d+))?\)", text)
     if m is None:
         raise ValueError(f"a joined rank cannot stand in for an allreduce with compression {text}")
-    return SparseCompressor(m[1], float(m[2]), m[3], m[4])
+    return SparseCompressor(m[1], float(m[2]), m[3], m[4], None if m[5] is None else int(m[5]))
 
 
 class Compression:

@@ -25,8 +25,11 @@ model, kept per parameter name so that ``state_dict()`` / ``load_state_dict()`` 
 through a checkpoint regardless of how DDP lays out its buckets; the iteration count.
 
 Knobs. ``density`` (rho, 0.001 by default) and ``density_warmup`` (a list of densities,
-``warmup_steps`` iterations each, right after ``start_iter``: the paper's warm-up 0.25,
-0.0625, 0.0156, 0.004); ``start_iter`` (>= 2, iterations of plain allreduce first);
+``warmup_steps`` iterations each, right after ``start_iter``; by default the library's, the
+paper's 0.25, 0.0625, 0.0156, 0.004 for 100 iterations each, GTOPK_DENSITY_WARMUP[_STEPS];
+[] for none); ``min_k`` (at least this many entries an exchange, dense where they would
+outweigh the values: gtopk_mpi.torch.density; default GTOPK_MIN_K, 6,055); ``start_iter``
+(>= 2, iterations of plain allreduce first);
 ``values`` ("merged": the butterfly's partial sums; "exact": one more allreduce of the k
 agreed entries' exact sums); ``wire`` (the message format, GTOPK_WIRE: "bf16" by default;
 see gtopk_mpi.wire); ``whole_model``; ``hierarchical`` (the schedule when ranks share
@@ -55,6 +58,8 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 
 from .. import config, runtime
 from ..butterfly import gtopk_allreduce
+from . import density as schedule
+from . import reduction
 from .dist_transport import DistTransport
 
 
@@ -63,9 +68,9 @@ class GTopkState:
 
     def __init__(self, process_group: Any = None, density: float = 0.001, start_iter: int = 10,
                  values: str = "merged", wire: str | None = None, whole_model: bool = True,
-                 density_warmup: Iterable[float] = (), warmup_steps: int = 1,
+                 density_warmup: Iterable[float] | None = None, warmup_steps: int | None = None,
                  named_parameters: Iterable[tuple[str, torch.nn.Parameter]] | None = None,
-                 hierarchical: bool | str | None = None, transport: Any = None):
+                 hierarchical: bool | str | None = None, transport: Any = None, min_k: int | None = None):
         if start_iter < 2:
             raise ValueError(f"start_iter must be >= 2 (DDP rebuilds its buckets after iteration 0), got {start_iter}")
         if not 0.0 < density <= 1.0:
@@ -74,7 +79,9 @@ class GTopkState:
         self.density, self.start_iter, self.values = density, start_iter, values
         self.wire = wire or config.WIRE.get()
         self.whole_model, self.hierarchical = whole_model, hierarchical
-        self.density_warmup, self.warmup_steps = [float(d) for d in density_warmup], max(1, int(warmup_steps))
+        self.density_warmup, self.warmup_steps = schedule.resolve_warmup(
+            None if density_warmup is None else list(density_warmup), warmup_steps)
+        self.min_k = schedule.min_k() if min_k is None else int(min_k)
         self.names = {id(p): n for n, p in named_parameters} if named_parameters is not None else {}
         if transport is None:
             transport = runtime.transport() if runtime.is_initialized() else DistTransport(
@@ -93,8 +100,7 @@ class GTopkState:
 
     def current_density(self) -> float:
         """The density of the current iteration (after start_iter: the warm-up, then density)."""
-        step = (self.iter - self.start_iter) // self.warmup_steps
-        return self.density_warmup[step] if 0 <= step < len(self.density_warmup) else self.density
+        return schedule.scheduled(self.density, self.density_warmup, self.warmup_steps, self.iter - self.start_iter)
 
     # -- residuals, per parameter name ------------------------------------------------
     def _names(self, bucket: "dist.GradBucket") -> list[str]:
@@ -166,8 +172,14 @@ class GTopkState:
             buffers = [b for b, _, _ in parts]
             flat = buffers[0] if len(buffers) == 1 else torch.cat(buffers)
             residual = self._residual(names, flat_sizes, flat)
+            k = schedule.training_k(flat.numel(), density, flat.element_size(), self.min_k)
+            if k >= flat.numel():  # dense: the sum of every rank's residual + gradient, residuals emptied
+                total = reduction.dense(self.transport, flat + residual) / self.transport.size
+                residual.zero_()
+                self._finish(parts, buffers, total, t0)
+                return
             x, r = (flat, residual) if flat.is_cuda else (flat.numpy(), residual.numpy())
-            res = gtopk_allreduce(x, density=density, average=True, residual=r, values=self.values,
+            res = gtopk_allreduce(x, k=k, average=True, residual=r, values=self.values,
                                   comm=self.transport, wire=self.wire, hierarchical=self.hierarchical)
             idx = torch.as_tensor(res.indices, device=flat.device).long()
             vals = torch.as_tensor(res.values, device=flat.device)
@@ -187,6 +199,18 @@ class GTopkState:
         except Exception as e:  # the same error on every rank (agreement.py); DDP raises it in backward
             for _, _, fut in parts:
                 fut.set_exception(e)
+
+    def _finish(self, parts: list[tuple[torch.Tensor, list[str], torch.futures.Future]],
+                buffers: list[torch.Tensor], total: torch.Tensor, t0: float) -> None:
+        """A dense exchange's end: each bucket gets its slice of ``total``."""
+        at = 0
+        for buf in buffers:
+            buf.copy_(total[at : at + buf.numel()])
+            at += buf.numel()
+        with self._lock:
+            self.busy_s += time.perf_counter() - t0
+        for buf, _, fut in parts:
+            fut.set_result(buf)
 
     def _next_bucket(self, bucket: "dist.GradBucket") -> None:
         """Iteration bookkeeping: stats restart with an iteration, which ends at its last bucket."""

@@ -16,9 +16,11 @@ checkpoint through ``state_dict()`` / ``load_state_dict()``: a restart that drop
 residuals would silently drop every rank's unsent gradient mass. Residuals are per rank:
 each rank saves and loads its own.
 
-Knobs: ``density`` (rho; k = ceil(rho * m) per reduction), ``density_warmup`` (densities
-of the first steps, each for ``density_warmup_steps`` steps, e.g. [0.25, 0.0625, 0.0156,
-0.004] as in the paper's later version), ``momentum`` (0: plain error feedback; use it
+Knobs: ``density`` (rho; k per reduction by gtopk_mpi.torch.density.training_k: ceil(rho *
+m), at least GTOPK_MIN_K entries, dense where those would outweigh the dense values),
+``density_warmup`` (densities of the first steps, each for ``density_warmup_steps`` steps;
+None: the library's default, the paper's [0.25, 0.0625, 0.0156, 0.004] for 100 steps each,
+GTOPK_DENSITY_WARMUP[_STEPS]; [] for none), ``momentum`` (0: plain error feedback; use it
 with an optimizer whose own momentum is 0).
 """
 
@@ -29,18 +31,17 @@ from typing import Any
 
 import torch
 
+from . import density as schedule
+
 
 class ErrorFeedback:
-    def __init__(self, density: float, density_warmup: Sequence[float] = (), density_warmup_steps: int = 1,
-                 momentum: float = 0.0):
-        for d in (density, *density_warmup):
-            if not 0.0 < float(d) <= 1.0:
-                raise ValueError(f"densities must be in (0, 1], got {d!r}")
-        if int(density_warmup_steps) < 1:
-            raise ValueError(f"density_warmup_steps must be >= 1, got {density_warmup_steps!r}")
+    def __init__(self, density: float, density_warmup: Sequence[float] | None = None,
+                 density_warmup_steps: int | None = None, momentum: float = 0.0):
+        if not 0.0 < float(density) <= 1.0:
+            raise ValueError(f"densities must be in (0, 1], got {density!r}")
         self.density = float(density)
-        self.density_warmup = [float(d) for d in density_warmup]
-        self.density_warmup_steps = int(density_warmup_steps)
+        self.density_warmup, self.density_warmup_steps = schedule.resolve_warmup(density_warmup,
+                                                                                 density_warmup_steps)
         self.momentum = float(momentum)
         self.step = 0
         self.residuals: dict[str, torch.Tensor] = {}
@@ -48,8 +49,7 @@ class ErrorFeedback:
 
     def current_density(self) -> float:
         """The density of this step: the warm-up schedule, then ``density``."""
-        stage = self.step // self.density_warmup_steps
-        return self.density_warmup[stage] if stage < len(self.density_warmup) else self.density
+        return schedule.scheduled(self.density, self.density_warmup, self.density_warmup_steps, self.step)
 
     def residual(self, key: str, like: torch.Tensor) -> torch.Tensor:
         """The residual of ``key`` (zeros the first time), shaped and placed like ``like``."""

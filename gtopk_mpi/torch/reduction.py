@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from .. import spaces
-from ..arguments import resolve_k
 from ..baselines import reduce_agreed
 from ..results import CommStats
 from .compression import SparseCompressor
@@ -65,15 +64,16 @@ def reduce_flat(link: Any, flat: torch.Tensor, op: int, compression: Any, presca
 
     flat: a 1-D tensor, the same shape and dtype on every rank (the engine has agreed).
     A sparse ``compression`` needs op Sum or Average and a floating dtype; its result has
-    at most k nonzeros, k from the feedback's density schedule (else the compressor's).
-    k >= numel gives exactly the dense reduction of residual + flat.
+    at most k nonzeros: the compressor's k (SparseCompressor.k: with min_k set, the training
+    paths' floor) of the feedback's scheduled density, else of its own. k >= numel gives
+    exactly the dense reduction of residual + flat.
     """
     x = scale(flat, prescale)
     stats = CommStats()
     if isinstance(compression, SparseCompressor):
         state, key = feedback if feedback is not None else (None, "")
         density = state.current_density() if state is not None else compression.density
-        k = resolve_k(x.numel(), None, density)
+        k = compression.k(x.numel(), density, x.element_size())
         residual = state.residual(key, x) if state is not None else None
         if state is not None:
             x = state.compensate(key, x)
