@@ -3,7 +3,7 @@
 # with the import swapped, needs HOROVOD_SRC, a Horovod source tree), convergence on digits, scaling on the emulated
 # 1 GbE cluster (root; P = 1, 2, 4, 8; VGG-16 and ResNet-20 on synthetic CIFAR-shaped data), and
 # the DDP hooks (PyTorch's allreduce, fp16, PowerSGD; ours) against the Horovod-style optimizer.
-#   scripts/run_experiments.sh fashion | convergence | scaling | ddp | all
+#   scripts/run_experiments.sh fashion | fashion-steps | fashion-report | convergence | scaling | ddp | all
 # fashion skips runs whose output exists (delete it to rerun): its runs take hours on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,30 +25,71 @@ fashion_example() {  # Horovod's examples/pytorch/pytorch_mnist.py, import swapp
   done
 }
 
-fashion_run() {  # fashion_run NAME MODEL [train.py args...]: one 4-rank run, 10 epochs
-  local name=$1 model=$2
+declare -A FASHION_ARGS=(  # run name -> train.py args (VAR=VALUE words go to the environment)
+  [dense]="--algo dense"
+  [gtopk0.001]="--algo gtopk --density 0.001"
+  [gtopk0.001_nofloor]="GTOPK_MIN_K=0 --algo gtopk --density 0.001"
+  [gtopk0.001_mc]="--algo gtopk --density 0.001 --momentum-correction"
+  [gtopk0.001_exact]="--algo gtopk --values exact --density 0.001"
+  [gtopk0.01]="--algo gtopk --density 0.01"
+  [gtopk0.01_exact]="--algo gtopk --values exact --density 0.01"
+  [gtopk0.001_2x2]="GTOPK_RANKS_PER_HOST=2 --algo gtopk --density 0.001"
+  [topk0.001]="--algo topk --density 0.001"
+  [topk0.01]="--algo topk --density 0.01"
+  [ddp-allreduce]="--ddp --hook allreduce"
+  [ddp-gtopk0.001]="--ddp --hook gtopk --density 0.001"
+  [ddp-powersgd1]="--ddp --hook powersgd:1 --bucket-cap-mb 10000"
+  [ddp-powersgd4]="--ddp --hook powersgd:4 --bucket-cap-mb 10000"
+)
+# model/run, most needed first: the defaults against dense on both models, then the time-to-accuracy
+# rivals on the communication-heavy convnet, then the rest of the grid
+FASHION_PLAN=(convnet/dense convnet/gtopk0.001 convnet/ddp-powersgd4 convnet/ddp-gtopk0.001 resnet20/dense
+  resnet20/gtopk0.001 convnet/gtopk0.001_nofloor convnet/gtopk0.001_mc convnet/topk0.001 convnet/gtopk0.001_exact convnet/gtopk0.01
+  convnet/ddp-allreduce convnet/ddp-powersgd1 convnet/gtopk0.01_exact convnet/topk0.01 convnet/gtopk0.001_2x2
+  resnet20/ddp-powersgd4 resnet20/ddp-gtopk0.001 resnet20/gtopk0.001_nofloor resnet20/topk0.001
+  resnet20/gtopk0.001_exact resnet20/gtopk0.01 resnet20/ddp-allreduce resnet20/ddp-powersgd1
+  resnet20/gtopk0.01_exact resnet20/topk0.01)
+FASHION_TIMED=(dense gtopk0.001 gtopk0.001_nofloor gtopk0.001_exact gtopk0.01 topk0.001 ddp-allreduce
+  ddp-gtopk0.001 ddp-powersgd1 ddp-powersgd4)
+
+fashion_train() {  # fashion_train MODEL RUN [train.py args...]: one run of FASHION_ARGS on 4 ranks
+  local model=$1 name=$2 lr=0.02 w
   shift 2
-  local out="docs/data/fmnist_${model}_$name.csv"
-  [ -s "$out" ] && awk -F, 'NR > 1 && $8 == 10' "$out" | grep -q . && return 0
-  local lr=0.02; [ "$model" = resnet20 ] && lr=0.05
-  "$MPIEXEC" -n 4 $PY scripts/train.py --data fashion-mnist --model "$model" --epochs 10 --batch-size 32 \
-    --lr $lr --momentum 0.9 --quiet "$@" --csv "docs/data/fmnist_${model}_$name.csv"
+  [ "$model" = resnet20 ] && lr=0.05
+  local envs=() args=()
+  for w in ${FASHION_ARGS[$name]}; do [[ $w == GTOPK_*=* ]] && envs+=("$w") || args+=("$w"); done
+  env "${envs[@]}" MASTER_PORT=$((29700 + RANDOM % 200)) ${LAUNCH:-"$MPIEXEC" -n 4} $PY scripts/train.py \
+    --data fashion-mnist --model "$model" --batch-size 32 --lr $lr --momentum 0.9 --quiet "${args[@]}" "$@"
 }
 
-fashion() {
+fashion() {  # accuracy: 10 epochs each (convnet ~12 min, resnet20 ~30 min on 2 cores), finished runs skipped
   fashion_example
-  for model in convnet resnet20; do
-    fashion_run dense $model --algo dense
-    fashion_run gtopk0.001 $model --algo gtopk --density 0.001   # the library's defaults
+  local run out
+  for run in "${FASHION_PLAN[@]}"; do
+    out="docs/data/fmnist_${run%/*}_${run#*/}.csv"
+    [ -s "$out" ] && awk -F, 'NR > 1 && $8 == 10' "$out" | grep -q . && continue
+    fashion_train "${run%/*}" "${run#*/}" --epochs 10 --csv "$out"
   done
+}
+
+fashion_step_times() {  # each run's step time on the emulated 1 GbE cluster, P = 4 (2 epochs of 20 steps)
+  scripts/emulate_cluster.sh up 4
+  trap 'scripts/emulate_cluster.sh down' EXIT
+  export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet
+  local model name
+  for model in ${FASHION_MODELS:-convnet resnet20}; do
+    for name in "${FASHION_TIMED[@]}"; do  # the steady state: no density warm-up, hooks compressing from step 2
+      GTOPK_DENSITY_WARMUP=none LAUNCH="scripts/emulate_cluster.sh run 4" fashion_train $model $name --epochs 2 \
+        --steps-per-epoch ${STEPS:-20} --start-iter 2 --csv "docs/data/fmnist_step_${model}_$name.csv"
+    done
+  done
+}
+
+fashion_report() {  # tables and plots of what the fashion runs wrote
+  $PY scripts/time_to_accuracy.py --models convnet resnet20 --out docs/data/fmnist_time_to_accuracy.md \
+    --plot docs/img/fmnist_time_to_accuracy.png
   for model in convnet resnet20; do
-    GTOPK_MIN_K=0 fashion_run gtopk0.001_nofloor $model --algo gtopk --density 0.001
-    fashion_run topk0.001 $model --algo topk --density 0.001
-    fashion_run gtopk0.001_exact $model --algo gtopk --values exact --density 0.001
-    fashion_run gtopk0.01 $model --algo gtopk --density 0.01
-    fashion_run ddp-gtopk0.001 $model --ddp --hook gtopk --density 0.001
-    fashion_run ddp-allreduce $model --ddp --hook allreduce
-    fashion_run ddp-powersgd4 $model --ddp --hook powersgd:4 --bucket-cap-mb 10000
+    $PY scripts/train.py --plot-from docs/data/fmnist_${model}_*.csv --plot docs/img/fmnist_$model.png
   done
 }
 
@@ -123,9 +164,11 @@ ddp_accuracy() {  # the same list on digits, 4 local ranks, the convergence runs
 
 case "${1:-all}" in
   fashion) fashion ;;
+  fashion-steps) fashion_step_times ;;
+  fashion-report) fashion_report ;;
   convergence) convergence ;;
   scaling) scaling ;;
   ddp) ddp_speed; ddp_accuracy ;;
-  all) fashion; convergence; scaling; ddp_speed; ddp_accuracy ;;
+  all) fashion; fashion_step_times; fashion_report; convergence; scaling; ddp_speed; ddp_accuracy ;;
   *) echo "usage: $0 fashion|convergence|scaling|ddp|all" >&2; exit 2 ;;
 esac

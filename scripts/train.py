@@ -72,8 +72,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1, help="learning rate (after warm-up)")
     p.add_argument("--lr-warmup-epochs", type=int, default=0, help="ramp the lr from lr/P over this many epochs")
     p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--momentum-correction", action="store_true",
+                   help="topk/gtopk: DGC's momentum correction with --momentum (SGD's own momentum then 0)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--steps-per-epoch", type=int, default=10, help="synthetic data only")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="synthetic data: steps an epoch (default 10); real data: at most this many (for timing)")
     p.add_argument("--batch-size", type=int, default=32, help="per rank")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
@@ -91,6 +94,7 @@ def plot_runs(paths: list[str], out: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    runs = []
     for path in paths:
         with open(path) as f:
             rows = list(csv.DictReader(f))
@@ -98,6 +102,12 @@ def plot_runs(paths: list[str], out: str) -> None:
         label = (f"{r0['algo']}" + (f" ({r0['values']})" if r0["algo"] == "gtopk" else "")
                  + (f" {r0['wire']}" if r0.get("wire") not in (None, "", "fp32") else "") + f", P={r0['ranks']}"
                  + (f" ({r0['layout']})" if r0.get("layout", "").endswith("hier") else ""))
+        runs.append([label, path, rows])
+    labels = [r[0] for r in runs]
+    for run in runs:  # runs the columns do not tell apart are named by their files
+        if labels.count(run[0]) > 1:
+            run[0] = Path(run[1]).stem
+    for label, _path, rows in runs:
         epochs = [int(r["epoch"]) for r in rows]
         ax_loss.plot(epochs, [float(r["loss"]) for r in rows], label=label)
         if rows[0]["test_acc"] not in ("", "nan"):
@@ -286,6 +296,8 @@ def main() -> int:
         else:
             (x_train, y_train), (x_test, y_test) = fashion_mnist_data(rank, size, args.data_dir)
         steps_per_epoch = max(1, len(y_train) // args.batch_size)
+        if args.steps_per_epoch is not None:
+            steps_per_epoch = min(steps_per_epoch, args.steps_per_epoch)
     else:
         shape = models.input_shape(args.model, args.data)
         gen = torch.Generator().manual_seed(args.seed + rank)
@@ -297,7 +309,7 @@ def main() -> int:
             x_train = torch.randn(args.batch_size * 4, *shape, generator=gen)
             y_train = torch.randint(0, 10, (args.batch_size * 4,), generator=gen)
         x_test = y_test = None
-        steps_per_epoch = args.steps_per_epoch
+        steps_per_epoch = args.steps_per_epoch or 10
 
     warmup = None if args.density_warmup is None else [  # None: the library's default warm-up
         float(v) for v in args.density_warmup.split(",") if v.strip() and v.strip().lower() != "none"]
@@ -310,9 +322,11 @@ def main() -> int:
         algo = args.algo
         compression = {"dense": hvd.Compression.none, "topk": hvd.Compression.topk(args.density, args.wire),
                        "gtopk": hvd.Compression.gtopk(args.density, args.values, args.wire)}[args.algo]
-        base = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+        correct = args.momentum_correction and args.algo != "dense"
+        base = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.0 if correct else args.momentum)
         opt = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(), compression=compression,
-                                       density_warmup=warmup, density_warmup_steps=warmup_steps)
+                                       density_warmup=warmup, density_warmup_steps=warmup_steps,
+                                       momentum_correction=args.momentum if correct else 0.0)
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     compressing = algo in ("topk", "gtopk", "ddp-gtopk")
 

@@ -1,0 +1,124 @@
+"""Time to accuracy of the Fashion-MNIST runs: steps to reach dense's final accuracy minus one
+point, times each run's step time on the emulated 1 GbE cluster (P = 4).
+
+    python scripts/time_to_accuracy.py --models convnet resnet20 --out table.md --plot plot.png
+
+Reads docs/data/fmnist_{model}_{run}.csv (10-epoch accuracy runs: cumulative steps and test
+accuracy at each epoch's end, so "steps to target" has one epoch's resolution) and
+docs/data/fmnist_step_{model}_{run}.csv (the same run's second epoch on the emulated cluster, in
+the steady state: compression at the target density). Columns:
+
+* step (ms) on the emulated cluster, and its compute part (forward + backward; 2 cores for 4
+  ranks, so compute is ~2x a dedicated core's);
+* time to target on the emulated cluster: steps x step;
+* time to target on a GPU cluster (projection): steps x (compute / S + the measured step's
+  communication and compression), i.e. the wire as measured on 1 GbE beside a compute S times
+  faster than a rank here (``--gpu-speedup``, default 50; an assumption, not a measurement: the
+  ratio at which communication/computation would match GPU nodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[1] / "docs" / "data"
+LABELS = {
+    "dense": "dense (Horovod-style allreduce)",
+    "gtopk0.001": "gTop-k rho=0.001, library defaults",
+    "gtopk0.001_nofloor": "gTop-k rho=0.001, GTOPK_MIN_K=0",
+    "gtopk0.001_exact": "gTop-k rho=0.001, exact values",
+    "gtopk0.01": "gTop-k rho=0.01",
+    "topk0.001": "Top-k (allgather) rho=0.001",
+    "ddp-gtopk0.001": "DDP + gTop-k hook rho=0.001",
+    "ddp-allreduce": "DDP allreduce",
+    "ddp-powersgd4": "DDP + PowerSGD rank 4",
+    "ddp-powersgd1": "DDP + PowerSGD rank 1",
+}
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def step_time(path: Path) -> tuple[float, float]:
+    """(step s, compute s) of the last epoch of a timing run."""
+    r = rows(path)
+    last, prev = r[-1], r[-2] if len(r) > 1 else None
+    n = int(last["steps"]) - (int(prev["steps"]) if prev else 0)
+    return float(last["epoch_s"]) / n, float(last["compute_s"]) / n
+
+
+def table(model: str, speedup: float) -> tuple[list[str], dict[str, list[tuple[float, float]]]]:
+    dense = rows(DATA / f"fmnist_{model}_dense.csv")
+    target = float(dense[-1]["test_acc"]) - 0.01
+    lines = [f"**{model}**: target {100 * target:.2f}% (dense's final {100 * float(dense[-1]['test_acc']):.2f}% "
+             "minus 1 point)", "",
+             "| run | final acc. | vs dense | steps to target | step (ms), emulated 1 GbE | of which compute | "
+             "time to target, emulated 1 GbE | GPU-cluster projection |",
+             "|---|---|---|---|---|---|---|---|"]
+    curves = {}
+    for name, label in LABELS.items():
+        acc_path, step_path = DATA / f"fmnist_{model}_{name}.csv", DATA / f"fmnist_step_{model}_{name}.csv"
+        if not acc_path.exists():
+            continue
+        r = rows(acc_path)
+        final = float(r[-1]["test_acc"])
+        hit_row = next((x for x in r if float(x["test_acc"]) >= target), None)
+        hit = None if hit_row is None else int(hit_row["steps"])
+        if step_path.exists():
+            step, compute = step_time(step_path)
+            projected = compute / speedup + (step - compute)
+            cols = [f"{1e3 * step:.0f}", f"{1e3 * compute:.0f}",
+                    "never" if hit is None else f"{hit * step:.0f} s",
+                    "never" if hit is None else f"{hit * projected:.1f} s"]
+            curves[label] = [(int(x["steps"]) * step, 100 * float(x["test_acc"])) for x in r]
+        else:
+            cols = ["not measured"] * 2 + ["never" if hit is None else "-"] * 2
+        reached = "never" if hit_row is None else f"{hit:,} (epoch {hit_row['epoch']})"
+        vs = 100 * (final - float(dense[-1]["test_acc"]))
+        lines.append(f"| {label} | {100 * final:.2f}% | {vs:+.2f} | {reached} | " + " | ".join(cols) + " |")
+    return lines, curves
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["convnet", "resnet20"])
+    p.add_argument("--gpu-speedup", type=float, default=50.0)
+    p.add_argument("--out", help="write the markdown tables here (default: print)")
+    p.add_argument("--plot", help="PNG of accuracy against time on the emulated cluster")
+    args = p.parse_args()
+    out, all_curves = [], {}
+    for model in args.models:
+        lines, curves = table(model, args.gpu_speedup)
+        out += lines + [""]
+        all_curves[model] = curves
+    text = "\n".join(out)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(args.models), figsize=(6 * len(args.models), 4), squeeze=False)
+        for ax, model in zip(axes[0], args.models):
+            for label, pts in all_curves[model].items():
+                ax.plot([t / 60 for t, _ in pts], [a for _, a in pts], marker=".", label=label)
+            ax.set_title(f"{model}, Fashion-MNIST, P = 4, emulated 1 GbE")
+            ax.set_xlabel("wall time (min): steps x measured step time")
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
