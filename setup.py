@@ -1,4 +1,5 @@
-"""Build gtopk_mpi and its native extensions gtopk_mpi._C and gtopk_mpi._cuda_emu.
+"""Build gtopk_mpi's native extensions gtopk_mpi._C and gtopk_mpi._cuda_emu (the package's
+metadata is pyproject.toml's [project] table).
 
 C++17 + pybind11 + OpenMP for the CPU kernels. CUDA sources (csrc/cuda/*.cu) are
 compiled with nvcc and linked with the static CUDA runtime (libcudart.so where the toolkit
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import find_packages, setup
+from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
@@ -120,15 +121,4 @@ emu = Pybind11Extension(
     extra_compile_args=["-O2"],
 )
 
-setup(
-    name="gtopk_mpi",
-    version="0.1.0",
-    description="Global top-k sparse allreduce over MPI for PyTorch data-parallel training",
-    packages=find_packages(include=["gtopk_mpi", "gtopk_mpi.*"]),
-    ext_modules=[ext, emu],
-    cmdclass={"build_ext": BuildExt},
-    python_requires=">=3.9",
-    install_requires=["numpy>=1.22", "mpi4py>=3.1"],
-    extras_require={"torch": ["torch>=2.1"], "bench": ["tqdm", "matplotlib"]},
-    zip_safe=False,
-)
+setup(ext_modules=[ext, emu], cmdclass={"build_ext": BuildExt}, zip_safe=False)

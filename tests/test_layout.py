@@ -98,3 +98,26 @@ def test_a_bad_knob_value_names_the_variable(monkeypatch):
         config.WITH_CUDA.get()
     monkeypatch.setenv("GTOPK_YIELD", "0")
     assert config.YIELD.get() is False
+
+
+def test_metadata_lives_in_pyproject_and_the_version_once():
+    """pyproject.toml's [project] holds the metadata; the version is written only in
+    gtopk_mpi/__init__.py (read by setuptools as a dynamic attr); setup.py builds extensions."""
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = meta["project"]
+    assert project["name"] == "gtopk_mpi" and project["dynamic"] == ["version"]
+    assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "gtopk_mpi.__version__"}
+    assert set(project["optional-dependencies"]) >= {"torch", "bench"} and project["scripts"]
+    setup_calls = [n for n in ast.walk(ast.parse((ROOT / "setup.py").read_text())) if isinstance(n, ast.Call)
+                   and getattr(n.func, "id", "") == "setup"]
+    assert [sorted(k.arg for k in c.keywords) for c in setup_calls] == [["cmdclass", "ext_modules", "zip_safe"]]
+    import gtopk_mpi
+
+    version = re.escape(gtopk_mpi.__version__)
+    holders = [p for p in [*ROOT.glob("*.toml"), *ROOT.glob("*.py"), *PACKAGE.rglob("*.py")]
+               if re.search(rf"""version\s*=\s*["']{version}["']|__version__\s*=""", p.read_text())]
+    assert holders == [PACKAGE / "__init__.py"], holders
+    manifest = (ROOT / "MANIFEST.in").read_text()
+    assert "recursive-include csrc" in manifest
