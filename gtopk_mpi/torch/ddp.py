@@ -37,7 +37,10 @@ hosts, see gtopk_mpi.butterfly). ``transport``: where the exchanges run: by defa
 library's MPI communicator when gtopk_mpi is initialized (jobs under mpirun), else a gloo
 group of its own over torch.distributed (torchrun, no MPI needed); or any Transport.
 
-Every rank must register the hook with the same knobs. Errors (bad input, ranks that
+The state touches neither torch.distributed nor MPI until the hook's first call, so it can
+be built before ``init_process_group`` (PyTorch Lightning's ``DDPStrategy(ddp_comm_state=...,
+ddp_comm_hook=gtopk_hook)``, Hugging Face Accelerate's prepared model). Every rank must
+register the hook with the same knobs. Errors (bad input, ranks that
 disagree) come back from every rank's Future, so ``backward()`` raises on every rank.
 (No ``from __future__ import annotations`` here: DDP checks the hook's annotations as objects.)
 """
@@ -83,10 +86,7 @@ class GTopkState:
             None if density_warmup is None else list(density_warmup), warmup_steps)
         self.min_k = schedule.min_k() if min_k is None else int(min_k)
         self.names = {id(p): n for n, p in named_parameters} if named_parameters is not None else {}
-        if transport is None:
-            transport = runtime.transport() if runtime.is_initialized() else DistTransport(
-                dist.new_group(backend="gloo"))  # a group of the hook's own, beside DDP's
-        self.transport = transport
+        self._transport = transport  # None: bound by bind() on the hook's first call
         self.iter = 0
         self.residuals: dict[tuple, torch.Tensor] = {}      # keyed by the parameter names they cover
         self.pending_residuals: dict[str, torch.Tensor] = {}  # from load_state_dict, until first used
@@ -97,6 +97,25 @@ class GTopkState:
         self._fresh = True                                   # the next bucket starts an iteration
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gtopk-ddp")
         self._lock = threading.Lock()
+
+    def bind(self) -> Any:
+        """The transport of the exchanges, chosen on first use (so a state can be built before
+        ``init_process_group``, as Lightning's DDPStrategy and Accelerate do): the library's MPI
+        communicator when gtopk_mpi is initialized, else a gloo group of the hook's own beside
+        DDP's (``dist.new_group``: every rank creates it at its first hook call, the same point of
+        the same backward)."""
+        if self._transport is None:
+            if not runtime.is_initialized() and not dist.is_initialized():
+                raise RuntimeError("GTopkState: neither gtopk_mpi nor torch.distributed is initialized; the DDP "
+                                   "hook runs after init_process_group (or gtopk_mpi.init())")
+            self._transport = runtime.transport() if runtime.is_initialized() else DistTransport(
+                dist.new_group(backend="gloo"))
+        return self._transport
+
+    @property
+    def transport(self) -> Any:
+        """Where the exchanges run (see :meth:`bind`)."""
+        return self.bind()
 
     def current_density(self) -> float:
         """The density of the current iteration (after start_iter: the warm-up, then density)."""
@@ -223,6 +242,7 @@ class GTopkState:
 def gtopk_hook(state: GTopkState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: gTop-k sparse allreduce with error feedback (see the module
     docstring). Register with ``ddp_model.register_comm_hook(state, gtopk_hook)``."""
+    state.bind()  # on the autograd thread, at the same bucket on every rank
     if state.iter < state.start_iter:
         if bucket.is_last():
             state.iter += 1
