@@ -8,6 +8,7 @@ share a host (topology.py).
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,20 @@ def _keep_heap_pages() -> None:
             _C.malloc_keep(32 << 20, 64 << 20)
 
 
+def start_mpi() -> None:
+    """Initialize MPI (thread level MULTIPLE, as mpi4py would) unless it is running. gtopk_mpi
+    imports mpi4py without starting MPI (see the package docstring); whatever first needs MPI
+    calls this. MPI is finalized at exit, as when mpi4py starts it at import."""
+    if not MPI.Is_initialized():
+        MPI.Init_thread(MPI.THREAD_MULTIPLE)
+        atexit.register(_finalize_mpi)
+
+
+def _finalize_mpi() -> None:
+    if MPI.Is_initialized() and not MPI.Is_finalized():
+        MPI.Finalize()
+
+
 def init(comm: MPI.Comm | Sequence[int] | Any | None = None) -> None:
     """Start gtopk_mpi on ``comm`` (default ``MPI.COMM_WORLD``). Idempotent.
 
@@ -64,6 +79,7 @@ def init(comm: MPI.Comm | Sequence[int] | Any | None = None) -> None:
     if comm is not None and not isinstance(comm, (MPI.Comm, list, tuple, range)):
         _state = _State(link=comm, comm=None, layout=comm.topology())
         return
+    start_mpi()
     created: MPI.Comm | None = None
     if comm is None:
         base = MPI.COMM_WORLD

@@ -2,7 +2,8 @@
 not one of Accelerate's built-in ones: ``accelerator.prepare(model)``, then
 ``model.register_comm_hook(state, gtopk_hook)``, the state built before Accelerate starts
 the process group. Run under ``torchrun --nproc-per-node 2``; prints ``ACCELERATE OK {...}``
-on rank 0 when the hook ran past its start_iter and both ranks end with identical parameters."""
+on rank 0 when the hook ran past its start_iter, both ranks end with identical parameters, and
+MPI was never started."""
 
 from __future__ import annotations
 
@@ -32,13 +33,17 @@ def main() -> int:
             opt.zero_grad()
             accelerator.backward(torch.nn.functional.cross_entropy(model(xb), yb))
             opt.step()
+    from mpi4py import MPI  # after gtopk_mpi's import, as in a user's script: imported, never started
+
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     both = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(both, flat)
-    ok = all(torch.equal(both[0], b) for b in both) and state.iter > state.start_iter and bool(state.residuals)
+    ok = (all(torch.equal(both[0], b) for b in both) and state.iter > state.start_iter and bool(state.residuals)
+          and not MPI.Is_initialized())
     if dist.get_rank() == 0:
         print("ACCELERATE OK" if ok else "ACCELERATE FAILED",
-              json.dumps({"iters": state.iter, "start_iter": state.start_iter, "ranks": dist.get_world_size()}),
+              json.dumps({"iters": state.iter, "start_iter": state.start_iter, "ranks": dist.get_world_size(),
+                          "mpi_initialized": MPI.Is_initialized()}),
               flush=True)
     dist.barrier()
     accelerator.end_training()

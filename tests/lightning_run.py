@@ -1,8 +1,8 @@
 """A PyTorch Lightning Trainer with the gTop-k DDP hook, as a Lightning user writes it:
 ``DDPStrategy(ddp_comm_state=GTopkState(...), ddp_comm_hook=gtopk_hook)``, the state built
 before Lightning starts the process group. Run under ``torchrun --nproc-per-node 2``;
-prints ``LIGHTNING OK {...}`` on rank 0 when the hook ran past its start_iter and both ranks
-end with identical parameters.
+prints ``LIGHTNING OK {...}`` on rank 0 when the hook ran past its start_iter, both ranks
+end with identical parameters, and MPI was never started (a torchrun job needs none).
 
 Lightning registers communication hooks only when its device is CUDA
 (``DDPStrategy._register_ddp_hooks``; on CPU it ignores them without a word), so on this
@@ -54,14 +54,17 @@ def main() -> int:
                         devices=2, max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=8))
+    from mpi4py import MPI  # after gtopk_mpi's import, as in a user's script: imported, never started
+
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     both = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(both, flat)
     same = all(torch.equal(both[0], b) for b in both)
-    ok = same and state.iter > state.start_iter and bool(state.residuals)
+    ok = same and state.iter > state.start_iter and bool(state.residuals) and not MPI.Is_initialized()
     if dist.get_rank() == 0:
         print("LIGHTNING OK" if ok else "LIGHTNING FAILED",
               json.dumps({"iters": state.iter, "start_iter": state.start_iter, "residuals": len(state.residuals),
+                          "mpi_initialized": MPI.Is_initialized(),
                           "steps": trainer.global_step}), flush=True)
     dist.barrier()
     return 0 if ok else 1

@@ -271,6 +271,7 @@ def init_process_group_from_mpi(backend: str = "gloo", **kwargs: Any) -> None:
     """torch.distributed for a job launched by mpirun: rank and world size from
     MPI.COMM_WORLD, the rendezvous at $MASTER_ADDR:$MASTER_PORT (defaults: rank 0's host
     name, 29500). Then ``gtopk_mpi.init()`` lets the hook exchange through MPI."""
+    runtime.start_mpi()
     world = MPI.COMM_WORLD
     addr = world.bcast(os.environ.get("MASTER_ADDR") or socket.gethostname(), root=0)
     port = world.bcast(os.environ.get("MASTER_PORT") or "29500", root=0)
