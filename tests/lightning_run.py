@@ -1,8 +1,9 @@
 """A PyTorch Lightning Trainer with the gTop-k DDP hook, as a Lightning user writes it:
 ``DDPStrategy(ddp_comm_state=GTopkState(...), ddp_comm_hook=gtopk_hook)``, the state built
-before Lightning starts the process group. Run under ``torchrun --nproc-per-node 2``;
+before Lightning starts the process group. Run under ``torchrun --nproc-per-node 2`` or
+``mpiexec -n 2`` (Lightning's MPIEnvironment then starts the process group);
 prints ``LIGHTNING OK {...}`` on rank 0 when the hook ran past its start_iter, both ranks
-end with identical parameters, and MPI was never started (a torchrun job needs none).
+end with identical parameters, and (under torchrun) MPI was never started.
 
 Lightning registers communication hooks only when its device is CUDA
 (``DDPStrategy._register_ddp_hooks``; on CPU it ignores them without a word), so on this
@@ -12,6 +13,7 @@ CPU-only machine the strategy below makes the same registration call on CPU: Lig
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import lightning as L
@@ -60,7 +62,9 @@ def main() -> int:
     both = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(both, flat)
     same = all(torch.equal(both[0], b) for b in both)
-    ok = same and state.iter > state.start_iter and bool(state.residuals) and not MPI.Is_initialized()
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    mpi_left_alone = not (under_torchrun and MPI.Is_initialized())
+    ok = same and state.iter > state.start_iter and bool(state.residuals) and mpi_left_alone
     if dist.get_rank() == 0:
         print("LIGHTNING OK" if ok else "LIGHTNING FAILED",
               json.dumps({"iters": state.iter, "start_iter": state.start_iter, "residuals": len(state.residuals),

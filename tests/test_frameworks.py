@@ -13,8 +13,9 @@ from mpi_launch import run
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="lightning not installed")
-def test_lightning_trainer_with_the_gtopk_hook_under_torchrun():
-    proc = run(2, ["tests/lightning_run.py"], timeout=240, launcher="torchrun")
+@pytest.mark.parametrize("launcher", ["torchrun", "mpiexec"])
+def test_lightning_trainer_with_the_gtopk_hook(launcher):
+    proc = run(2, ["tests/lightning_run.py"], timeout=240, launcher=launcher)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "LIGHTNING OK" in out, out[-4000:]
 
