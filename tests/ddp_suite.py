@@ -200,6 +200,40 @@ def disagreeing_ranks_raise_in_backward_everywhere():
 
 
 @check
+def bfloat16_model_against_the_reference():
+    """A bfloat16 model: each step's averaged gradient is the reference's gTop-k of every rank's
+    float32 (residual + gradient), cast to bfloat16; the residuals stay float32 and match."""
+    net = DDP(model(seed=4, dtype=torch.bfloat16))
+    state = ddp.GTopkState(density=0.05, start_iter=2, density_warmup=[], min_k=0, wire="fp32",
+                           named_parameters=net.module.named_parameters())
+    seen: list = []
+    net.register_comm_hook(state, recording(ddp.gtopk_hook, seen))
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    residuals = None
+    for i in range(4):
+        seen.clear()
+        x, y = batch(i)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x.to(torch.bfloat16)), y).backward()
+        opt.step()
+        if i < 2:
+            continue
+        ordered = sorted(seen, key=lambda s: s[0])
+        local = torch.cat([b for _, b, _ in ordered]).float().numpy()
+        xs = COMM.allgather(local)
+        if residuals is None:
+            residuals = [np.zeros_like(local) for _ in range(P)]
+        k = int(np.ceil(0.05 * len(local)))
+        w_idx, w_val, residuals = ref.gtopk(xs, k, residuals=residuals, average=True)
+        want = np.zeros_like(local)
+        want[w_idx] = w_val
+        got = torch.cat(bucket_grads(net, ordered))
+        assert got.dtype == torch.bfloat16 and torch.equal(got, torch.from_numpy(want).to(torch.bfloat16)), i
+        (r,) = state.residuals.values()
+        assert r.dtype == torch.float32 and ref.same_bits(r.numpy(), residuals[RANK]), f"step {i}: residual"
+
+
+@check
 def k_floor_and_dense_fallback():
     """min_k (GTOPK_MIN_K's default for the hook): k raised to the floor, and a dense exchange
     of residual + gradient (every rank's, averaged, residuals emptied) where the floor's entries

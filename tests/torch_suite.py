@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gtopk_mpi.torch as hvd  # noqa: E402
 
+import reference as ref  # noqa: E402
 from mpi_harness import Suite  # noqa: E402
 
 hvd.init()
@@ -89,6 +90,43 @@ def sparse_compression_at_density_one_equals_dense():
                     out = hvd.allreduce(ts[RANK], op=op, compression=comp)
                     dense = hvd.allreduce(ts[RANK], op=op)
                     assert torch.equal(out, dense), (dtype, dims, op, comp)
+
+
+@check
+def bfloat16_through_every_op():
+    """bfloat16 tensors: reductions in float32 returned in bfloat16 (here exact: integer-valued
+    data), gTop-k equal to the reference's on the float32 values, element-moving ops bit for bit."""
+    bf = torch.bfloat16
+    ts = everyone(bf, 2, seed=4)
+    for op in (hvd.Sum, hvd.Average, hvd.Min, hvd.Max):
+        out = hvd.allreduce(ts[RANK], op=op)
+        want = reduce_ref([t.float() for t in ts], op).to(bf)
+        assert out.dtype == bf and torch.equal(out, want), op
+    xs = [torch.randn(400, generator=torch.Generator().manual_seed(77 + q)).to(bf) for q in range(P)]
+    out = hvd.allreduce(xs[RANK], op=hvd.Sum, compression=hvd.Compression.gtopk(0.05, wire="fp32"))
+    idx, val, _ = ref.gtopk([x.float().numpy() for x in xs], 20)
+    want = torch.zeros(400)
+    want[torch.from_numpy(idx).long()] = torch.from_numpy(val)
+    assert out.dtype == bf and torch.equal(out, want.to(bf))
+    gathered = hvd.allgather(ts[RANK])
+    assert gathered.dtype == bf and torch.equal(gathered, torch.cat(ts))
+    b = hvd.broadcast(ts[RANK], root_rank=P - 1)
+    assert b.dtype == bf and torch.equal(b, ts[P - 1])
+    rows = [torch.full((P, 3), float(10 * q), dtype=bf) + torch.arange(P, dtype=bf).reshape(-1, 1) for q in range(P)]
+    got = hvd.alltoall(rows[RANK])
+    assert got.dtype == bf and torch.equal(got, torch.stack([rows[q][RANK] for q in range(P)]))
+    rs = hvd.reducescatter(torch.cat([ts[RANK]] * P), op=hvd.Sum)
+    assert rs.dtype == bf and torch.equal(rs, reduce_ref([t.float() for t in ts], hvd.Sum).to(bf))
+    model = make_model(seed=12).to(bf)
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                   named_parameters=model.named_parameters(), compression=hvd.Compression.gtopk(0.1))
+    for step in range(3):
+        opt.zero_grad()
+        x, y = batch(step)
+        torch.nn.functional.mse_loss(model(x.to(bf)), y.to(bf)).backward()
+        opt.step()
+    assert all(r.dtype == torch.float32 for r in opt.error_feedback.residuals.values())
+    SUITE.identical_on_all_ranks(b"".join(p.detach().view(torch.int16).numpy().tobytes() for p in model.parameters()))
 
 
 @check

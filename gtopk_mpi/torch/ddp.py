@@ -190,6 +190,8 @@ class GTopkState:
             flat_sizes = [n for s in sizes for n in s]
             buffers = [b for b, _, _ in parts]
             flat = buffers[0] if len(buffers) == 1 else torch.cat(buffers)
+            if flat.dtype == torch.bfloat16:  # selection, sums and the residual in float32 (see reduction.py)
+                flat = flat.float()
             residual = self._residual(names, flat_sizes, flat)
             k = schedule.training_k(flat.numel(), density, flat.element_size(), self.min_k)
             if k >= flat.numel():  # dense: the sum of every rank's residual + gradient, residuals emptied

@@ -68,7 +68,7 @@ class TensorMismatchError(HorovodInternalError, MismatchError):
 
 #: Horovod's names of the dtypes an allreduce takes, and of those allgather / broadcast take
 DTYPE_NAMES = {torch.int32: "HOROVOD_INT32", torch.int64: "HOROVOD_INT64", torch.float16: "HOROVOD_FLOAT16",
-               torch.float32: "HOROVOD_FLOAT32", torch.float64: "HOROVOD_FLOAT64"}
+               torch.bfloat16: "HOROVOD_BFLOAT16", torch.float32: "HOROVOD_FLOAT32", torch.float64: "HOROVOD_FLOAT64"}
 BROADCAST_DTYPES = {**DTYPE_NAMES, torch.uint8: "HOROVOD_UINT8", torch.int8: "HOROVOD_INT8",
                     torch.int16: "HOROVOD_INT16", torch.bool: "HOROVOD_BOOL"}
 

@@ -26,7 +26,7 @@ from .. import _C, config, failures, runtime, transport
 from . import engine
 from .compression import Compression, SparseCompressor
 from .engine import BROADCAST_DTYPES, DTYPE_NAMES, JOIN_KEY, Request, Work, op_name, submit, submit_checked
-from .reduction import OP_NAMES, Adasum, Average, Sum, average, reduce_flat, scale
+from .reduction import OP_NAMES, Adasum, Average, Sum, average, from_host_bits, host_bits, reduce_flat, scale
 
 
 class ProcessSet:
@@ -577,9 +577,10 @@ def _allgather_work(tensor: torch.Tensor, name: str, group: int, set_id: int) ->
         rows = [r.shape[0] for r in reqs]
         row = int(np.prod(shape[1:], dtype=np.int64))
         counts = [n * row for n in rows]
-        out = np.empty(sum(counts), dtype=snapshot.numpy().dtype)
-        link.allgatherv(snapshot.reshape(-1).numpy(), counts, out)
-        return torch.from_numpy(out).reshape((sum(rows), *shape[1:])).to(tensor.device), rows
+        mine = host_bits(snapshot.reshape(-1))
+        out = np.empty(sum(counts), dtype=mine.dtype)
+        link.allgatherv(mine, counts, out)
+        return from_host_bits(out, snapshot.dtype).reshape((sum(rows), *shape[1:])).to(tensor.device), rows
 
     req = Request(name, "ALLGATHER", BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), shape,
                   device=_device(tensor), group=group, process_set=set_id)
@@ -668,7 +669,7 @@ def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str, set_id: int
 
     def run(link: Any, reqs: list[Request]) -> torch.Tensor:
         root = _root_in_set(root_rank, members)
-        buf = snapshot.reshape(-1).numpy()
+        buf = host_bits(snapshot.reshape(-1))
         link.bcast(buf.view(np.uint8) if buf.dtype == np.bool_ else buf, root)
         return snapshot.to(tensor.device)
 
@@ -746,11 +747,11 @@ def _alltoall_work(tensor: torch.Tensor, splits: list[int] | None, name: str, se
 
     def run(link: Any, reqs: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
         recv_rows = [r.splits[link.rank] for r in reqs]
-        arr = snapshot.reshape(-1).numpy()
+        arr = host_bits(snapshot.reshape(-1))
         row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * arr.itemsize
         out = np.empty(sum(recv_rows) * row_bytes, np.uint8)
         link.alltoallv(arr.view(np.uint8), [s * row_bytes for s in splits], out, [s * row_bytes for s in recv_rows])
-        result = torch.from_numpy(out.view(arr.dtype)).reshape((sum(recv_rows), *shape[1:]))
+        result = from_host_bits(out.view(arr.dtype), snapshot.dtype).reshape((sum(recv_rows), *shape[1:]))
         return result.to(tensor.device), torch.tensor(recv_rows, dtype=torch.int32)
 
     req = Request(name, "ALLTOALL", BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), shape,
@@ -820,7 +821,9 @@ def _reducescatter_work(tensor: torch.Tensor, name: str, op: int, prescale: floa
     def run(link: Any, reqs: list[Request]) -> torch.Tensor:
         rows = scatter_rows(shape[0], link.size)
         row = int(np.prod(shape[1:], dtype=np.int64))
-        c, ctx = compression.compress(scale(snapshot.reshape(-1), prescale))
+        src = snapshot.reshape(-1)
+        src = src.float() if src.dtype == torch.bfloat16 else src  # bfloat16: scaled and summed in float32
+        c, ctx = compression.compress(scale(src, prescale))
         arr = c.numpy()
         wide = arr.astype(np.float32) if arr.dtype == np.float16 else arr  # MPI sums float16 as float32
         out = np.empty(rows[link.rank] * row, wide.dtype)

@@ -51,6 +51,18 @@ def _tensor(a: Any) -> torch.Tensor:
     return torch.from_numpy(a) if isinstance(a, np.ndarray) else a
 
 
+def host_bits(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a contiguous CPU tensor for ops that move elements without arithmetic
+    (NumPy has no bfloat16: a bfloat16 tensor's bits as int16)."""
+    return t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def from_host_bits(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """The tensor of what :func:`host_bits` gave (or received) for ``dtype``."""
+    t = torch.from_numpy(a)
+    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+
+
 def dense(link: Any, t: torch.Tensor, op: int = Sum) -> torch.Tensor:
     """Horovod's ``op`` over all ranks (Average: the sum) of a flat tensor, in a new tensor."""
     space, arr = _array(t.contiguous())
@@ -66,8 +78,13 @@ def reduce_flat(link: Any, flat: torch.Tensor, op: int, compression: Any, presca
     A sparse ``compression`` needs op Sum or Average and a floating dtype; its result has
     at most k nonzeros: the compressor's k (SparseCompressor.k: with min_k set, the training
     paths' floor) of the feedback's scheduled density, else of its own. k >= numel gives
-    exactly the dense reduction of residual + flat.
+    exactly the dense reduction of residual + flat. bfloat16 is reduced in float32 (sums,
+    top-k selection on float32 magnitudes, a float32 residual: a bfloat16 one would round away
+    every gradient below 2^-8 of the entry it joins) and returned in bfloat16.
     """
+    if flat.dtype == torch.bfloat16:  # in float32 (sums, selection, residuals), the result in bfloat16
+        y, stats = reduce_flat(link, flat.float(), op, compression, prescale, postscale, feedback)
+        return y.to(torch.bfloat16), stats
     x = scale(flat, prescale)
     stats = CommStats()
     if isinstance(compression, SparseCompressor):
