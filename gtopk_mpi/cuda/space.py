@@ -2,7 +2,7 @@
 
 Selection, merge, scatter and residual updates run as CUDA kernels; sets and messages
 (when the call keeps them on the device: GTOPK_MPI_CUDA_AWARE=1) are packed and viewed
-by torch on the device, and only the 40-byte headers and error texts are read on the
+by torch on the device, and only the 56-byte headers and error texts are read on the
 host. Under ``use_emulator()`` the device is the CPU: CPU tensors, emulated kernels.
 """
 
