@@ -43,8 +43,8 @@ declare -A FASHION_ARGS=(  # run name -> train.py args (VAR=VALUE words go to th
 )
 # model/run, most needed first: the defaults against dense on both models, then the time-to-accuracy
 # rivals on the communication-heavy convnet, then the rest of the grid
-FASHION_PLAN=(convnet/dense convnet/gtopk0.001 convnet/ddp-powersgd4 convnet/ddp-gtopk0.001 resnet20/dense
-  resnet20/gtopk0.001 convnet/gtopk0.001_nofloor convnet/gtopk0.001_mc convnet/topk0.001 convnet/gtopk0.001_exact convnet/gtopk0.01
+FASHION_PLAN=(convnet/dense convnet/gtopk0.001 convnet/ddp-powersgd4 resnet20/dense resnet20/gtopk0.001
+  convnet/ddp-gtopk0.001 convnet/gtopk0.001_mc convnet/gtopk0.001_nofloor convnet/topk0.001 convnet/gtopk0.001_exact convnet/gtopk0.01
   convnet/ddp-allreduce convnet/ddp-powersgd1 convnet/gtopk0.01_exact convnet/topk0.01 convnet/gtopk0.001_2x2
   resnet20/ddp-powersgd4 resnet20/ddp-gtopk0.001 resnet20/gtopk0.001_nofloor resnet20/topk0.001
   resnet20/gtopk0.001_exact resnet20/gtopk0.01 resnet20/ddp-allreduce resnet20/ddp-powersgd1

@@ -8,6 +8,7 @@ accuracy at each epoch's end, so "steps to target" has one epoch's resolution) a
 docs/data/fmnist_step_{model}_{run}.csv (the same run's second epoch on the emulated cluster, in
 the steady state: compression at the target density). Columns:
 
+* how long the 10 epochs of training took here (4 ranks on 2 cores, without the evaluations);
 * step (ms) on the emulated cluster, and its compute part (forward + backward; 2 cores for 4
   ranks, so compute is ~2x a dedicated core's);
 * time to target on the emulated cluster: steps x step;
@@ -28,9 +29,13 @@ LABELS = {
     "dense": "dense (Horovod-style allreduce)",
     "gtopk0.001": "gTop-k rho=0.001, library defaults",
     "gtopk0.001_nofloor": "gTop-k rho=0.001, GTOPK_MIN_K=0",
+    "gtopk0.001_mc": "gTop-k rho=0.001, DGC momentum correction",
     "gtopk0.001_exact": "gTop-k rho=0.001, exact values",
+    "gtopk0.001_2x2": "gTop-k rho=0.001, 2 hosts x 2 ranks (hierarchical)",
     "gtopk0.01": "gTop-k rho=0.01",
+    "gtopk0.01_exact": "gTop-k rho=0.01, exact values",
     "topk0.001": "Top-k (allgather) rho=0.001",
+    "topk0.01": "Top-k (allgather) rho=0.01",
     "ddp-gtopk0.001": "DDP + gTop-k hook rho=0.001",
     "ddp-allreduce": "DDP allreduce",
     "ddp-powersgd4": "DDP + PowerSGD rank 4",
@@ -56,9 +61,9 @@ def table(model: str, speedup: float) -> tuple[list[str], dict[str, list[tuple[f
     target = float(dense[-1]["test_acc"]) - 0.01
     lines = [f"**{model}**: target {100 * target:.2f}% (dense's final {100 * float(dense[-1]['test_acc']):.2f}% "
              "minus 1 point)", "",
-             "| run | final acc. | vs dense | steps to target | step (ms), emulated 1 GbE | of which compute | "
-             "time to target, emulated 1 GbE | GPU-cluster projection |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| run | final acc. | vs dense | steps to target | run took (min) | step (ms), emulated 1 GbE | "
+             "of which compute | time to target, emulated 1 GbE | GPU-cluster projection |",
+             "|---|---|---|---|---|---|---|---|---|"]
     curves = {}
     for name, label in LABELS.items():
         acc_path, step_path = DATA / f"fmnist_{model}_{name}.csv", DATA / f"fmnist_step_{model}_{name}.csv"
@@ -79,7 +84,9 @@ def table(model: str, speedup: float) -> tuple[list[str], dict[str, list[tuple[f
             cols = ["not measured"] * 2 + ["never" if hit is None else "-"] * 2
         reached = "never" if hit_row is None else f"{hit:,} (epoch {hit_row['epoch']})"
         vs = 100 * (final - float(dense[-1]["test_acc"]))
-        lines.append(f"| {label} | {100 * final:.2f}% | {vs:+.2f} | {reached} | " + " | ".join(cols) + " |")
+        took = sum(float(x["epoch_s"]) for x in r) / 60
+        lines.append(f"| {label} | {100 * final:.2f}% | {vs:+.2f} | {reached} | {took:.1f} | " + " | ".join(cols)
+                     + " |")
     return lines, curves
 
 
