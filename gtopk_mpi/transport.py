@@ -14,9 +14,9 @@ Buffers are contiguous NumPy arrays, or device tensors when the MPI is CUDA-awar
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -30,6 +30,8 @@ Alloc = Callable[[int], Any]
 _OPS = {"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX, "prod": MPI.PROD}
 TAG = 0x6770
 IDLE_SPIN, IDLE_SLEEP_S = 64, 50e-6  # an idle wait: polls before sleeping, then the sleep between polls
+
+log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
@@ -89,8 +91,8 @@ def poll(ready: Callable[[], Any], link: Any, who: str, gone: Callable[[], str |
         waited = time.monotonic() - t0
         if warn_s and waited > warn_s and not warned:
             warned = True
-            print(f"gtopk_mpi: rank {link.rank}: {link.activity} has waited {waited:.0f} s for {who} "
-                  "(a rank is late, skipped a call, or called another collective)", file=sys.stderr, flush=True)
+            log.warning("gtopk_mpi: rank %s: %s has waited %.0f s for %s (a rank is late, skipped a call, or "
+                        "called another collective)", link.rank, link.activity, waited, who)
         if end_s and waited > end_s:
             end_job(f"gtopk_mpi: rank {link.rank}: {link.activity} stalled {waited:.0f} s waiting for {who} "
                     "(GTOPK_STALL_SHUTDOWN_TIME_SECONDS); ending the job")

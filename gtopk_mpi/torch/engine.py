@@ -42,7 +42,7 @@ to agreement and its RUN span).
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -65,6 +65,8 @@ class HorovodInternalError(RuntimeError):
 class TensorMismatchError(HorovodInternalError, MismatchError):
     """Ranks submitted the same named op with disagreeing arguments."""
 
+
+log = logging.getLogger(__name__)
 
 #: Horovod's names of the dtypes an allreduce takes, and of those allgather / broadcast take
 DTYPE_NAMES = {torch.int32: "HOROVOD_INT32", torch.int64: "HOROVOD_INT64", torch.float16: "HOROVOD_FLOAT16",
@@ -529,9 +531,9 @@ class Engine:
             if self._stall_s and work is not None and not work.warned and key in tables[me] \
                     and tables[me][key][1] > self._stall_s:
                 work.warned = True
-                print(f"gtopk_mpi.torch: rank {me}: {work.request.op_type} '{name}' has waited "
-                      f"{tables[me][key][1]:.0f} s for ranks {missing}, which have not submitted it "
-                      "(one rank is late, skipped an op, or submitted another name)", file=sys.stderr, flush=True)
+                log.warning("gtopk_mpi.torch: rank %s: %s '%s' has waited %.0f s for ranks %s, which have not "
+                            "submitted it (one rank is late, skipped an op, or submitted another name)", me,
+                            work.request.op_type, name, tables[me][key][1], missing)
 
 
 # -- the front end's one engine -----------------------------------------------------------
