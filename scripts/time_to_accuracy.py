@@ -8,6 +8,7 @@ accuracy at each epoch's end, so "steps to target" has one epoch's resolution) a
 docs/data/fmnist_step_{model}_{run}.csv (the same run's second epoch on the emulated cluster, in
 the steady state: compression at the target density). Columns:
 
+* an unfinished run (fewer epochs than dense) is compared with dense at its last epoch;
 * how long the 10 epochs of training took here (4 ranks on 2 cores, without the evaluations);
 * step (ms) on the emulated cluster, and its compute part (forward + backward; 2 cores for 4
   ranks, so compute is ~2x a dedicated core's);
@@ -71,19 +72,25 @@ def table(model: str, speedup: float) -> tuple[list[str], dict[str, list[tuple[f
             continue
         r = rows(acc_path)
         final = float(r[-1]["test_acc"])
+        never = "never" if len(r) >= len(dense) else f"not by epoch {len(r)}"
+        if len(r) < len(dense):  # an unfinished run: its last epoch against dense's at the same epoch
+            label = f"{label} (unfinished: {len(r)} of {len(dense)} epochs)"
+            vs_epoch = float(dense[len(r) - 1]["test_acc"])
+        else:
+            vs_epoch = float(dense[-1]["test_acc"])
         hit_row = next((x for x in r if float(x["test_acc"]) >= target), None)
         hit = None if hit_row is None else int(hit_row["steps"])
         if step_path.exists():
             step, compute = step_time(step_path)
             projected = compute / speedup + (step - compute)
             cols = [f"{1e3 * step:.0f}", f"{1e3 * compute:.0f}",
-                    "never" if hit is None else f"{hit * step:.0f} s",
-                    "never" if hit is None else f"{hit * projected:.1f} s"]
+                    never if hit is None else f"{hit * step:.0f} s",
+                    never if hit is None else f"{hit * projected:.1f} s"]
             curves[label] = [(int(x["steps"]) * step, 100 * float(x["test_acc"])) for x in r]
         else:
-            cols = ["not measured"] * 2 + ["never" if hit is None else "-"] * 2
-        reached = "never" if hit_row is None else f"{hit:,} (epoch {hit_row['epoch']})"
-        vs = 100 * (final - float(dense[-1]["test_acc"]))
+            cols = ["not measured"] * 2 + [never if hit is None else "-"] * 2
+        reached = never if hit_row is None else f"{hit:,} (epoch {hit_row['epoch']})"
+        vs = 100 * (final - vs_epoch)
         took = sum(float(x["epoch_s"]) for x in r) / 60
         lines.append(f"| {label} | {100 * final:.2f}% | {vs:+.2f} | {reached} | {took:.1f} | " + " | ".join(cols)
                      + " |")
