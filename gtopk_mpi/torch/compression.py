@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import config
-from ..arguments import resolve_k
 from ..baselines import topk_allreduce
 from ..butterfly import gtopk_allreduce
 from ..wire import WIRES
@@ -95,10 +94,7 @@ class SparseCompressor:
 
     def k(self, m: int, density: float | None = None, value_bytes: int = 4) -> int:
         """Entries sent of m elements at ``density`` (default: this compressor's); m: dense."""
-        d = self.density if density is None else density
-        if self.min_k is None:
-            return resolve_k(m, None, d)
-        return training_k(m, d, value_bytes, self.min_k)
+        return training_k(m, self.density if density is None else density, value_bytes, self.min_k or 0)
 
     def allreduce(self, x, k: int, residual, comm):
         """The sparse collective this compressor names, on a 1-D NumPy array or CUDA tensor

@@ -21,10 +21,10 @@ logged (a warning, once per process). ``GTOPK_MIN_K=0`` keeps k = ceil(density *
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 from .. import config
+from ..arguments import resolve_k
 
 log = logging.getLogger(__name__)
 _logged: set[int] = set()  # bucket sizes whose k this process has reported
@@ -76,7 +76,7 @@ def min_k() -> int:
 def training_k(m: int, density: float, value_bytes: int = 4, floor: int | None = None) -> int:
     """Entries a training step sends of m gradient elements at ``density`` (m: reduce densely),
     with at least ``floor`` entries (None: GTOPK_MIN_K); see the module docstring."""
-    k = max(1, math.ceil(density * m))
+    k = resolve_k(m, None, density)
     floor = min_k() if floor is None else floor
     if not floor or k >= m:
         return min(k, m)
