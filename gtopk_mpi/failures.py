@@ -169,6 +169,11 @@ def _excepthook(previous):
         previous(kind, value, tb)
         if _watch is None or not config.ABORT_ON_ERROR.get():
             return
+        if sys.stderr is not sys.__stderr__ and sys.__stderr__ is not None:
+            # a hook installed after ours captured stderr to print it when we return, which we do
+            # not (torch.distributed's adds "[rankN]: "): the traceback would be lost
+            sys.__stderr__.write("".join(traceback.format_exception(kind, value, tb)))
+            sys.__stderr__.flush()
         line = traceback.format_exception_only(kind, value)[-1].strip()
         _watch.tell_everyone(FAILED, line)
         sys.stderr.flush()

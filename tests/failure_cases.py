@@ -1,12 +1,13 @@
 """Run by tests/test_failures.py under mpiexec: one way a job goes wrong, on the last rank.
 
-    failure_cases.py CASE FRONT      CASE: exception, early_exit, late, stall; FRONT: numpy, torch
+    failure_cases.py CASE FRONT      CASE: exception, early_exit, late, stall; FRONT: numpy, torch, ddp
 
 Every other rank calls one collective and prints what it got; the last rank misbehaves:
 ``exception`` raises outside any call, ``early_exit`` returns without shutdown(),
 ``late`` joins the call 4 s late (run with GTOPK_STALL_CHECK_TIME_SECONDS=2),
 ``stall`` (run with GTOPK_STALL_SHUTDOWN_TIME_SECONDS=3) submits a differently named op
-(torch) or does not call at all for 30 s (numpy).
+(torch) or does not call at all for 30 s (numpy). ``ddp``: numpy's collectives after
+torch.distributed is started from MPI's environment (its excepthook then wraps ours).
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ if front == "torch":
     import gtopk_mpi.torch as hvd
 
     hvd.init()
+elif front == "ddp":
+    import os
+
+    from gtopk_mpi.torch import ddp
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29641")
+    g.init()
+    ddp.init_process_group_from_mpi("gloo")
 else:
     g.init()
 rank, size = g.rank(), g.size()
