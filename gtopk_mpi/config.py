@@ -105,6 +105,11 @@ MALLOC_TUNE = Knob("GTOPK_MALLOC_TUNE", "bool", True,
 CUDA_AWARE = Knob("GTOPK_MPI_CUDA_AWARE", "bool", False,
                   "1: the collectives on CUDA tensors keep sets and messages in device memory and hand device "
                   "buffers to a CUDA-aware MPI (merges on the GPU); 0: stage the k pairs through pinned host memory")
+DEVICE_KERNELS = Knob("GTOPK_DEVICE_KERNELS", "choice", "auto",
+                      "the kernels on device tensors: auto (the custom CUDA kernels on a CUDA GPU where built and "
+                      "working, else torch's own operations; logged once per device), cuda (the custom kernels, "
+                      "an error where not built), torch (torch's operations on any device: CUDA, ROCm, MPS, XPU)",
+                      choices=("auto", "cuda", "torch"))
 WITH_CUDA = Knob("GTOPK_MPI_WITH_CUDA", "choice", "auto",
                  "build the CUDA kernels: auto (when a toolkit is under $CUDA_HOME or /usr/local/cuda), 1, 0",
                  scope="build", choices=("auto", "0", "1"))
@@ -119,8 +124,10 @@ MPIEXEC = Knob("GTOPK_MPIEXEC", "str", None, "the mpiexec that scripts and tests
 TEST_TRANSPORT = Knob("GTOPK_TEST_TRANSPORT", "choice", "mpi",
                       "tests/mpi_suite.py, hier_suite.py: the collectives' transport, mpi (under mpiexec) or dist "
                       "(torch.distributed with gloo, under torchrun)", scope="tests", choices=("mpi", "dist"))
-TEST_EMULATE = Knob("GTOPK_TEST_EMULATE", "bool", False,
-                    "tests/cuda_collective_check.py: run on the emulated device instead of a GPU", scope="tests")
+TEST_DEVICE_KERNELS = Knob("GTOPK_TEST_DEVICE_KERNELS", "choice", None,
+                           "tests/cuda_collective_check.py: CPU tensors stand in for device memory, run by the "
+                           "emulator (the CUDA kernels on the SIMT emulator) or torch (torch's operations); unset: "
+                           "a GPU", scope="tests", choices=("emulator", "torch"))
 TEST_M = Knob("GTOPK_TEST_M", "int", 1_100_000, "tests/cuda_collective_check.py: vector length", scope="tests")
 TEST_CUDA_AWARE = Knob("GTOPK_TEST_CUDA_AWARE", "bool", False,
                        "tests/cuda_collective_check.py on a GPU: also check GTOPK_MPI_CUDA_AWARE=1", scope="tests")

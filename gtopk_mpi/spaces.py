@@ -5,9 +5,10 @@ its input lives and does every per-element step through that :class:`Space`: val
 select, merge, gather, clear residual entries, pack messages. Two spaces exist:
 
 * :data:`HOST` - NumPy arrays in host memory, the C++ kernels of gtopk_mpi._C;
-* ``gtopk_mpi.cuda.DeviceSpace`` - torch tensors on a GPU (CuPy arrays are viewed as
-  torch tensors), the CUDA kernels; under ``gtopk_mpi.cuda.use_emulator()`` CPU tensors
-  stand in for device memory and the same kernels run on the CPU's SIMT emulator.
+* ``gtopk_mpi.cuda.DeviceSpace`` - torch tensors on a device (CuPy arrays are viewed as
+  torch tensors), the device kernels (the custom CUDA kernels, or torch's operations);
+  under ``gtopk_mpi.cuda.use_kernels(...)`` (tests) CPU tensors stand in for device memory,
+  run by the CUDA kernels on the CPU's SIMT emulator or by torch's operations.
 
 The k-sets and messages of a call on device data live on the host (only the k pairs
 cross PCIe, through pinned memory) unless GTOPK_MPI_CUDA_AWARE=1, which keeps them in
@@ -179,7 +180,7 @@ HOST = HostSpace()
 
 
 def space_for(x: Any) -> Space:
-    """The space of ``x``: a DeviceSpace for torch CUDA tensors and CuPy arrays, else HOST
+    """The space of ``x``: a DeviceSpace for torch device tensors and CuPy arrays, else HOST
     (whose check() then names what is wrong with x)."""
     if isinstance(x, np.ndarray):
         return HOST

@@ -5,7 +5,8 @@
 Default: ResNet-50's gradient (25,557,032 float32), rho = 0.001. Prints medians and the
 ratios the GPU issue targets: select_topk vs torch.topk(|x|, k) and vs one read of x
 (torch.sum, the memory-bound floor); the fused error-feedback selection vs plain; the
-merge of two k-sets.
+merge of two k-sets; and the device path made of torch operations (torch_kernels.py, what
+an install without a CUDA toolkit runs) against the custom kernels.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import statistics
 import torch
 
 from gtopk_mpi import cuda
+from gtopk_mpi.cuda.torch_kernels import TorchKernels
 
 
 def timed(fn, repeats: int = 20) -> float:
@@ -77,6 +79,10 @@ def main() -> None:
     a = cuda.select_topk(x, k)
     b = cuda.select_topk(torch.randn(m, device="cuda", generator=g), k)
     rows["gtopk merge_topk of two k-sets"] = timed(lambda: cuda.merge_topk(*a, *b, k))
+    ops = TorchKernels()  # the path of a GPU install without a CUDA toolkit
+    out_idx, out_val = torch.empty(k, dtype=torch.int32, device="cuda"), torch.empty(k, device="cuda")
+    rows["torch-ops path: select"] = timed(lambda: ops.select(x, None, k, out_idx, out_val))
+    rows["torch-ops path: merge of two k-sets"] = timed(lambda: ops.merge(*a, *b, k, out_idx, out_val))
     print(f"GPU: {torch.cuda.get_device_name()}  m = {m:,} float32, k = {k:,}")
     for name, ms in rows.items():
         print(f"  {name:<36} {ms * 1e3:10.1f} us")
@@ -86,6 +92,9 @@ def main() -> None:
     fused, merge = rows["gtopk select_topk, fused residual"], rows["gtopk merge_topk of two k-sets"]
     print(f"  fused / plain selection            {fused / sel:8.2f}x   (target <= 2x)")
     print(f"  merge                              {merge * 1e3:8.1f} us (target <= 50 us)")
+    print(f"  torch-ops select / select_topk     {rows['torch-ops path: select'] / sel:8.1f}x   (no target: "
+          "what a toolkit-less install costs)")
+    print(f"  torch-ops merge / merge_topk       {rows['torch-ops path: merge of two k-sets'] / merge:8.1f}x")
     try:  # the profiler needs CUPTI, which a sandboxed GPU may not offer
         kernel_breakdown({"select_topk": lambda: cuda.select_topk(x, k),
                           "select_topk, fused residual": lambda: cuda.select_topk(x, k, residual=r),

@@ -5,6 +5,7 @@
 Default: ResNet-50's gradient (25,557,032 float32, standard normal), rho = 0.001.
 Prints medians over repeats and the ratios the project targets:
   select_topk (1 thread) vs np.argpartition(|x|), torch.topk(|x|, k) and one np.abs(x, out=buf) pass;
+  the device path made of torch operations (gtopk_mpi/cuda/torch_kernels.py) run on a CPU tensor;
   the fused error-feedback selection vs plain selection; the 2-thread (OpenMP) figure;
   the butterfly round's local work on two k-sets: the merge with survivor tags (and its AVX2 and
   scalar forms, what CPUs without AVX-512 run) vs np.partition of their 2k magnitudes, and encoding +
@@ -21,6 +22,8 @@ import time
 import numpy as np
 
 from gtopk_mpi import _C, merge_topk, select_topk, select_topk_ef
+
+TORCH_OPS = "torch-ops device path's select, 1 thread"  # on a CPU tensor
 
 
 def timed(fn, repeats: int) -> float:
@@ -59,6 +62,11 @@ def main() -> None:
         torch.set_num_threads(1)
         xt = torch.from_numpy(x)
         rows["torch.topk(|x|, k), 1 thread"] = timed(lambda: torch.topk(xt.abs(), k), max(3, r // 2))
+        from gtopk_mpi.cuda.torch_kernels import TorchKernels  # a GPU install without a toolkit
+
+        out_idx, out_val = torch.empty(k, dtype=torch.int32), torch.empty(k)
+        rows[TORCH_OPS] = timed(
+            lambda: TorchKernels(cpu_stands_in=True).select(xt, None, k, out_idx, out_val), max(3, r // 2))
     except ImportError:
         pass
     a = select_topk(x, k)
@@ -89,6 +97,10 @@ def main() -> None:
     if "torch.topk(|x|, k), 1 thread" in rows:
         print(f"  torch.topk / select_topk            {rows['torch.topk(|x|, k), 1 thread'] / sel:7.1f}x   "
               "(target >= 20x)")
+    if TORCH_OPS in rows:
+        print(f"  torch-ops path / select_topk        "
+              f"{rows[TORCH_OPS] / sel:7.1f}x   "
+              "(its cost on CPU; on a GPU: scripts/bench_gpu.py)")
     print(f"  select_topk / np.abs pass           {sel / rows['np.abs(x) (one pass, memory floor)']:7.2f}x   "
           "(target <= 2.5x)")
     print(f"  fused EF / plain select             {rows['select_topk_ef (fused residual), 1 thread'] / sel:7.2f}x")

@@ -2,9 +2,10 @@
 # The GPU check, on a machine with one NVIDIA GPU (the lent device: Python 3.12 with torch
 # and CuPy, mpi4py without an MPI library). Builds the extension with CUDA for that GPU,
 # runs the GPU tests (selection/merge bit-identical to the CPU, the collective on 2 ranks
-# sharing the GPU), compute-sanitizer on every kernel (what the CPU emulator of
+# sharing the GPU; each twice: the custom CUDA kernels, then the path made of torch's own
+# operations that installs without a toolkit run, GTOPK_DEVICE_KERNELS=cuda / torch), compute-sanitizer on every kernel (what the CPU emulator of
 # tests/test_cuda_emulated.py cannot see: races between real threads, out-of-bounds device
-# accesses) and the GPU benchmark. Under 5 minutes.
+# accesses) and the GPU benchmark. Under 8 minutes.
 #
 # Before a device run, here: put the mpich wheel for Python 3.12 in .whl/ (ignored by git):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -51,7 +52,7 @@ step() {  # step NAME TIMEOUT_S CMD...: run, keep the log's tail, record ok / FA
     *) SUMMARY+=("$name|FAILED (exit $rc)"); FAIL=1 ;;
   esac
 }
-step "GPU tests (pytest tests/test_cuda.py tests/test_kernels.py)" 150 \
+step "GPU tests, custom and torch-ops kernels (pytest tests/test_cuda.py tests/test_kernels.py)" 240 \
   "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_kernels.py
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$SAN" ]; then

@@ -2,13 +2,16 @@
 CPU collectives on the same data (gTop-k merged and exact, Top-k, dense), the residuals
 conserve gradient mass, and bad input raises on every rank instead of hanging.
 
-On one GPU (both ranks share it): CUDA tensors, plus the torch front end. With
-GTOPK_TEST_EMULATE=1 (no GPU): CPU tensors stand in for device memory and the kernels run
-on the SIMT emulator (cuda.use_emulator), so the collectives' bodies on a DeviceSpace are
-exercised (all of gtopk_mpi.cuda but the CUDA runtime calls), GTOPK_MPI_CUDA_AWARE=1's
-device buffers handed to MPI included. GTOPK_TEST_CUDA_AWARE=1 adds that on a GPU
-(CUDA-aware MPI required)."""
+On one GPU (both ranks share it): CUDA tensors, plus the torch front end, with the kernels
+GTOPK_DEVICE_KERNELS picks. With GTOPK_TEST_DEVICE_KERNELS (no GPU): CPU tensors stand in
+for device memory (cuda.use_kernels), run by the CUDA kernels on the SIMT emulator
+("emulator": all of gtopk_mpi.cuda but the CUDA runtime calls) or by torch's operations
+("torch": the path of a GPU install without a toolkit; then also the torch front end, the
+optimizer and the DDP hook, against the same on the CPU path, residuals included). Both
+include GTOPK_MPI_CUDA_AWARE=1's device buffers handed to MPI; GTOPK_TEST_CUDA_AWARE=1 adds
+that on a GPU (CUDA-aware MPI required)."""
 
+import contextlib
 import os
 import sys
 
@@ -18,9 +21,10 @@ import torch
 import gtopk_mpi as g
 from gtopk_mpi import config, cuda
 
-EMULATED = config.TEST_EMULATE.get()
-if EMULATED:
-    cuda.use_emulator()
+os.environ.update(GTOPK_MIN_K="0", GTOPK_DENSITY_WARMUP="none")  # the algorithm at small k, not the defaults
+STAND_IN = config.TEST_DEVICE_KERNELS.get()  # None on a GPU
+EMULATED = STAND_IN is not None  # CPU tensors stand in for device memory
+cuda.use_kernels(STAND_IN)
 DEV = "cpu" if EMULATED else "cuda"
 
 g.init()
@@ -54,6 +58,40 @@ def check_bad_input_raises_everywhere(fns) -> None:
             raise AssertionError("no error")
         except ValueError as e:
             assert f"rank {p - 1}" in str(e) and "bfloat16" in str(e), e
+
+
+SELECTIONS = [0]  # selections the stand-in's kernels ran: the path under test was taken
+if EMULATED:
+    _kern = cuda.kernels_for("cpu")
+    _select = _kern.select
+
+    def _counted(*args, **kwargs):
+        SELECTIONS[0] += 1
+        return _select(*args, **kwargs)
+
+    _kern.select = _counted  # type: ignore[method-assign]
+
+
+def through_stand_in(fn, *args, **kwargs):
+    """fn(*args, **kwargs), asserting that it ran the stand-in's selection (on a GPU: just fn)."""
+    before = SELECTIONS[0]
+    out = fn(*args, **kwargs)
+    assert not EMULATED or SELECTIONS[0] > before, "the stand-in's kernels never ran"
+    return out
+
+
+@contextlib.contextmanager
+def cpu_path():
+    """Inside: CPU tensors take the CPU path (the reference for the stand-in's tensors)."""
+    cuda.use_kernels(None)
+    try:
+        yield
+    finally:
+        cuda.use_kernels(STAND_IN)
+
+
+def host(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu().clone()
 
 
 def total(*parts) -> float:
@@ -122,27 +160,76 @@ if not EMULATED:  # CuPy arrays in, CuPy arrays out
         assert same(cupy.asnumpy(a.values), b.values) and same(cupy.asnumpy(a.to_dense()), b.to_dense())
         assert same(cupy.asnumpy(g.dense_allreduce(cupy.asarray(x))), g.dense_allreduce(x))
 
-if not EMULATED:  # the torch front end on CUDA tensors: same results as on the CPU
+if not EMULATED or STAND_IN == "torch":  # the torch front end on device tensors: same results as on the CPU
     import gtopk_mpi.torch as hvd
 
     hvd.init()
     t = torch.randn(50_000, generator=torch.Generator().manual_seed(7 + r))
     for comp in (hvd.Compression.gtopk(density=0.01), hvd.Compression.topk(density=0.01)):
-        on_gpu = hvd.allreduce(t.cuda(), compression=comp, name=f"gpu.{comp.algorithm}")
-        on_cpu = hvd.allreduce(t, compression=comp, name=f"cpu.{comp.algorithm}")
-        assert on_gpu.is_cuda and same(on_gpu, on_cpu.numpy()), comp.algorithm
-    model = torch.nn.Linear(100, 10).cuda()
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
-                                   named_parameters=model.named_parameters(),
-                                   compression=hvd.Compression.gtopk(density=0.05))
-    for _ in range(3):
-        opt.zero_grad()
-        model(torch.randn(32, 100, device="cuda")).square().mean().backward()
-        opt.step()
-    flat = torch.cat([q.detach().reshape(-1) for q in model.parameters()]).cpu().numpy()
+        on_dev = through_stand_in(hvd.allreduce, dev(t), compression=comp, name=f"gpu.{comp.algorithm}")
+        with cpu_path():
+            on_cpu = hvd.allreduce(t, compression=comp, name=f"cpu.{comp.algorithm}")
+        assert on_dev.device.type == DEV and same(on_dev, on_cpu.numpy()), comp.algorithm
+
+    def train(device: str, steps: int = 3) -> tuple[np.ndarray, dict]:
+        """A few DistributedOptimizer steps (gTop-k, error feedback); parameters, residuals."""
+        torch.manual_seed(0)
+        model = torch.nn.Linear(100, 10).to(device)
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                       named_parameters=model.named_parameters(),
+                                       compression=hvd.Compression.gtopk(density=0.05))
+        for i in range(steps):
+            opt.zero_grad()
+            x = torch.randn(32, 100, generator=torch.Generator().manual_seed(10 * i + r))
+            model(x.to(device)).square().mean().backward()
+            opt.step()
+        flat = torch.cat([host(q).reshape(-1) for q in model.parameters()]).numpy()
+        assert opt.error_feedback is not None
+        return flat, {key: host(v).numpy() for key, v in opt.error_feedback.residuals.items()}
+
+    flat, residuals = through_stand_in(train, DEV)
     everyone = comm.allgather(flat)
     assert all(np.array_equal(everyone[0].view(np.uint32), f.view(np.uint32)) for f in everyone)
+    if EMULATED:
+        with cpu_path():
+            flat_cpu, residuals_cpu = train("cpu")
+        assert same(flat, flat_cpu) and residuals.keys() == residuals_cpu.keys()
+        assert all(same(residuals[key], residuals_cpu[key]) for key in residuals)
+
+    if EMULATED:  # the DDP hook: gTop-k steps after start_iter, on the stand-in and on the CPU path
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        from gtopk_mpi.torch import ddp
+
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29623")
+        ddp.init_process_group_from_mpi("gloo")
+
+        def ddp_train(steps: int = 4) -> tuple[np.ndarray, dict]:
+            torch.manual_seed(0)
+            net = DDP(torch.nn.Sequential(torch.nn.Linear(40, 64), torch.nn.ReLU(), torch.nn.Linear(64, 5)))
+            state = ddp.GTopkState(density=0.05, start_iter=2, wire="fp32",
+                                   named_parameters=net.module.named_parameters())
+            net.register_comm_hook(state, ddp.gtopk_hook)
+            opt = torch.optim.SGD(net.parameters(), lr=0.1)
+            for i in range(steps):
+                gen = torch.Generator().manual_seed(100 * i + r)
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(torch.randn(16, 40, generator=gen)),
+                                                  torch.randint(0, 5, (16,), generator=gen)).backward()
+                opt.step()
+            flat = torch.cat([host(q).reshape(-1) for q in net.parameters()]).numpy()
+            return flat, {n: host(v).numpy() for n, v in state.state_dict()["residuals"].items()}
+
+        flat, residuals = through_stand_in(ddp_train)
+        with cpu_path():
+            flat_cpu, residuals_cpu = ddp_train()
+        assert same(flat, flat_cpu) and residuals.keys() == residuals_cpu.keys() and residuals
+        assert all(same(residuals[n], residuals_cpu[n]) for n in residuals)
+        assert any(np.any(v != 0) for v in residuals.values())  # the gTop-k steps kept something back
+        dist.destroy_process_group()
     hvd.shutdown()
 
 if r == 0:

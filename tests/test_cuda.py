@@ -1,4 +1,5 @@
-"""The CUDA path against the CPU path. GPU tests skip without a GPU; the build checks run everywhere."""
+"""The CUDA path against the CPU path, with the custom CUDA kernels and with torch's operations
+(GTOPK_DEVICE_KERNELS=cuda, torch). GPU tests skip without a GPU; the build checks run everywhere."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from mpi_launch import run
 
 torch = pytest.importorskip("torch")
 gpu = pytest.mark.skipif(not cuda.available(), reason="needs a CUDA build and a GPU")
+
+
+@pytest.fixture(params=["cuda", "torch"], autouse=True)
+def device_kernels(request, monkeypatch):
+    """Every GPU test twice: the custom CUDA kernels, then torch's operations (torch_kernels.py)."""
+    monkeypatch.setenv("GTOPK_DEVICE_KERNELS", request.param)
+    return request.param
 
 
 @pytest.mark.skipif(not cuda.built() or cuda.available(), reason="only for a CUDA build on a machine without a GPU")

@@ -222,11 +222,14 @@ def test_emulator_reports_a_divergent_barrier_instead_of_hanging():
 # ------------------------------------------------------------------ the collectives (gtopk_mpi/cuda.py)
 
 @pytest.mark.parametrize("ranks,m", [(2, LARGE), (3, 200_000)])  # 3: a rank folds in and out
-def test_cuda_collectives_on_the_emulator(ranks, m):
-    """gtopk_mpi/cuda.py's collectives on the emulated device equal the CPU collectives, with
-    the k pairs staged through host memory and with device buffers handed to MPI."""
+@pytest.mark.parametrize("kernels", ["emulator", "torch"])
+def test_cuda_collectives_on_the_emulator(ranks, m, kernels):
+    """gtopk_mpi/cuda.py's collectives on the stand-in device (CPU tensors; the CUDA kernels on
+    the emulator, or torch's operations) equal the CPU collectives, with the k pairs staged
+    through host memory and with device buffers handed to MPI; with torch's operations also
+    the torch front end (hvd.allreduce, the optimizer, the DDP hook)."""
     proc = run(ranks, ["tests/cuda_collective_check.py"], timeout=300,
-               env={"GTOPK_TEST_EMULATE": "1", "GTOPK_TEST_M": str(m)})
+               env={"GTOPK_TEST_DEVICE_KERNELS": kernels, "GTOPK_TEST_M": str(m)})
     assert proc.returncode == 0 and "CUDA COLLECTIVE OK" in proc.stdout, proc.stdout + proc.stderr
 
 

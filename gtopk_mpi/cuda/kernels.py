@@ -1,5 +1,11 @@
-"""The CUDA kernels (csrc/cuda/topk_kernels.h) on device arrays: top-k selection, merge,
-scatter, and the copies between device and pinned host memory.
+"""The device kernels and which of them runs: top-k selection, merge, scatter, and the
+copies between device and host memory, on device arrays.
+
+Three implementations of one contract (:class:`DeviceKernels`): the custom CUDA kernels
+(csrc/cuda/topk_kernels.h, :class:`CudaKernels`, built only where a CUDA toolkit was found),
+the same kernels on the CPU's SIMT emulator (:class:`EmulatedKernels`, tests), and torch's
+own operations (torch_kernels.TorchKernels: any torch device, no toolkit).
+:func:`kernels_for` picks per device (GTOPK_DEVICE_KERNELS), logging its choice once.
 
 Same semantics as the CPU kernels (exactly k entries, NaN first, ties to the lower
 index, indices ascending; merge symmetric and bit-identical to the CPU merge). Kernels
@@ -14,20 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from .. import _C, _cuda_emu
+from .. import _C, _cuda_emu, config
+from .torch_kernels import TorchKernels, torch_module
+
+log = logging.getLogger(__name__)
 
 KERNEL_DTYPES = ("float16", "float32", "bfloat16")
-
-
-def torch_module():
-    import torch
-
-    return torch
 
 
 def built() -> bool:
@@ -60,7 +64,8 @@ class CudaKernels:
 
     def usable(self) -> None:
         if not built():
-            raise RuntimeError("gtopk_mpi was built without CUDA (GTOPK_MPI_WITH_CUDA=0 or no toolkit found)")
+            raise RuntimeError("gtopk_mpi was built without CUDA (GTOPK_MPI_WITH_CUDA=0 or no toolkit found), and "
+                               "GTOPK_DEVICE_KERNELS=cuda asks for its kernels (auto or torch: torch's operations)")
 
     def accepts(self, t) -> bool:
         return bool(t.is_cuda)
@@ -156,19 +161,113 @@ class EmulatedKernels(CudaKernels):
         pass
 
 
-_kernels: CudaKernels = CudaKernels()
+class DeviceKernels(Protocol):
+    """The per-element work of the GPU path on device tensors (CudaKernels, EmulatedKernels,
+    torch_kernels.TorchKernels): selection (fused with the residual when given), merge,
+    scatter, zeroing, and the copies between device and host memory."""
+
+    wants: str
+
+    def usable(self) -> None: ...  # raises RuntimeError saying why this build cannot run them
+    def accepts(self, t: Any) -> bool: ...
+    def device(self, device: Any) -> contextlib.AbstractContextManager: ...
+    def select(self, x: Any, residual: Any, k: int, out_idx: Any, out_val: Any) -> None: ...
+    def merge(self, ia: Any, va: Any, ib: Any, vb: Any, k: int, out_idx: Any, out_val: Any) -> int: ...
+    def scatter(self, idx: Any, val: Any, out: Any) -> None: ...
+    def zero_at(self, idx: Any, residual: Any) -> None: ...
+    def to_host(self, t: Any) -> np.ndarray: ...
+    def to_device(self, a: np.ndarray, device: Any) -> Any: ...
+    def synchronize(self, t: Any) -> None: ...
 
 
-def use_emulator(on: bool = True) -> None:
-    """Tests: run the GPU path on CPU tensors with the kernels on the SIMT emulator (True),
-    or on CUDA tensors with the CUDA build (False, the default)."""
-    global _kernels
-    _kernels = EmulatedKernels() if on else CudaKernels()
+_forced: DeviceKernels | None = None  # tests: CPU tensors stand in for device memory
+_chosen: dict[str, DeviceKernels] = {}  # device -> kernels, GTOPK_DEVICE_KERNELS=auto's choice
 
 
-def kernels() -> CudaKernels:
-    """The kernels in use (the CUDA build, or the emulator)."""
-    return _kernels
+_STAND_INS: dict[str, DeviceKernels] = {}
+
+
+def use_kernels(name: str | None) -> None:
+    """Tests: CPU tensors stand in for device memory, run by the kernels ``name`` names:
+    "emulator" (the CUDA kernels' launch sequence on the SIMT emulator) or "torch" (torch's
+    own operations, torch_kernels.py); None: device tensors, the default."""
+    global _forced
+    if not _STAND_INS:
+        _STAND_INS.update(emulator=EmulatedKernels(), torch=TorchKernels(cpu_stands_in=True))
+    if name is not None and name not in _STAND_INS:
+        raise ValueError(f"use_kernels: expected one of {sorted(_STAND_INS)} or None, got {name!r}")
+    _forced = None if name is None else _STAND_INS[name]
+
+
+def cpu_stands_in() -> bool:
+    """True when tests make CPU tensors stand in for device memory (use_kernels)."""
+    return _forced is not None
+
+
+def kernels_for(device: Any) -> DeviceKernels:
+    """The kernels that run on ``device`` (a torch device of the tensor at hand).
+
+    GTOPK_DEVICE_KERNELS: ``cuda`` the custom CUDA kernels (an error where not built),
+    ``torch`` torch's operations on any device, ``auto`` the custom kernels for a CUDA
+    device where built and working (a probe selection equal to torch's), else torch's.
+    The choice is logged once per device.
+    """
+    if _forced is not None:
+        return _forced
+    torch = torch_module()
+    device = torch.device(device)
+    choice = config.DEVICE_KERNELS.get()
+    key = f"{choice}:{device}"
+    if key not in _chosen:
+        _chosen[key] = _choose(choice, device)
+    return _chosen[key]
+
+
+def _choose(choice: str, device: Any) -> DeviceKernels:
+    torch = torch_module()
+    if choice == "cuda":
+        return CudaKernels()
+    on_torch, why = TorchKernels(), "GTOPK_DEVICE_KERNELS=torch"
+    if choice == "auto":
+        if device.type != "cuda" or getattr(torch.version, "hip", None):
+            why = f"no custom kernels for {device.type if device.type != 'cuda' else 'ROCm'} devices"
+        elif not built():
+            why = "gtopk_mpi was built without CUDA (no toolkit at build time)"
+        else:
+            why = _probe(device)
+            if not why:
+                log.info("gtopk_mpi: %s runs the custom CUDA kernels", device)
+                return CudaKernels()
+    log.info("gtopk_mpi: %s runs the device kernels made of torch operations (%s)", device, why)
+    return on_torch
+
+
+def _probe(device: Any) -> str:
+    """'' when the custom CUDA kernels run on ``device`` and select what torch's operations
+    select; else why not (a build without this GPU's architecture, a driver too old)."""
+    torch = torch_module()
+    try:
+        x = torch.randn(4096, generator=torch.Generator().manual_seed(0)).to(device)
+        with torch.cuda.device(device):
+            got = [torch.empty(16, dtype=torch.int32, device=device), torch.empty(16, device=device)]
+            want = [torch.empty_like(t) for t in got]
+            CudaKernels().select(x, None, 16, *got)
+            TorchKernels().select(x, None, 16, *want)
+            same = all(bool(torch.equal(a, b)) for a, b in zip(got, want))
+    except Exception as e:  # noqa: BLE001 - whatever stops the probe, torch's operations still run
+        log.warning("gtopk_mpi: the custom CUDA kernels do not run on %s (%s)", device, e)
+        return f"the custom kernels failed on this GPU: {e}"
+    if not same:
+        log.warning("gtopk_mpi: the custom CUDA kernels disagree with torch's operations on %s", device)
+        return "the custom kernels disagreed with torch's on a probe"
+    return ""
+
+
+def kernels() -> DeviceKernels:
+    """The kernels of the current CUDA device (or the tests' stand-in)."""
+    if _forced is not None:
+        return _forced
+    return kernels_for(torch_module().device("cuda", torch_module().cuda.current_device()))
 
 
 def is_cupy(x: Any) -> bool:
@@ -195,7 +294,7 @@ def as_cupy(t):
 def on_device(device, cupy_stream: bool = False) -> Iterator[None]:
     """Kernels launched inside run with ``device`` current and, with ``cupy_stream``, with
     torch's current stream set to CuPy's current one (so they follow a CuPy caller's stream)."""
-    with _kernels.device(device), contextlib.ExitStack() as stack:
+    with kernels_for(device).device(device), contextlib.ExitStack() as stack:
         if cupy_stream:
             import cupy
 
@@ -208,9 +307,10 @@ def on_device(device, cupy_stream: bool = False) -> Iterator[None]:
 
 def check(x, name: str, dtypes: Sequence[str] = KERNEL_DTYPES) -> str:
     """x's dtype name, or ValueError naming what is wrong with it (x a torch tensor)."""
-    _kernels.usable()
-    if not _kernels.accepts(x):
-        raise ValueError(f"{name} must be {_kernels.wants}")
+    kern = kernels_for(x.device)
+    kern.usable()
+    if not kern.accepts(x):
+        raise ValueError(f"{name} must be {kern.wants}")
     if x.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(x.shape)}")
     if not x.is_contiguous():
@@ -260,7 +360,7 @@ def select_topk(x, k: int, residual=None):
     n = min(int(k), m)
     out_idx = torch.empty(n, dtype=torch.int64 if m > np.iinfo(np.int32).max else torch.int32, device=x.device)
     out_val = torch.empty(n, dtype=x.dtype, device=x.device)
-    _kernels.select(x, residual, int(k), out_idx, out_val)
+    kernels_for(x.device).select(x, residual, int(k), out_idx, out_val)
     return out_idx, out_val
 
 
@@ -279,7 +379,7 @@ def merge_topk(idx_a, val_a, idx_b, val_b, k: int):
     cap = min(int(k), idx_a.numel() + idx_b.numel())
     out_idx = torch.empty(cap, dtype=idx_a.dtype, device=val_a.device)
     out_val = torch.empty(cap, dtype=val_a.dtype, device=val_a.device)
-    n = _kernels.merge(idx_a, val_a, idx_b, val_b, int(k), out_idx, out_val)
+    n = kernels_for(val_a.device).merge(idx_a, val_a, idx_b, val_b, int(k), out_idx, out_val)
     return out_idx[:n], out_val[:n]
 
 
@@ -289,5 +389,5 @@ def to_dense(idx, val, m: int):
     check(val, "val")
     _check_indices(idx, val, "the")
     out = torch_module().zeros(m, dtype=val.dtype, device=val.device)
-    _kernels.scatter(idx, val, out)
+    kernels_for(val.device).scatter(idx, val, out)
     return out

@@ -1,9 +1,11 @@
-"""DeviceSpace: the memory space (see gtopk_mpi.spaces) of torch tensors on one GPU.
+"""DeviceSpace: the memory space (see gtopk_mpi.spaces) of torch tensors on one device.
 
-Selection, merge, scatter and residual updates run as CUDA kernels; sets and messages
+Selection, merge, scatter and residual updates run as the device's kernels (kernels.py:
+the custom CUDA kernels, or torch's own operations on any torch device); sets and messages
 (when the call keeps them on the device: GTOPK_MPI_CUDA_AWARE=1) are packed and viewed
 by torch on the device, and only the 56-byte headers and error texts are read on the
-host. Under ``use_emulator()`` the device is the CPU: CPU tensors, emulated kernels.
+host. Under ``use_kernels(...)`` (tests) the device is the CPU: CPU tensors, the emulated
+CUDA kernels or torch's operations.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class DeviceSpace:
     def __init__(self, device, cupy: bool = False):
         self.device = device
         self.cupy = cupy
+        self.kernels = K.kernels_for(device)
 
     def adopt(self, a: Any):
         return K.as_tensor(a)
@@ -37,7 +40,7 @@ class DeviceSpace:
     def check(self, x, name: str, dtypes: Sequence[str]) -> str:
         torch = K.torch_module()
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a CUDA tensor or CuPy array like x, got {type(x).__name__}")
+            raise ValueError(f"{name} must be a device tensor or CuPy array like x, got {type(x).__name__}")
         if x.device != self.device:
             raise ValueError(f"{name} must be on {self.device}, like x (got {x.device})")
         return K.check(x, name, dtypes)
@@ -92,7 +95,7 @@ class DeviceSpace:
 
     def zero_at(self, residual, ids) -> None:
         if len(ids):
-            K.kernels().zero_at(ids, residual)
+            self.kernels.zero_at(ids, residual)
 
     def add_at(self, residual, ids, vals) -> None:
         residual.index_add_(0, ids.long(), vals.to(residual.dtype))
@@ -138,7 +141,7 @@ class DeviceSpace:
         return K.torch_module().cat(parts)
 
     def ready(self, buf):
-        K.kernels().synchronize(buf)  # the transport reads device memory outside torch's stream order
+        self.kernels.synchronize(buf)  # the transport reads device memory outside torch's stream order
         return buf
 
     def allreduce(self, link, vals, op: str = "sum"):
@@ -154,18 +157,19 @@ class DeviceSpace:
         return (vals.float() / p).to(vals.dtype) if vals.dtype == torch.float16 else vals / p
 
     def from_host(self, a: np.ndarray):
-        return K.kernels().to_device(a, self.device)
+        return self.kernels.to_device(a, self.device)
 
     def to_host(self, a) -> np.ndarray:
-        return K.kernels().to_host(a)
+        return self.kernels.to_host(a)
 
 
 def space_for(x: Any) -> DeviceSpace | None:
-    """A DeviceSpace for a torch CUDA tensor or a CuPy array (for a CPU tensor under the
-    emulator); None for anything else."""
+    """A DeviceSpace for a torch tensor on a device (CUDA, ROCm, MPS, XPU) or a CuPy array
+    (for a CPU tensor while tests make CPU tensors stand in: kernels.use_kernels); None for
+    anything else."""
     cupy = K.is_cupy(x)
     torch = sys.modules.get("torch")
     tensor = torch is not None and isinstance(x, torch.Tensor)
-    if cupy or (tensor and (x.is_cuda or isinstance(K.kernels(), K.EmulatedKernels))):
+    if cupy or (tensor and (x.device.type != "cpu" or K.cpu_stands_in())):
         return DeviceSpace(K.as_tensor(x).device, cupy)
     return None

@@ -199,7 +199,7 @@ class GTopkState:
                 residual.zero_()
                 self._finish(parts, buffers, total, t0)
                 return
-            x, r = (flat, residual) if flat.is_cuda else (flat.numpy(), residual.numpy())
+            x, r = reduction.array_of(flat)[1], reduction.array_of(residual)[1]
             res = gtopk_allreduce(x, k=k, average=True, residual=r, values=self.values,
                                   comm=self.transport, wire=self.wire, hierarchical=self.hierarchical)
             idx = torch.as_tensor(res.indices, device=flat.device).long()

@@ -5,8 +5,8 @@ Result: postscale * reduce(prescale * flat), reduce being Horovod's op (Average 
 the sum by the number of ranks; integers as Horovod does: times 1/n, truncated toward
 zero). A Horovod compressor (Compression.none / fp16) wraps a dense reduction; a
 SparseCompressor (Compression.gtopk / topk) makes it the sparse collective it names,
-with error feedback when an ErrorFeedback state and key are given. CPU tensors are reduced as NumPy views, CUDA
-tensors on the GPU path (gtopk_mpi.spaces).
+with error feedback when an ErrorFeedback state and key are given. CPU tensors are reduced as NumPy views, device
+tensors (CUDA, ROCm, MPS, XPU) on the GPU path (gtopk_mpi.spaces, gtopk_mpi.cuda).
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ def average(t: torch.Tensor, n: int) -> torch.Tensor:
     return t / n if t.dtype.is_floating_point else (t.double() * (1.0 / n)).to(t.dtype)
 
 
-def _array(t: torch.Tensor) -> tuple[Any, Any]:
-    """(space, array) of a tensor: a NumPy view of a CPU tensor, the tensor itself on a GPU."""
-    return (spaces.space_for(t), t) if t.is_cuda else (spaces.HOST, t.numpy())
+def array_of(t: torch.Tensor) -> tuple[Any, Any]:
+    """(space, array) of a tensor: a NumPy view of a CPU tensor, the tensor itself on a device
+    (whose space runs the device kernels: gtopk_mpi.cuda)."""
+    space = spaces.space_for(t)
+    return (space, t) if space is not spaces.HOST else (space, t.numpy())
 
 
 def _tensor(a: Any) -> torch.Tensor:
@@ -65,7 +67,7 @@ def from_host_bits(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 
 def dense(link: Any, t: torch.Tensor, op: int = Sum) -> torch.Tensor:
     """Horovod's ``op`` over all ranks (Average: the sum) of a flat tensor, in a new tensor."""
-    space, arr = _array(t.contiguous())
+    space, arr = array_of(t.contiguous())
     return _tensor(reduce_agreed(link, space, arr, _TRANSPORT_OPS[op]))
 
 
@@ -100,8 +102,8 @@ def reduce_flat(link: Any, flat: torch.Tensor, op: int, compression: Any, presca
                 y = dense(link, total)
             carried = None
         else:
-            arr = _array(x.contiguous())[1]
-            res = compression.allreduce(arr, k, None if residual is None else _array(residual)[1], link)
+            arr = array_of(x.contiguous())[1]
+            res = compression.allreduce(arr, k, None if residual is None else array_of(residual)[1], link)
             y, stats, carried = _tensor(res.to_dense()), res.stats, res.carried
         if state is not None:
             state.sent(key, carried)
