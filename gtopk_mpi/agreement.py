@@ -84,6 +84,7 @@ def _field_text(field: str, value: int) -> str:
 def _spans() -> list[tuple[int, int]]:
     """(byte offset, size) of each checked field in a header."""
     fields = wire.HEADER.fields
+    assert fields is not None  # a structured dtype
     return [(fields[f][1], fields[f][0].itemsize) for f, _ in CHECKED_FIELDS]
 
 

@@ -45,7 +45,8 @@ def dense_allreduce(x: Any, average: bool = False, comm: Any = None) -> Any:
         seq = begin(link, "dense_allreduce")
         err, checked = local_error(link, check)
         xs, dtype = checked if err is None else (None, None)
-        agree(link, wire_format.make_header(op="dense_allreduce", seq=seq, m=-1 if err else len(xs), k=0, count=0,
+        agree(link, wire_format.make_header(op="dense_allreduce", seq=seq, m=len(xs) if xs is not None else -1, k=0,
+                                            count=0,
                                      rank=link.rank, dtype=dtype, average=average, values="merged"), err)
         out = reduce_agreed(link, space, xs)
         return space.wrap(space.scale_average(out, link.size) if average else out)
@@ -135,7 +136,7 @@ def gtopk_tree_allreduce(x: Any, k: int | None = None, density: float | None = N
             step <<= 1
         # broadcast: the root's header first (its count or error sizes the payload), then the payload
         sets, hb = side.space, wire_format.HEADER.itemsize
-        msg = side.message() if me == 0 else None
+        msg: Any = side.message() if me == 0 else None
         head = sets.to_host(msg[:hb]).copy() if me == 0 else np.zeros(hb, np.uint8)
         with stats.phase("comm"):
             link.bcast(head, 0)

@@ -62,7 +62,7 @@ def _finalize_mpi() -> None:
         MPI.Finalize()
 
 
-def init(comm: MPI.Comm | Sequence[int] | Any | None = None) -> None:
+def init(comm: MPI.Comm | Sequence[int] | _transport.Transport | None = None) -> None:
     """Start gtopk_mpi on ``comm`` (default ``MPI.COMM_WORLD``). Idempotent.
 
     ``comm`` may be an mpi4py intracommunicator or a list of ranks of
@@ -76,11 +76,12 @@ def init(comm: MPI.Comm | Sequence[int] | Any | None = None) -> None:
     if _state is not None:
         return
     _keep_heap_pages()
-    if comm is not None and not isinstance(comm, (MPI.Comm, list, tuple, range)):
+    if comm is not None and not isinstance(comm, (MPI.Comm, Sequence)):
         _state = _State(link=comm, comm=None, layout=comm.topology())
         return
     start_mpi()
     created: MPI.Comm | None = None
+    base: MPI.Comm
     if comm is None:
         base = MPI.COMM_WORLD
     elif isinstance(comm, MPI.Comm):

@@ -9,6 +9,7 @@ import graphlib
 import re
 
 import pytest
+import tomllib
 
 from gtopk_mpi import config
 
@@ -121,3 +122,14 @@ def test_metadata_lives_in_pyproject_and_the_version_once():
     assert holders == [PACKAGE / "__init__.py"], holders
     manifest = (ROOT / "MANIFEST.in").read_text()
     assert "recursive-include csrc" in manifest
+
+
+def test_the_package_ships_its_types():
+    """PEP 561: py.typed and the compiled modules' stubs are package data, and the type
+    checker that scripts/test.sh runs is configured for the package."""
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert set(meta["tool"]["setuptools"]["package-data"]["gtopk_mpi"]) >= {"py.typed", "*.pyi"}
+    assert (ROOT / "gtopk_mpi" / "py.typed").exists()
+    assert {p.stem for p in (ROOT / "gtopk_mpi").glob("*.pyi")} == {"_C", "_cuda_emu"}
+    assert meta["tool"]["mypy"]["packages"] == ["gtopk_mpi"]
+    assert ".venv/bin/mypy" in (ROOT / "scripts" / "test.sh").read_text()

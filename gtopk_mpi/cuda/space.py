@@ -24,7 +24,7 @@ from . import kernels as K
 class DeviceSpace:
     """Tensors on ``device``; arrays handed back as CuPy arrays when ``cupy``."""
 
-    sparse_dtypes = ("float16", "float32")  # the kernels' dtypes that MPI can also sum
+    sparse_dtypes: tuple[str, ...] = ("float16", "float32")  # the kernels' dtypes that MPI can also sum
 
     def __init__(self, device, cupy: bool = False):
         self.device = device

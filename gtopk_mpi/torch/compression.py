@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -28,11 +29,11 @@ class Compressor:
     sparse = False
 
     @staticmethod
-    def compress(tensor: torch.Tensor) -> tuple[torch.Tensor, object]:
+    def compress(tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
         return tensor, None
 
     @staticmethod
-    def decompress(tensor: torch.Tensor, ctx: object) -> torch.Tensor:
+    def decompress(tensor: torch.Tensor, ctx: Any) -> torch.Tensor:
         return tensor
 
     @classmethod
@@ -48,13 +49,13 @@ class FP16Compressor(Compressor):
     """Cast floating-point tensors to float16 for the reduction and back afterwards."""
 
     @staticmethod
-    def compress(tensor: torch.Tensor) -> tuple[torch.Tensor, object]:
+    def compress(tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
         if tensor.dtype.is_floating_point and tensor.dtype != torch.float16:
             return tensor.type(torch.float16), tensor.dtype
         return tensor, None
 
     @staticmethod
-    def decompress(tensor: torch.Tensor, ctx: object) -> torch.Tensor:
+    def decompress(tensor: torch.Tensor, ctx: Any) -> torch.Tensor:
         return tensor.type(ctx) if ctx is not None else tensor
 
 

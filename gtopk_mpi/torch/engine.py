@@ -178,7 +178,7 @@ class Work:
     seq: int = 0                 # this rank's submission number (set by Engine.submit)
     warned: bool = False
 
-    def wait(self) -> object:
+    def wait(self) -> Any:  # what the op's work function returned
         self.done.wait()
         if self.error is not None:
             raise self.error
@@ -552,7 +552,7 @@ def stop() -> list[Any]:
     """Collective: stop the engine; returns its transports (for the caller to release)."""
     global _engine
     engine, _engine = _engine, None
-    return engine.stop()
+    return engine.stop() if engine is not None else []
 
 
 def running() -> bool:

@@ -23,7 +23,7 @@ def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: 
     if isinstance(params, dict):
         items = sorted(params.items())
     else:
-        items = list(params)
+        items = list(params)  # type: ignore[arg-type]  # pairs, or tensors (named below)
         if items and not isinstance(items[0], tuple):
             items = [(f"param.{i}", p) for i, p in enumerate(items)]
     handles = []
@@ -91,6 +91,6 @@ def _initialize_state(optimizer: torch.optim.Optimizer) -> None:
                 if isinstance(optimizer, torch.optim.SparseAdam):
                     p.grad = p.grad.to_sparse()
     if is_distributed(optimizer):
-        super(optimizer.__class__, optimizer).step()
+        super(optimizer.__class__, optimizer).step()  # type: ignore[misc]  # the wrapped optimizer's step
     else:
         optimizer.step()

@@ -94,7 +94,7 @@ def _registered(process_set: ProcessSet) -> tuple[int, tuple[int, ...]]:
         raise ValueError(f"process_set must be a ProcessSet, got {type(process_set).__name__}")
     set_id = process_set.process_set_id
     members = None if set_id is None else engine.current().members(set_id)
-    if members is None:
+    if set_id is None or members is None:
         raise ValueError(f"{process_set} has not been registered: pass it to init(process_sets=[...]) or "
                          "add_process_set() first.")
     return set_id, members
@@ -154,6 +154,7 @@ def init(comm=None, process_sets: Sequence[ProcessSet] | str | None = None) -> N
 
 def _register(ps: ProcessSet, name: str) -> int | None:
     """Collective over all ranks: register ``ps`` (its id, or None for a duplicate)."""
+    assert ps.ranks is not None  # the global set is never registered
     bad = [r for r in ps.ranks if not 0 <= r < runtime.size()]
     eng = engine.current()
     ranks = tuple(ps.ranks)
@@ -311,12 +312,12 @@ def stop_timeline() -> None:
 
 
 class _Handle:
-    def __init__(self, works: list[Work], finish: Callable[[list[object]], object]):
+    def __init__(self, works: list[Work], finish: Callable[[list[Any]], Any]):
         self.works = works
         self.finish = finish
 
 
-def _new_handle(works: list[Work], finish: Callable[[list[object]], object]) -> int:
+def _new_handle(works: list[Work], finish: Callable[[list[Any]], Any]) -> int:
     h = next(_handle_ids)
     _handles[h] = _Handle(works, finish)
     return h
@@ -427,9 +428,9 @@ def _submit_allreduces(fn: str, tensors: Sequence[torch.Tensor], name: str | Non
     return submit_checked("ALLREDUCE", names, build, group, set_id)
 
 
-def _copy_into(tensors: Sequence[torch.Tensor]) -> Callable[[list[object]], list[torch.Tensor]]:
+def _copy_into(tensors: Sequence[torch.Tensor]) -> Callable[[list[Any]], list[torch.Tensor]]:
     """synchronize() of an in-place op: write each result into its tensor."""
-    def finish(results: list[object]) -> list[torch.Tensor]:
+    def finish(results: list[Any]) -> list[torch.Tensor]:
         with torch.no_grad():
             for t, r in zip(tensors, results):
                 t.copy_(r)
@@ -615,6 +616,7 @@ def grouped_allgather_async(tensors: Sequence[torch.Tensor], name: str | None = 
 
 def _gathered_slice(grad: torch.Tensor, rows: list[int], process_set: ProcessSet) -> torch.Tensor:
     r = process_set.rank()
+    assert r is not None  # the op that recorded this gradient ran on the set
     return grad.narrow(0, sum(rows[:r]), rows[r])
 
 
@@ -875,7 +877,9 @@ def grouped_reducescatter_async(tensors: Sequence[torch.Tensor], name: str | Non
 def _reducescatter_grad(grad: torch.Tensor, op: int, prescale: float, postscale: float,
                         process_set: ProcessSet) -> torch.Tensor:
     if op == Sum:
-        grad = grad * process_set.size()
+        size = process_set.size()
+        assert size is not None  # the op that recorded this gradient ran on the set
+        grad = grad * size
     return grad * prescale * postscale if (prescale, postscale) != (1.0, 1.0) else grad
 
 

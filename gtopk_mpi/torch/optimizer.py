@@ -137,7 +137,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             chunks = [ordered[i : i + per] for i in range(0, len(ordered), per)]
         else:
             threshold = config.FUSION_THRESHOLD.get()
-            chunks, cur, cur_bytes = [], [], 0
+            cur: list[tuple[str, Any]] = []
+            chunks, cur_bytes = [], 0
             for n, p in ordered:
                 nbytes = p.numel() * p.element_size()
                 if cur and (cur_bytes + nbytes > threshold or p.dtype != cur[0][1].dtype):
@@ -148,7 +149,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             if cur:
                 chunks.append(cur)
         # one dtype per bucket
-        split = []
+        split: list[list[tuple[str, Any]]] = []
         for chunk in chunks:
             by_dtype: dict[torch.dtype, list] = {}
             for n, p in chunk:

@@ -34,6 +34,8 @@ class SyncBatchNorm(_BatchNorm):
         mean = stats[:c] / n
         var = stats[c : 2 * c] / n - mean * mean
         if self.track_running_stats:
+            assert self.num_batches_tracked is not None and self.running_mean is not None
+            assert self.running_var is not None  # all three exist when track_running_stats
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
