@@ -25,6 +25,8 @@ from . import wire as wire_format
 from .agreement import Error, local_error
 from .butterfly import agree, begin, start
 from .results import CommStats, SparseResult
+from .spaces import Space
+from .transport import Transport
 
 
 def dense_allreduce(x: Any, average: bool = False, comm: Any = None) -> Any:
@@ -52,7 +54,7 @@ def dense_allreduce(x: Any, average: bool = False, comm: Any = None) -> Any:
         return space.wrap(space.scale_average(out, link.size) if average else out)
 
 
-def reduce_agreed(link: Any, space: Any, xs: Any, op: str = "sum") -> Any:
+def reduce_agreed(link: Transport, space: Space, xs: Any, op: str = "sum") -> Any:
     """``op`` over all ranks of xs, an array of ``space`` whose length and dtype the ranks
     have agreed on, as a new array of ``space``. Device data goes through the message
     space: staged through host memory, or handed to a CUDA-aware MPI."""

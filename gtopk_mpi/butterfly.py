@@ -69,6 +69,8 @@ import numpy as np
 from . import arguments, runtime, spaces, wire
 from .agreement import Error, first_mismatch, local_error
 from .results import CommStats, SparseResult
+from .spaces import Space
+from .transport import Transport
 
 # Tag bits carried by every entry through the merges: this rank's own contribution, the rank
 # folded into this one (inside a host, or on the flat schedule), the leader folded into this
@@ -83,7 +85,7 @@ class Butterfly:
     messages live in ``space``; ``hierarchical`` picks the data schedule, the topology's
     default is the schedule of agreement passes."""
 
-    def __init__(self, link: Any, space: Any, header: np.ndarray, idx: Any, val: Any, err: Error | None,
+    def __init__(self, link: Transport, space: Space, header: np.ndarray, idx: Any, val: Any, err: Error | None,
                  stats: CommStats, hierarchical: bool | None = None):
         self.link, self.space, self.stats = link, space, stats
         self.layout = link.topology()
@@ -127,7 +129,7 @@ class Butterfly:
             self.val = rounded
         return buf
 
-    def _remote(self, link: Any, peer: int) -> bool:
+    def _remote(self, link: Transport, peer: int) -> bool:
         """Whether a message to ``peer`` of ``link`` leaves this host."""
         if link is self.layout.local or link is self.layout.leaders:
             return link is self.layout.leaders
@@ -142,20 +144,20 @@ class Butterfly:
         if received is not None:
             self.stats.bytes_received += int(received.nbytes)
 
-    def send(self, dest: int, buf: Any, link: Any = None) -> None:
+    def send(self, dest: int, buf: Any, link: Transport | None = None) -> None:
         link = link or self.link
         with self.stats.phase("comm"):
             link.send(buf, dest)
         self._count(buf, None, self._remote(link, dest))
 
-    def recv(self, source: int, link: Any = None, idle: bool = False) -> Any:
+    def recv(self, source: int, link: Transport | None = None, idle: bool = False) -> Any:
         link = link or self.link
         with self.stats.phase("comm"):
             buf = link.recv(source, self.space.empty, idle)
         self._count(None, buf, False)
         return buf
 
-    def exchange(self, link: Any, partner: int, owner_bit: int, code: int, pack: int) -> Any:
+    def exchange(self, link: Transport, partner: int, owner_bit: int, code: int, pack: int) -> Any:
         with self.stats.phase("merge"):
             out = self.message(owner_bit, code=code, pack=pack)
         with self.stats.phase("comm"):
@@ -238,7 +240,7 @@ class Butterfly:
                 sub.activity = self.link.activity
         self._butterfly(self.layout.local, 0, 0, FOLDED, then=self._across_hosts)
 
-    def _butterfly(self, link: Any, code: int, pack: int, fold_bit: int, then: Any = None) -> None:
+    def _butterfly(self, link: Transport, code: int, pack: int, fold_bit: int, then: Any = None) -> None:
         """The fold-in, the log2(p2) exchange rounds, ``then()``, and the fold-back over ``link``
         (p2: the largest power of two <= its size; rank p2 + i folds into rank i)."""
         me, p = link.rank, link.size
@@ -300,7 +302,7 @@ class Butterfly:
             self.headers_only = False
 
 
-def begin(link: Any, op: str) -> int:
+def begin(link: Transport, op: str) -> int:
     """Number this call of ``op`` on ``link`` and name it for the transport's messages."""
     seq = link.next_sequence()
     link.activity = f"{op} call #{seq}"
@@ -308,7 +310,7 @@ def begin(link: Any, op: str) -> int:
     return seq
 
 
-def agree(link: Any, header: np.ndarray, err: Error | None, stats: CommStats | None = None) -> None:
+def agree(link: Transport, header: np.ndarray, err: Error | None, stats: CommStats | None = None) -> None:
     """The agreement pass of a collective without pairwise data (dense): raises the same
     error on every rank, or returns when all ranks agree."""
     side = Butterfly(link, spaces.HOST, header, *spaces.HOST.empty_set(), err, stats or CommStats())
@@ -317,7 +319,7 @@ def agree(link: Any, header: np.ndarray, err: Error | None, stats: CommStats | N
         side.err.raise_()
 
 
-def start(op: str, link: Any, space: Any, x: Any, k: int | None, density: float | None, residual: Any,
+def start(op: str, link: Transport, space: Space, x: Any, k: int | None, density: float | None, residual: Any,
           values: str, average: bool, align: bool, stats: CommStats, wire_format: str = "fp32",
           hierarchical: bool | str | None = None) -> tuple[Butterfly, Any, Any]:
     """Validate this rank's arguments, select its k-set (fused with the residual), and set

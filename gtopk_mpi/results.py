@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .spaces import HOST
+from .spaces import HOST, Space
 
 
 @dataclass
@@ -65,7 +65,7 @@ class SparseResult:
     stats: CommStats = field(default_factory=CommStats, compare=False)
     #: this rank's own entries whose full value the result carries (their residual is now 0)
     carried: Any = field(default=None, compare=False)
-    space: Any = field(default=HOST, compare=False, repr=False)  # the spaces.Space the arrays live in
+    space: Space = field(default=HOST, compare=False, repr=False)  # the space the arrays live in
 
     @property
     def nnz(self) -> int:

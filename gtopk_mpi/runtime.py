@@ -23,7 +23,7 @@ from .topology import Topology
 
 @dataclass
 class _State:
-    link: Any               # the default Transport of the collectives
+    link: _transport.Transport  # the default Transport of the collectives
     comm: MPI.Comm | None   # its private MPI communicator (None: a Transport given to init)
     layout: Topology        # its hosts, local and cross-host transports
 

@@ -18,9 +18,12 @@ the same GTOPK_HIERARCHICAL and GTOPK_RANKS_PER_HOST (else ValueError on every r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import config
+
+if TYPE_CHECKING:  # transport.py imports this module
+    from .transport import Transport
 
 
 @dataclass
@@ -28,10 +31,11 @@ class Topology:
     """The host layout of one communicator, seen from one rank."""
 
     host_of: list[int]          # host index of every rank (hosts numbered by their lowest rank)
-    local: Any                  # Transport over this rank's host, in rank order
-    leaders: Any                # Transport over the hosts' lowest ranks (None on the other ranks)
-    cross: Any                  # Transport over the ranks with this rank's local rank, one per host
+    local: Transport            # over this rank's host, in rank order
+    leaders: Transport | None   # over the hosts' lowest ranks (None on the other ranks)
+    cross: Transport            # over the ranks with this rank's local rank, one per host
     hierarchical: bool          # the communicator's default gTop-k schedule
+    closed: bool = False        # close() has released the transports
 
     @property
     def hosts(self) -> int:
@@ -54,10 +58,12 @@ class Topology:
 
     def close(self) -> None:
         """Collective: release the transports made for this layout."""
+        if self.closed:
+            return
         for link in (self.local, self.leaders, self.cross):
             if link is not None:
                 link.close()
-        self.local = self.leaders = self.cross = None
+        self.closed = True
 
 
 class HostTree:
@@ -113,7 +119,7 @@ def wants_hierarchy(setting: str, host_of: list[int]) -> bool:
     return setting == "1" or (setting == "auto" and 1 < hosts < len(host_of))
 
 
-def discover(link: Any) -> Topology:
+def discover(link: Transport) -> Topology:
     """The topology of ``link`` (collective over its ranks), which must offer
     ``host_color()`` (equal on ranks that share a host; collective) and ``split(color)``
     (a transport over the ranks of this rank's color, None for color None; collective)."""
@@ -130,6 +136,8 @@ def discover(link: Any) -> Topology:
     number = {low: h for h, low in enumerate(sorted(lowest.values()))}
     host_of = [number[lowest[c]] for c in colors]
     local = link.split(host_of[link.rank])
+    assert local is not None  # every rank passed a color
     leaders = link.split(0 if local.rank == 0 else None)
     cross = link.split(local.rank)
+    assert cross is not None
     return Topology(host_of, local, leaders, cross, wants_hierarchy(setting, host_of))

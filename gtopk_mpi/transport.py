@@ -19,7 +19,7 @@ import os
 import pickle
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from mpi4py import MPI
@@ -41,16 +41,19 @@ class Transport(Protocol):
     ``allreduce`` (op: sum, min, max, prod) and ``bcast`` work in place; ``allgather``
     concatenates every rank's byte buffer in rank order and returns it with the sizes,
     ``allgatherv`` every rank's counts[rank] elements into ``out``; ``topology`` the host
-    layout and the transports inside a host and across hosts (topology.py)."""
+    layout and the transports inside a host and across hosts (topology.py), which it builds
+    with ``host_color`` (equal on ranks that share a host) and ``split`` (a transport over
+    the ranks passing the same color; None for a rank passing None). ``activity`` names the
+    call in progress in stall warnings."""
 
     rank: int
     size: int
     world_ranks: list[int]  # the job's rank of each member (a split transport's too)
+    activity: str
 
     def next_sequence(self) -> int: ...
     def send(self, buf: Any, dest: int) -> None: ...
     def recv(self, source: int, alloc: Alloc, idle: bool = False) -> Any: ...  # idle: a long wait (see MpiTransport)
-    def probe_any(self, alloc: Alloc) -> tuple[int, Any] | None: ...  # a waiting message, if any: (source, buf)
     def sendrecv(self, buf: Any, peer: int, alloc: Alloc) -> Any: ...
     def allreduce(self, buf: Any, op: str = "sum") -> None: ...
     def allgather(self, buf: Any, alloc: Alloc) -> tuple[Any, list[int]]: ...
@@ -59,8 +62,17 @@ class Transport(Protocol):
     def allgather_obj(self, obj: Any) -> list[Any]: ...
     def bcast_obj(self, obj: Any, root: int) -> Any: ...
     def barrier(self) -> None: ...
+    def host_color(self) -> int: ...
+    def split(self, color: int | None) -> Transport | None: ...
     def topology(self) -> topology.Topology: ...  # which ranks share a host (collective on first use)
     def close(self) -> None: ...  # collective: release what the transport holds
+
+
+class EngineTransport(Transport, Protocol):
+    """A Transport the torch engine can negotiate over (gtopk_mpi.torch.engine): it also
+    takes whichever message is waiting from any rank (``probe_any``: (source, buf), or None)."""
+
+    def probe_any(self, alloc: Alloc) -> tuple[int, Any] | None: ...
 
 
 def poll(ready: Callable[[], Any], link: Any, who: str, gone: Callable[[], str | None] = lambda: None,
@@ -114,7 +126,7 @@ class Numbered:
 
     def topology(self) -> topology.Topology:
         if self._topology is None:
-            self._topology = topology.discover(self)
+            self._topology = topology.discover(cast(Transport, self))  # every subclass is a Transport
         return self._topology
 
 

@@ -27,11 +27,14 @@ error's text) is ever copied to the host to be read.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _C
+
+if TYPE_CHECKING:  # spaces.py imports nothing of the wire, the wire nothing of spaces at run time
+    from .spaces import Space
 
 HEADER = np.dtype(
     [
@@ -93,7 +96,7 @@ def make_header(*, op: str, seq: int, m: int, k: int, count: int, rank: int, dty
     return h
 
 
-def pack(space: Any, *parts: Any) -> Any:
+def pack(space: Space, *parts: Any) -> Any:
     """One contiguous uint8 buffer in ``space``: the raw bytes of each part (arrays of that
     space, a NumPy header, or bytes), in order."""
     chunks = []
@@ -107,7 +110,7 @@ def pack(space: Any, *parts: Any) -> Any:
     return space.concat(chunks)
 
 
-def encode(space: Any, header: np.ndarray, idx: Any, val: Any, code: int, tail: Any = None,
+def encode(space: Space, header: np.ndarray, idx: Any, val: Any, code: int, tail: Any = None,
            rounded: bool = False, packing: int = -1) -> tuple[Any, Any, Any]:
     """A data message of the set (idx, val) with values encoded per ``code``: (buffer, and
     when ``rounded`` and the code is lossy, the float32 values the receiver will decode and
@@ -119,11 +122,11 @@ def encode(space: Any, header: np.ndarray, idx: Any, val: Any, code: int, tail: 
     return space.ready(pack(space, *parts)), back, err
 
 
-def header_of(space: Any, buf: Any) -> np.void:
+def header_of(space: Space, buf: Any) -> np.void:
     return space.to_host(buf[: HEADER.itemsize]).view(HEADER)[0]
 
 
-def decode(space: Any, buf: Any, h: np.void, idx_dtype: str, val_dtype: str, tail: int = 0) -> tuple[Any, Any, Any]:
+def decode(space: Space, buf: Any, h: np.void, idx_dtype: str, val_dtype: str, tail: int = 0) -> tuple[Any, Any, Any]:
     """(indices, values, the last ``tail`` bytes) of a data message whose header is ``h``;
     16-bit values come back as float32. ValueError if the message is malformed."""
     body = buf[HEADER.itemsize :]
@@ -133,12 +136,12 @@ def decode(space: Any, buf: Any, h: np.void, idx_dtype: str, val_dtype: str, tai
     return idx, val, body[end:]
 
 
-def split(space: Any, body: Any, count: int, idx_dtype: str, val_dtype: str) -> tuple[Any, Any, Any]:
+def split(space: Space, body: Any, count: int, idx_dtype: str, val_dtype: str) -> tuple[Any, Any, Any]:
     """(indices, values, the rest) of a raw payload of ``count`` entries."""
     ni = count * np.dtype(idx_dtype).itemsize
     nv = count * np.dtype(val_dtype).itemsize
     return space.view(body[:ni], idx_dtype), space.view(body[ni : ni + nv], val_dtype), body[ni + nv :]
 
 
-def error_text(space: Any, buf: Any) -> str:
+def error_text(space: Space, buf: Any) -> str:
     return bytes(space.to_host(buf[HEADER.itemsize :])).decode("utf-8", errors="replace")

@@ -61,6 +61,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 
 from .. import config, runtime
 from ..butterfly import gtopk_allreduce
+from ..transport import Transport
 from . import density as schedule
 from . import reduction
 from .dist_transport import DistTransport
@@ -98,7 +99,7 @@ class GTopkState:
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gtopk-ddp")
         self._lock = threading.Lock()
 
-    def bind(self) -> Any:
+    def bind(self) -> Transport:
         """The transport of the exchanges, chosen on first use (so a state can be built before
         ``init_process_group``, as Lightning's DDPStrategy and Accelerate do): the library's MPI
         communicator when gtopk_mpi is initialized, else a gloo group of the hook's own beside
@@ -113,7 +114,7 @@ class GTopkState:
         return self._transport
 
     @property
-    def transport(self) -> Any:
+    def transport(self) -> Transport:
         """Where the exchanges run (see :meth:`bind`)."""
         return self.bind()
 

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from .. import failures
-from ..transport import Alloc, MpiTransport, Numbered, Transport, poll
+from ..transport import Alloc, EngineTransport, MpiTransport, Numbered, poll
 
 TAG = 0x6770
 _OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "prod": dist.ReduceOp.PRODUCT}
@@ -185,6 +185,6 @@ class DistTransport(Numbered):
             dist.destroy_process_group(self.group)
 
 
-def _implementations(mpi: MpiTransport, dist: DistTransport) -> tuple[Transport, Transport]:
+def _implementations(mpi: MpiTransport, dist: DistTransport) -> tuple[EngineTransport, EngineTransport]:
     """Never called: the type checker (mypy, in scripts/test.sh) holds both transports to the protocol here."""
     return mpi, dist

@@ -19,6 +19,7 @@ import torch
 from .. import spaces
 from ..baselines import reduce_agreed
 from ..results import CommStats
+from ..transport import Transport
 from .compression import SparseCompressor
 from .error_feedback import ErrorFeedback
 
@@ -42,7 +43,7 @@ def average(t: torch.Tensor, n: int) -> torch.Tensor:
     return t / n if t.dtype.is_floating_point else (t.double() * (1.0 / n)).to(t.dtype)
 
 
-def array_of(t: torch.Tensor) -> tuple[Any, Any]:
+def array_of(t: torch.Tensor) -> tuple[spaces.Space, Any]:
     """(space, array) of a tensor: a NumPy view of a CPU tensor, the tensor itself on a device
     (whose space runs the device kernels: gtopk_mpi.cuda)."""
     space = spaces.space_for(t)
@@ -65,13 +66,13 @@ def from_host_bits(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 
 
-def dense(link: Any, t: torch.Tensor, op: int = Sum) -> torch.Tensor:
+def dense(link: Transport, t: torch.Tensor, op: int = Sum) -> torch.Tensor:
     """Horovod's ``op`` over all ranks (Average: the sum) of a flat tensor, in a new tensor."""
     space, arr = array_of(t.contiguous())
     return _tensor(reduce_agreed(link, space, arr, _TRANSPORT_OPS[op]))
 
 
-def reduce_flat(link: Any, flat: torch.Tensor, op: int, compression: Any, prescale: float = 1.0,
+def reduce_flat(link: Transport, flat: torch.Tensor, op: int, compression: Any, prescale: float = 1.0,
                 postscale: float = 1.0, feedback: tuple[ErrorFeedback, str] | None = None
                 ) -> tuple[torch.Tensor, CommStats]:
     """postscale * op(prescale * flat) over the ranks of ``link``; also what it cost.
