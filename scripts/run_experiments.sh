@@ -38,19 +38,21 @@ declare -A FASHION_ARGS=(  # run name -> train.py args (VAR=VALUE words go to th
   [topk0.01]="--algo topk --density 0.01"
   [ddp-allreduce]="--ddp --hook allreduce"
   [ddp-gtopk0.001]="--ddp --hook gtopk --density 0.001"
+  [ddp-gtopk0.01]="--ddp --hook gtopk --density 0.01"
   [ddp-powersgd1]="--ddp --hook powersgd:1 --bucket-cap-mb 10000"
   [ddp-powersgd4]="--ddp --hook powersgd:4 --bucket-cap-mb 10000"
 )
 # model/run, most needed first: the defaults against dense on both models, then the time-to-accuracy
 # rivals on the communication-heavy convnet, then the rest of the grid
 FASHION_PLAN=(convnet/dense convnet/gtopk0.001 convnet/ddp-powersgd4 resnet20/dense resnet20/gtopk0.001
-  convnet/ddp-gtopk0.001 convnet/gtopk0.001_mc convnet/gtopk0.001_nofloor convnet/topk0.001 convnet/gtopk0.001_exact convnet/gtopk0.01
+  convnet/ddp-gtopk0.001 convnet/gtopk0.01 convnet/ddp-gtopk0.01 convnet/gtopk0.001_nofloor convnet/topk0.001
+  convnet/gtopk0.001_exact convnet/gtopk0.001_mc
   convnet/ddp-allreduce convnet/ddp-powersgd1 convnet/gtopk0.01_exact convnet/topk0.01 convnet/gtopk0.001_2x2
   resnet20/ddp-powersgd4 resnet20/ddp-gtopk0.001 resnet20/gtopk0.001_nofloor resnet20/topk0.001
   resnet20/gtopk0.001_exact resnet20/gtopk0.01 resnet20/ddp-allreduce resnet20/ddp-powersgd1
   resnet20/gtopk0.01_exact resnet20/topk0.01)
 FASHION_TIMED=(dense gtopk0.001 gtopk0.001_nofloor gtopk0.001_exact gtopk0.01 topk0.001 ddp-allreduce
-  ddp-gtopk0.001 ddp-powersgd1 ddp-powersgd4)
+  ddp-gtopk0.001 ddp-gtopk0.01 ddp-powersgd1 ddp-powersgd4)
 
 fashion_train() {  # fashion_train MODEL RUN [train.py args...]: one run of FASHION_ARGS on 4 ranks
   local model=$1 name=$2 lr=0.02 w

@@ -38,6 +38,7 @@ LABELS = {
     "topk0.001": "Top-k (allgather) rho=0.001",
     "topk0.01": "Top-k (allgather) rho=0.01",
     "ddp-gtopk0.001": "DDP + gTop-k hook rho=0.001",
+    "ddp-gtopk0.01": "DDP + gTop-k hook rho=0.01",
     "ddp-allreduce": "DDP allreduce",
     "ddp-powersgd4": "DDP + PowerSGD rank 4",
     "ddp-powersgd1": "DDP + PowerSGD rank 1",
