@@ -133,3 +133,14 @@ def test_the_package_ships_its_types():
     assert {p.stem for p in (ROOT / "gtopk_mpi").glob("*.pyi")} == {"_C", "_cuda_emu"}
     assert meta["tool"]["mypy"]["packages"] == ["gtopk_mpi"]
     assert ".venv/bin/mypy" in (ROOT / "scripts" / "test.sh").read_text()
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name with a leading underscore stays in its module (the compiled _C and _cuda_emu
+    modules are modules, not names)."""
+    mods = modules()
+    for name, tree in mods.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("gtopk_mpi")):
+                private = [a.name for a in node.names if a.name.startswith("_") and a.name not in ("_C", "_cuda_emu")]
+                assert not private, f"{name} imports {private} from {'.' * node.level}{node.module or ''}"

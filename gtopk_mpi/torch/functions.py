@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from .engine import Request, Work, op_name, submit_checked
-from .mpi_ops import _members, _root_in_set, _set_id, broadcast_async_, global_process_set, rank, synchronize
+from .mpi_ops import broadcast_async_, rank, synchronize
 from .optimizer import ERROR_FEEDBACK_KEY, is_distributed
+from .process_sets import global_process_set, member_set_id, members_of, root_index
 
 
 def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: int,
@@ -19,7 +20,7 @@ def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: 
     params: a state_dict / dict of name -> tensor, a list of (name, tensor) pairs
     (e.g. model.named_parameters()), or a list of tensors.
     """
-    _set_id(process_set, "Broadcast")
+    member_set_id(process_set, "Broadcast")
     if isinstance(params, dict):
         items = sorted(params.items())
     else:
@@ -38,11 +39,11 @@ def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: 
 
 def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, process_set=global_process_set) -> Any:
     """Return root_rank's (picklable) object on every rank."""
-    set_id = _set_id(process_set, "Broadcast")
+    set_id = member_set_id(process_set, "Broadcast")
     names = [op_name(name, "broadcast_object", set_id)]
 
     def build() -> list[Work]:
-        root = _root_in_set(root_rank, _members(set_id))
+        root = root_index(root_rank, members_of(set_id))
         req = Request(names[0], "BROADCAST", dtype="OBJECT", root=int(root_rank), process_set=set_id)
         return [Work(req, lambda link, reqs: link.bcast_obj(obj, root))]
 
@@ -51,7 +52,7 @@ def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, proc
 
 def allgather_object(obj: Any, name: str | None = None, process_set=global_process_set) -> list[Any]:
     """List of every rank's (picklable) object, in rank order."""
-    set_id = _set_id(process_set, "Allgather")
+    set_id = member_set_id(process_set, "Allgather")
     names = [op_name(name, "allgather_object", set_id)]
 
     def build() -> list[Work]:

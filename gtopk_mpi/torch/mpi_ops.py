@@ -26,94 +26,8 @@ from .. import _C, config, failures, runtime, transport
 from . import engine
 from .compression import Compression, SparseCompressor
 from .engine import BROADCAST_DTYPES, DTYPE_NAMES, JOIN_KEY, Request, Work, op_name, submit, submit_checked
+from .process_sets import ProcessSet, global_process_set, member_set_id, members_of, root_index
 from .reduction import OP_NAMES, Adasum, Average, Sum, average, from_host_bits, host_bits, reduce_flat, scale
-
-
-class ProcessSet:
-    """Horovod's process set: ops with ``process_set=`` run on its ranks only (others neither
-    take part nor wait). Build it from a list of ranks, then pass it to ``init(process_sets=
-    [...])`` or ``add_process_set`` (needs HOROVOD_DYNAMIC_PROCESS_SETS=1 or
-    ``init(process_sets="dynamic")``); ranks are the global ranks, also for root_rank."""
-
-    process_set_id: int | None = None
-    ranks: list[int] | None = None
-    mpi_comm = None
-
-    def __init__(self, ranks_or_comm: Sequence[int] | MPI.Comm):
-        if isinstance(ranks_or_comm, MPI.Comm):
-            raise NotImplementedError("Process sets defined by an MPI communicator are not supported by gtopk_mpi; "
-                                      "build the process set via a list of ranks.")
-        ranks = sorted(ranks_or_comm)
-        if any(not isinstance(r, int) for r in ranks):
-            raise ValueError("ProcessSet should be initialized with a list of process ranks or an mpi4py Comm object")
-        self.ranks = ranks
-
-    def _invalidate(self) -> None:
-        self.process_set_id = None
-
-    def size(self) -> int | None:
-        """Number of ranks in the set, or None if not initialized."""
-        if self.process_set_id is None:
-            return None
-        return len(_members(self.process_set_id))
-
-    def rank(self) -> int | None:
-        """This rank's index within the set (None if not initialized); ops still take global
-        ranks (e.g. root_rank)."""
-        if self.process_set_id is None:
-            return None
-        members = _members(self.process_set_id)
-        if rank() not in members:
-            raise ValueError("Process is not part of provided process set.")
-        return members.index(rank())
-
-    def included(self) -> bool | None:
-        """Whether this rank is in the set (None if its ranks are unknown)."""
-        if self.ranks is None:
-            return None
-        return rank() in self.ranks
-
-    def __str__(self) -> str:
-        return f"ProcessSet(process_set_id={self.process_set_id}, ranks={self.ranks}, mpi_comm={self.mpi_comm})"
-
-
-global_process_set = ProcessSet([])
-global_process_set.process_set_id = 0
-
-
-def _members(set_id: int) -> tuple[int, ...]:
-    members = engine.current().members(set_id)
-    if members is None:
-        raise ValueError("Process set does not exist or has not been registered.")
-    return members
-
-
-def _registered(process_set: ProcessSet) -> tuple[int, tuple[int, ...]]:
-    """(id, ranks) of a registered ``process_set``; ValueError if it is not one."""
-    if not isinstance(process_set, ProcessSet):
-        raise ValueError(f"process_set must be a ProcessSet, got {type(process_set).__name__}")
-    set_id = process_set.process_set_id
-    members = None if set_id is None else engine.current().members(set_id)
-    if set_id is None or members is None:
-        raise ValueError(f"{process_set} has not been registered: pass it to init(process_sets=[...]) or "
-                         "add_process_set() first.")
-    return set_id, members
-
-
-def _set_id(process_set: ProcessSet, op: str) -> int:
-    """The id of ``process_set`` for an op of this rank; ValueError if it is not registered or
-    this rank is not in it (then no other rank waits: the op is this rank's alone)."""
-    set_id, members = _registered(process_set)
-    if rank() not in members:
-        raise ValueError(f"{op}: Rank {rank()} is not a member of the provided process set.")
-    return set_id
-
-
-def _root_in_set(root_rank: int, members: tuple[int, ...]) -> int:
-    if root_rank not in members:
-        raise ValueError(f"root_rank {root_rank} is not a member of the process set {list(members)}")
-    return members.index(root_rank)
-
 
 # -------------------------------------------------------------------------------- runtime
 
@@ -414,7 +328,7 @@ def _submit_allreduces(fn: str, tensors: Sequence[torch.Tensor], name: str | Non
                        average: bool | None, op: int | None, prescale: float, postscale: float,
                        process_set: ProcessSet, compression) -> list[Work]:
     """Check, then submit one named allreduce per tensor (grouped: ``{name}.{i}``)."""
-    set_id = _set_id(process_set, "Allreduce")
+    set_id = member_set_id(process_set, "Allreduce")
     names = _names(name, "allreduce", len(tensors), grouped, set_id)
     group = len(tensors) if grouped else 0
 
@@ -590,7 +504,7 @@ def _allgather_work(tensor: torch.Tensor, name: str, group: int, set_id: int) ->
 
 def _submit_allgathers(tensors: Sequence[torch.Tensor], name: str | None, grouped: bool,
                        process_set: ProcessSet) -> list[Work]:
-    set_id = _set_id(process_set, "Allgather")
+    set_id = member_set_id(process_set, "Allgather")
     names = _names(name, "allgather", len(tensors), grouped, set_id)
     group = len(tensors) if grouped else 0
 
@@ -667,10 +581,10 @@ def grouped_allgather(tensors: Sequence[torch.Tensor], name: str | None = None,
 
 def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str, set_id: int) -> Work:
     snapshot = tensor.detach().to("cpu", copy=True)
-    members = _members(set_id)
+    members = members_of(set_id)
 
     def run(link: Any, reqs: list[Request]) -> torch.Tensor:
-        root = _root_in_set(root_rank, members)
+        root = root_index(root_rank, members)
         buf = host_bits(snapshot.reshape(-1))
         link.bcast(buf.view(np.uint8) if buf.dtype == np.bool_ else buf, root)
         return snapshot.to(tensor.device)
@@ -682,7 +596,7 @@ def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str, set_id: int
 
 def _submit_broadcast(tensor: torch.Tensor, root_rank: int, name: str | None, process_set: ProcessSet
                       ) -> list[Work]:
-    set_id = _set_id(process_set, "Broadcast")
+    set_id = member_set_id(process_set, "Broadcast")
     names = [op_name(name, "broadcast", set_id)]
 
     def build() -> list[Work]:
@@ -737,7 +651,7 @@ def broadcast_(tensor: torch.Tensor, root_rank: int, name: str | None = None,
 def _alltoall_work(tensor: torch.Tensor, splits: list[int] | None, name: str, set_id: int) -> Work:
     snapshot = tensor.detach().to("cpu", copy=True)
     shape = tuple(tensor.shape)
-    n = len(_members(set_id))
+    n = len(members_of(set_id))
     if splits is None:
         if not shape or shape[0] % n:
             raise ValueError(f"alltoall: the first dimension ({shape[0] if shape else 'none'}) cannot be split "
@@ -766,7 +680,7 @@ def alltoall_async(tensor: torch.Tensor, splits=None, name: str | None = None,
     """Start an alltoall: rows splits[j] of ``tensor`` (dim 0, in order) go to member j (None:
     equal parts); synchronize() returns (rows received from every member, concatenated in
     member order; the int32 tensor of received row counts)."""
-    set_id = _set_id(process_set, "Alltoall")
+    set_id = member_set_id(process_set, "Alltoall")
     names = [op_name(name, "alltoall", set_id)]
 
     def build() -> list[Work]:
@@ -844,7 +758,7 @@ def _reducescatter_work(tensor: torch.Tensor, name: str, op: int, prescale: floa
 
 def _submit_reducescatters(tensors: Sequence[torch.Tensor], name: str | None, grouped: bool, op: int | None,
                            prescale: float, postscale: float, process_set: ProcessSet, compression) -> list[Work]:
-    set_id = _set_id(process_set, "Reducescatter")
+    set_id = member_set_id(process_set, "Reducescatter")
     names = _names(name, "reducescatter", len(tensors), grouped, set_id)
     group = len(tensors) if grouped else 0
 
@@ -936,7 +850,7 @@ def grouped_reducescatter(tensors: Sequence[torch.Tensor], name: str | None = No
 
 def barrier(process_set: ProcessSet = global_process_set) -> None:
     """Block until every member has called barrier()."""
-    set_id = _set_id(process_set, "Barrier")
+    set_id = member_set_id(process_set, "Barrier")
     names = [op_name(None, "barrier", set_id)]
 
     def build() -> list[Work]:

@@ -54,7 +54,8 @@ from .compression import Compression, SparseCompressor
 from .density import min_k
 from .engine import DTYPE_NAMES, Request, Work, submit
 from .error_feedback import ErrorFeedback
-from .mpi_ops import _registered, global_process_set, rank, size, sparse_allreduce_async
+from .mpi_ops import rank, size, sparse_allreduce_async
+from .process_sets import global_process_set, registered
 from .reduction import OP_NAMES, Adasum, Average, Sum, reduce_flat
 
 ERROR_FEEDBACK_KEY = "gtopk_error_feedback"
@@ -74,7 +75,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                  gradient_predivide_factor, num_groups, groups, sparse_as_dense, process_set,
                  density_warmup, density_warmup_steps, momentum_correction):
         super(self.__class__, self).__init__(params)
-        self._set_id, members = _registered(process_set)
+        self._set_id, members = registered(process_set)
         self._included = rank() in members  # Horovod: a rank outside the set steps on its own gradients
         self._process_set = process_set
         self._sparse_as_dense = bool(sparse_as_dense)
