@@ -38,8 +38,8 @@ def main() -> int:
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     both = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(both, flat)
-    ok = (all(torch.equal(both[0], b) for b in both) and state.iter > state.start_iter and bool(state.residuals)
-          and not MPI.Is_initialized())
+    ok = (all(torch.equal(both[0], b) for b in both) and state.iter > state.start_iter
+          and bool(state.feedback.residuals) and not MPI.Is_initialized())
     if dist.get_rank() == 0:
         print("ACCELERATE OK" if ok else "ACCELERATE FAILED",
               json.dumps({"iters": state.iter, "start_iter": state.start_iter, "ranks": dist.get_world_size(),

@@ -23,10 +23,14 @@ ap.add_argument("--load")
 ap.add_argument("--save")
 ap.add_argument("--load-rank", type=int, help="load this rank's checkpoint instead of one's own")
 ap.add_argument("--drop-residuals", action="store_true", help="load without the error-feedback state")
+ap.add_argument("--fusion", default="600", help="GTOPK_FUSION_THRESHOLD (bytes per bucket; 600: several)")
+ap.add_argument("--check-loaded", action="store_true",
+                help="after loading, lay the error feedback out in this run's buckets and print INTACT if every "
+                     "parameter's residual and velocity equals the checkpoint's, entry for entry")
 args = ap.parse_args()
 
 torch.set_num_threads(1)
-os.environ["GTOPK_FUSION_THRESHOLD"] = "600"  # several buckets
+os.environ["GTOPK_FUSION_THRESHOLD"] = args.fusion
 hvd.init()
 r = hvd.rank()
 torch.manual_seed(0)
@@ -48,6 +52,18 @@ if args.load:
         print(error or f"rank {r}: stopping", flush=True)
         hvd.shutdown()
         raise SystemExit(3)
+    if args.check_loaded:
+        ef, saved = opt.error_feedback, ckpt["optimizer"][hvd.ERROR_FEEDBACK_KEY]
+        for b in opt._buckets:
+            ef.place(b.layout, torch.zeros(b.numel))
+        placed = all(not ef.pending[kind] for kind in ("residuals", "velocities"))
+        same = all(ef.per_parameter(kind).keys() == saved[kind].keys()
+                   and all(torch.equal(t, saved[kind][n].reshape(-1)) for n, t in ef.per_parameter(kind).items())
+                   for kind in ("residuals", "velocities"))
+        nonzero = any(float(t.abs().sum()) > 0 for t in saved["residuals"].values())
+        ok = hvd.allgather_object(placed and same and nonzero)
+        if r == 0:
+            print(f"BUCKETS {len(opt._buckets)} " + ("INTACT" if all(ok) else f"DIFFERENT {ok}"), flush=True)
 for step in range(args.start, args.stop):
     g = torch.Generator().manual_seed(1000 * step + r)
     x, y = torch.randn(8, 12, generator=g), torch.randn(8, 1, generator=g)
@@ -57,7 +73,8 @@ for step in range(args.start, args.stop):
 if args.save:
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, f"{args.save}.rank{r}.pt")
 ef = opt.error_feedback
-mine = b"".join(t.numpy().tobytes() for table in (ef.residuals, ef.velocities) for _, t in sorted(table.items()))
+mine = b"".join(t.numpy().tobytes() for kind in ("residuals", "velocities")
+                for _, t in sorted(ef.per_parameter(kind).items()))
 everyone = hvd.allgather_object(mine + str(ef.step).encode())
 if r == 0:
     params = b"".join(p.detach().numpy().tobytes() for p in model.parameters())

@@ -186,7 +186,7 @@ if not EMULATED or STAND_IN == "torch":  # the torch front end on device tensors
             opt.step()
         flat = torch.cat([host(q).reshape(-1) for q in model.parameters()]).numpy()
         assert opt.error_feedback is not None
-        return flat, {key: host(v).numpy() for key, v in opt.error_feedback.residuals.items()}
+        return flat, {key: v.numpy() for key, v in opt.error_feedback.per_parameter().items()}
 
     flat, residuals = through_stand_in(train, DEV)
     everyone = comm.allgather(flat)

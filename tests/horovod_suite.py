@@ -434,7 +434,7 @@ def join_with_the_optimizer_uneven_batches():
         opt.zero_grad()
         model(data(RANK, (2, 30), torch.float32, 30 + s)).sum().backward()
         opt.step()
-        nonzero = int((opt.error_feedback.residual(opt._buckets[0].name, torch.zeros(620)) != 0).sum())
+        nonzero = int((opt.error_feedback.residual(opt._buckets[0].layout, torch.zeros(620)) != 0).sum())
         assert nonzero > 0  # something was held back
     assert hvd.join() == P - 1
 

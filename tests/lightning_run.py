@@ -64,10 +64,11 @@ def main() -> int:
     same = all(torch.equal(both[0], b) for b in both)
     under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
     mpi_left_alone = not (under_torchrun and MPI.Is_initialized())
-    ok = same and state.iter > state.start_iter and bool(state.residuals) and mpi_left_alone
+    ok = same and state.iter > state.start_iter and bool(state.feedback.residuals) and mpi_left_alone
     if dist.get_rank() == 0:
         print("LIGHTNING OK" if ok else "LIGHTNING FAILED",
-              json.dumps({"iters": state.iter, "start_iter": state.start_iter, "residuals": len(state.residuals),
+              json.dumps({"iters": state.iter, "start_iter": state.start_iter,
+                          "residuals": len(state.feedback.residuals),
                           "mpi_initialized": MPI.Is_initialized(),
                           "steps": trainer.global_step}), flush=True)
     dist.barrier()

@@ -66,6 +66,22 @@ def test_checkpoint_restart_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert refused in proc.stdout
 
 
+def test_checkpoint_loads_under_another_bucket_layout(tmp_path):
+    """A checkpoint saved with several buckets (GTOPK_FUSION_THRESHOLD=600) loads with one
+    (unlimited) and with four (50): every parameter's residual and velocity, laid out in the
+    new buckets, equals what was saved entry for entry; training then goes on."""
+    prefix = str(tmp_path / "ckpt")
+    proc = run(3, ["tests/checkpoint_run.py", "--stop", "6", "--save", prefix], timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    buckets = set()
+    for fusion in ("inf", "50", "600"):
+        proc = run(3, ["tests/checkpoint_run.py", "--start", "6", "--stop", "8", "--load", prefix, "--fusion", fusion,
+                       "--check-loaded"], timeout=120)
+        assert proc.returncode == 0 and "INTACT" in proc.stdout and "DIGEST" in proc.stdout, proc.stdout + proc.stderr
+        buckets.add(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("BUCKETS ")))
+    assert len(buckets) == 3, buckets  # three layouts
+
+
 @pytest.mark.parametrize("launch", [("torchrun", 2), ("torchrun", 3), ("mpiexec", 2)], ids=lambda t: f"{t[0]}-P{t[1]}")
 @pytest.mark.parametrize("check", suite_checks("tests/ddp_suite.py"))
 def test_ddp_hook(check, launch, suite_runs, request):

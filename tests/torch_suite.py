@@ -436,7 +436,8 @@ def conservation_of_gradient_mass():
         after = torch.cat([p.detach().reshape(-1) for b in opt._buckets for _, p in b.params]).double()
         fed += torch.from_numpy(np.sum(SUITE.comm.allgather(flat.numpy()), axis=0))
         applied += before - after  # lr = 1: the summed (sparse) gradient that was applied
-    residuals = torch.cat([opt.error_feedback.residuals[b.name] for b in opt._buckets]).double()
+    kept = opt.error_feedback.per_parameter()
+    residuals = torch.cat([kept[n] for b in opt._buckets for n, _ in b.params]).double()
     total_residual = torch.from_numpy(np.sum(SUITE.comm.allgather(residuals.numpy()), axis=0))
     torch.testing.assert_close(applied + total_residual, fed, rtol=1e-4, atol=1e-4)
     assert float(total_residual.abs().sum()) > 0  # something was held back
@@ -599,7 +600,7 @@ def momentum_correction_runs_and_masks():
                                    compression=hvd.Compression.gtopk(0.05), momentum_correction=0.9)
     train(model, opt, 5)
     SUITE.identical_on_all_ranks(params_bytes(model), "parameters")
-    velocity = opt.error_feedback.velocities[opt._buckets[0].name]
+    velocity = opt.error_feedback.velocities[opt._buckets[0].layout]
     assert int((velocity == 0).sum()) > 0
 
 

@@ -21,8 +21,9 @@ k = density * bucket size. Exchanges run on the hook's own worker thread (point-
 ops have no Futures in torch.distributed), which completes the Futures.
 
 State (all of it per rank): the residuals, one float vector per bucket or for the whole
-model, kept per parameter name so that ``state_dict()`` / ``load_state_dict()`` carry them
-through a checkpoint regardless of how DDP lays out its buckets; the iteration count.
+model, in an ErrorFeedback (``feedback``: the DistributedOptimizer's class), kept per
+parameter name so that ``state_dict()`` / ``load_state_dict()`` carry them through a
+checkpoint regardless of how DDP lays out its buckets; the iteration count.
 
 Knobs. ``density`` (rho, 0.001 by default) and ``density_warmup`` (a list of densities,
 ``warmup_steps`` iterations each, right after ``start_iter``; by default the library's, the
@@ -65,6 +66,7 @@ from ..transport import Transport
 from . import density as schedule
 from . import reduction
 from .dist_transport import DistTransport
+from .error_feedback import ErrorFeedback
 
 
 class GTopkState:
@@ -89,9 +91,7 @@ class GTopkState:
         self.names = {id(p): n for n, p in named_parameters} if named_parameters is not None else {}
         self._transport = transport  # None: bound by bind() on the hook's first call
         self.iter = 0
-        self.residuals: dict[tuple, torch.Tensor] = {}      # keyed by the parameter names they cover
-        self.pending_residuals: dict[str, torch.Tensor] = {}  # from load_state_dict, until first used
-        self.sizes: dict[tuple, list[int]] = {}              # parameter sizes behind each residual
+        self.feedback = ErrorFeedback(density, [])           # the residuals, per parameter (the optimizer's class)
         self.held: list[tuple] = []                          # whole_model: this iteration's buckets so far
         self.stats: list[Any] = []                           # CommStats of the last iteration's exchanges
         self.busy_s = 0.0                                    # worker time of the last iteration (s)
@@ -130,55 +130,18 @@ class GTopkState:
     def _residual(self, names: list[str], sizes: list[int], like: torch.Tensor) -> torch.Tensor:
         """The residual of these parameters, laid out as ``like`` (their concatenation). A new
         layout (DDP rebuilt its buckets, or a checkpoint was loaded) takes each parameter's
-        piece from wherever it was kept."""
-        key = tuple(names)
-        r = self.residuals.get(key)
-        if r is not None:
-            return r
-        r = torch.zeros_like(like)
-        wanted = dict(zip(names, sizes))
-        found: dict[str, torch.Tensor] = {}
-        for old, old_r in list(self.residuals.items()):
-            at, hit = 0, False
-            for name, n in zip(old, self.sizes[old]):
-                if name in wanted:
-                    found[name], hit = old_r[at : at + n], True
-                at += n
-            if hit:
-                del self.residuals[old]
-        at = 0
-        for name, n in zip(names, sizes):
-            piece = found.get(name)
-            if piece is None:
-                piece = self.pending_residuals.pop(name, None)
-            if piece is not None:
-                if piece.numel() != n:
-                    raise ValueError(f"GTopkState: the residual of {name!r} has {piece.numel()} entries, the "
-                                     f"parameter {n}")
-                r[at : at + n] = piece.reshape(-1).to(r)
-            at += n
-        self.residuals[key], self.sizes[key] = r, list(sizes)
-        return r
+        piece from wherever it was kept (ErrorFeedback)."""
+        return self.feedback.residual(tuple(zip(names, sizes)), like)
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's iteration count and residuals (per parameter name, CPU tensors)."""
-        out: dict[str, torch.Tensor] = dict(self.pending_residuals)
-        for names, r in self.residuals.items():
-            sizes = self.sizes.get(names)
-            if sizes is None:
-                continue
-            at = 0
-            for name, n in zip(names, sizes):
-                out[name] = r[at : at + n].detach().cpu().clone()
-                at += n
-        return {"iter": self.iter, "residuals": out}
+        return {"iter": self.iter, "residuals": self.feedback.per_parameter("residuals")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what state_dict() saved on this rank; residuals are placed when their
         parameters' bucket is next reduced."""
         self.iter = int(state["iter"])
-        self.residuals.clear()
-        self.pending_residuals = {n: t.detach().clone() for n, t in state["residuals"].items()}
+        self.feedback.load_state_dict({"step": 0, "residuals": state["residuals"]})
 
     # -- the exchange -----------------------------------------------------------------
     def _exchange(self, parts: list[tuple[torch.Tensor, list[str], torch.futures.Future]], sizes: list[list[int]],

@@ -11,8 +11,8 @@ averaged gradients back into ``p.grad`` and calls the wrapped optimizer.
 
 With ``compression=Compression.gtopk(density, values)`` a bucket's reduction is the
 butterfly gTop-k sparse allreduce with error feedback: the optimizer's
-``error_feedback`` (an ErrorFeedback) holds one residual per bucket with everything
-this rank has not yet sent, so no gradient mass is lost. ``Compression.topk(density)``
+``error_feedback`` (an ErrorFeedback, the DDP hook's too) holds every parameter's residual:
+what this rank has not yet sent, so no gradient mass is lost. ``Compression.topk(density)``
 is the allgather Top-k baseline with the same residuals. Knobs:
 
 * ``density_warmup`` - densities used for the first optimizer steps, each for
@@ -31,8 +31,9 @@ is the allgather Top-k baseline with the same residuals. Knobs:
 
 Checkpoints: ``state_dict()`` carries this rank's error-feedback state (residuals,
 velocities, the step of the density schedule) next to the wrapped optimizer's, tagged
-with the rank; each rank saves and loads its own (``load_state_dict`` refuses another
-rank's residuals rather than double or drop gradient mass). broadcast_optimizer_state
+with the rank, per parameter name; each rank saves and loads its own (``load_state_dict``
+refuses another rank's residuals rather than double or drop gradient mass, and a parameter
+it does not have), under any bucket layout (GTOPK_FUSION_THRESHOLD, groups). broadcast_optimizer_state
 leaves every rank's own error-feedback state in place.
 
 Without any of these everything is dense and exact, as in Horovod.
@@ -53,7 +54,7 @@ from .. import config
 from .compression import Compression, SparseCompressor
 from .density import min_k
 from .engine import DTYPE_NAMES, Request, Work, submit
-from .error_feedback import ErrorFeedback
+from .error_feedback import KINDS, ErrorFeedback, Layout
 from .mpi_ops import rank, size, sparse_allreduce_async
 from .process_sets import global_process_set, registered
 from .reduction import OP_NAMES, Adasum, Average, Sum, reduce_flat
@@ -68,6 +69,11 @@ class _Bucket:
     numel: int
     ready: set[int] = field(default_factory=set)     # ids of params whose gradient is ready
     work: Work | None = None
+
+    @property
+    def layout(self) -> Layout:
+        """The parameters its flat gradient concatenates: the error feedback's key."""
+        return tuple((n, p.numel()) for n, p in self.params)
 
 
 class _DistributedOptimizer(torch.optim.Optimizer):
@@ -192,7 +198,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
     def _submit(self, bucket: _Bucket) -> None:
         flat = self._flat_grad(bucket)
         comp, ef = self._compression, self.error_feedback
-        feedback = (ef, bucket.name) if ef is not None else None
+        feedback = (ef, bucket.layout) if ef is not None else None
 
         def run(link: Any, reqs) -> torch.Tensor:
             y, stats = reduce_flat(link, flat, self._op, comp, self._prescale, self._postscale, feedback)
@@ -287,13 +293,13 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         error-feedback state under ERROR_FEEDBACK_KEY, tagged with the rank and the layout."""
         state = super(self.__class__, self).state_dict()
         if self.error_feedback is not None:
-            state[ERROR_FEEDBACK_KEY] = {"rank": rank(), "size": size(), "buckets": self._layout(),
-                                         **self.error_feedback.state_dict()}
+            state[ERROR_FEEDBACK_KEY] = {"rank": rank(), "size": size(), **self.error_feedback.state_dict()}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict() of this rank (the error-feedback state must be this rank's own,
-        saved by the same number of ranks and the same bucket layout, else ValueError)."""
+        saved by the same number of ranks, of parameters this optimizer has, else ValueError;
+        any bucket layout)."""
         state = dict(state_dict)
         feedback = state.pop(ERROR_FEEDBACK_KEY, None)
         if feedback is not None and self.error_feedback is not None:
@@ -303,14 +309,16 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                                  f"{where[1]}; this is rank {rank()} of {size()}. Each rank must load its own "
                                  f"optimizer.state_dict(), or drop the '{ERROR_FEEDBACK_KEY}' entry to start "
                                  "with empty residuals (losing the gradient mass they held).")
-            if feedback["buckets"] != self._layout():
-                raise ValueError("the checkpoint's error-feedback state was saved with other gradient buckets "
-                                 "(model, named_parameters, GTOPK_FUSION_THRESHOLD or groups differ)")
+            sizes = {n: p.numel() for b in self._buckets for n, p in b.params}
+            for kind in KINDS:
+                for name, t in feedback.get(kind, {}).items():
+                    if sizes.get(name) != t.numel():
+                        raise ValueError(f"the checkpoint's error-feedback state holds {kind} for {name!r} "
+                                         f"({t.numel()} entries), which this optimizer "
+                                         + (f"has with {sizes[name]}" if name in sizes else "does not have")
+                                         + " (a checkpoint of another model, or other named_parameters?)")
             self.error_feedback.load_state_dict(feedback)
         super(self.__class__, self).load_state_dict(state)
-
-    def _layout(self) -> dict[str, list[str]]:
-        return {b.name: [n for n, _ in b.params] for b in self._buckets}
 
 
 def is_distributed(optimizer: torch.optim.Optimizer) -> bool:

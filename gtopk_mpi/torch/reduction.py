@@ -5,8 +5,9 @@ Result: postscale * reduce(prescale * flat), reduce being Horovod's op (Average 
 the sum by the number of ranks; integers as Horovod does: times 1/n, truncated toward
 zero). A Horovod compressor (Compression.none / fp16) wraps a dense reduction; a
 SparseCompressor (Compression.gtopk / topk) makes it the sparse collective it names,
-with error feedback when an ErrorFeedback state and key are given. CPU tensors are reduced as NumPy views, device
-tensors (CUDA, ROCm, MPS, XPU) on the GPU path (gtopk_mpi.spaces, gtopk_mpi.cuda).
+with error feedback when an ErrorFeedback state and the layout of its parameters are
+given. CPU tensors are reduced as NumPy views, device tensors (CUDA, ROCm, MPS, XPU) on the
+GPU path (gtopk_mpi.spaces, gtopk_mpi.cuda).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..baselines import reduce_agreed
 from ..results import CommStats
 from ..transport import Transport
 from .compression import SparseCompressor
-from .error_feedback import ErrorFeedback
+from .error_feedback import ErrorFeedback, Layout
 
 # Reduction ops (Horovod's values)
 Average, Sum, Adasum, Min, Max, Product = 0, 1, 2, 3, 4, 5
@@ -73,7 +74,7 @@ def dense(link: Transport, t: torch.Tensor, op: int = Sum) -> torch.Tensor:
 
 
 def reduce_flat(link: Transport, flat: torch.Tensor, op: int, compression: Any, prescale: float = 1.0,
-                postscale: float = 1.0, feedback: tuple[ErrorFeedback, str] | None = None
+                postscale: float = 1.0, feedback: tuple[ErrorFeedback, Layout] | None = None
                 ) -> tuple[torch.Tensor, CommStats]:
     """postscale * op(prescale * flat) over the ranks of ``link``; also what it cost.
 
@@ -91,12 +92,12 @@ def reduce_flat(link: Transport, flat: torch.Tensor, op: int, compression: Any, 
     x = scale(flat, prescale)
     stats = CommStats()
     if isinstance(compression, SparseCompressor):
-        state, key = feedback if feedback is not None else (None, "")
+        state, layout = feedback if feedback is not None else (None, ())
         density = state.current_density() if state is not None else compression.density
         k = compression.k(x.numel(), density, x.element_size())
-        residual = state.residual(key, x) if state is not None else None
+        residual = state.residual(layout, x) if state is not None else None
         if state is not None:
-            x = state.compensate(key, x)
+            x = state.compensate(layout, x)
         if k >= x.numel():  # density 1 (or a tiny tensor): bit-identical to the dense reduction
             total = residual + x if residual is not None and bool(residual.any()) else x
             with stats.phase("comm"):
@@ -107,7 +108,7 @@ def reduce_flat(link: Transport, flat: torch.Tensor, op: int, compression: Any, 
             res = compression.allreduce(arr, k, None if residual is None else array_of(residual)[1], link)
             y, stats, carried = _tensor(res.to_dense()), res.stats, res.carried
         if state is not None:
-            state.sent(key, carried)
+            state.sent(layout, carried)
     else:
         c, ctx = compression.compress(x)
         with stats.phase("comm"):
