@@ -1,4 +1,5 @@
-// gtopk_mpi._C: NumPy bindings of the CPU kernels (selection, merge, survivor mask).
+// gtopk_mpi._C: NumPy bindings of the CPU kernels (selection, merge with survivor tags, settle, the wire
+// codec) and the C entry points of the CUDA kernels.
 // Every kernel releases the GIL; results are returned as NumPy arrays that own the
 // kernel's buffers (no copy).
 #include <pybind11/numpy.h>
@@ -472,7 +473,7 @@ void cuda_zero_at(int dtype, bool idx64, uintptr_t idx, int64_t n, uintptr_t res
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
-  mod.doc() = "gtopk_mpi native CPU kernels: exact top-k selection, sparse merge, survivor masks";
+  mod.doc() = "gtopk_mpi native kernels: exact top-k selection, sparse merge with survivor tags, settle, wire codec";
   py::enum_<DType>(mod, "DType", "Value and index types, numbered as in message headers (csrc/numeric.h).")
       .value("float16", DType::kFloat16)
       .value("float32", DType::kFloat32)

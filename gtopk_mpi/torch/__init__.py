@@ -10,7 +10,6 @@ without GTOPK_DENSITY in the environment) everything is dense and exact.
 """
 
 from .compression import Compression, Compressor, SparseCompressor
-from .engine import HorovodInternalError, TensorMismatchError
 from .error_feedback import ErrorFeedback
 from .functions import allgather_object, broadcast_object, broadcast_optimizer_state, broadcast_parameters
 from .mpi_ops import (
@@ -70,6 +69,7 @@ from .mpi_ops import (
 )
 from .optimizer import ERROR_FEEDBACK_KEY, DistributedOptimizer
 from .reduction import Adasum, Average, Max, Min, Product, Sum
+from .requests import HorovodInternalError, TensorMismatchError
 from .sync_batch_norm import SyncBatchNorm
 
 __all__ = [

@@ -1,7 +1,7 @@
 """The background engine of gtopk_mpi.torch: ops matched by name, run in one global order.
 
 Hooks fire in different orders on different ranks, so an op is never sent to MPI
-when it is submitted. Each submitted op announces a Request (name, op type,
+when it is submitted. Each submitted op announces a Request (requests.py: name, op type,
 dtype, shape, reduction, scale factors, root, device, compression, group size, or
 the error its local checks raised). A single background thread negotiates in
 sessions: a rank with work rings every other rank (a one-integer message), and all
@@ -53,116 +53,21 @@ import numpy as np
 import torch
 
 from .. import config, failures
-from ..agreement import MismatchError
 from .compression import from_description
 from .reduction import OP_NAMES, reduce_flat
-
-
-class HorovodInternalError(RuntimeError):
-    """An error inside a collective (Horovod's name); raised on every rank alike."""
-
-
-class TensorMismatchError(HorovodInternalError, MismatchError):
-    """Ranks submitted the same named op with disagreeing arguments."""
-
+from .requests import (
+    DTYPE_NAMES,
+    DUPLICATE_NAME_ERROR,
+    JOIN_KEY,
+    HorovodInternalError,
+    Key,
+    Request,
+    check_requests,
+    join_error,
+    key_of,
+)
 
 log = logging.getLogger(__name__)
-
-#: Horovod's names of the dtypes an allreduce takes, and of those allgather / broadcast take
-DTYPE_NAMES = {torch.int32: "HOROVOD_INT32", torch.int64: "HOROVOD_INT64", torch.float16: "HOROVOD_FLOAT16",
-               torch.bfloat16: "HOROVOD_BFLOAT16", torch.float32: "HOROVOD_FLOAT32", torch.float64: "HOROVOD_FLOAT64"}
-BROADCAST_DTYPES = {**DTYPE_NAMES, torch.uint8: "HOROVOD_UINT8", torch.int8: "HOROVOD_INT8",
-                    torch.int16: "HOROVOD_INT16", torch.bool: "HOROVOD_BOOL"}
-
-DUPLICATE_NAME_ERROR = ("Requested to {op} a tensor with the same name as another tensor that is currently "
-                        "being processed. If you want to request another tensor, use a different tensor name.")
-
-
-@dataclass(frozen=True)
-class Request:
-    """What one rank announces for one named op (small and picklable)."""
-
-    name: str
-    op_type: str                 # ALLREDUCE, ALLGATHER, BROADCAST, ALLTOALL, REDUCESCATTER, BARRIER, JOIN,
-    #                              ADD_PROCESS_SET, REMOVE_PROCESS_SET, SHUTDOWN
-    dtype: str = ""              # HOROVOD_FLOAT32, ...
-    shape: tuple[int, ...] = ()
-    reduce_op: str = ""
-    prescale: float = 1.0
-    postscale: float = 1.0
-    root: int = -1
-    device: str = "CPU"
-    compression: str = ""
-    process_set: int = 0         # the set's id (0: every rank)
-    ranks: tuple[int, ...] = ()  # ADD_PROCESS_SET: the new set's ranks; REMOVE_PROCESS_SET: (its id,)
-    splits: tuple[int, ...] = ()  # ALLTOALL: rows this rank sends to each member
-    counts: tuple[tuple[str, int, int], ...] = ()  # JOIN: this rank's unnamed-op counters
-    group: int = 0               # grouped ops: how many tensors the group has
-    error: str = ""              # what this rank's local checks raised ("rank R: ..."): every rank raises it
-    error_type: str = ""         # ValueError or NotImplementedError
-
-
-# Horovod's checks, in its order; {op} is the op type, {a} and {b} the two values seen.
-_CHECKS_BEFORE_SHAPE = (
-    ("group", "Mismatched {op} group sizes: One rank grouped {a} tensors, but another rank grouped {b} tensors."),
-    ("dtype", "Mismatched data types: One rank had type {a}, but another rank had type {b}."),
-    ("op_type", "Mismatched MPI operations: One rank did an {a}, but another rank did an {b}."),
-    ("reduce_op", "Mismatched {op} reduction operations: One rank did a {a}, but another rank did a {b}."),
-)
-_CHECKS_AFTER_SHAPE = (
-    ("prescale", "Mismatched prescale factors: One rank sent factor {a}, but another rank sent factor {b}."),
-    ("postscale", "Mismatched postscale factors: One rank sent factor {a}, but another rank sent factor {b}."),
-    ("root", "Mismatched {op} root ranks: One rank specified root rank {a}, but another rank specified root rank {b}."),
-    ("device", "Mismatched {op} CPU/GPU device selection: One rank specified device {a}, but another rank "
-               "specified device {b}."),
-    ("compression", "Mismatched {op} compression: One rank used {a}, but another rank used {b}."),
-    ("ranks", "Mismatched {op} ranks: One rank specified ranks {a}, but another rank specified ranks {b}."),
-)
-
-
-def _first_difference(reqs: list[Request], checks) -> str | None:
-    first = reqs[0]
-    for attr, text in checks:
-        for r in reqs[1:]:
-            if getattr(r, attr) != getattr(first, attr):
-                return text.format(op=first.op_type, a=getattr(first, attr), b=getattr(r, attr))
-    return None
-
-
-def _shape_difference(reqs: list[Request]) -> str | None:
-    first = reqs[0]
-    if first.op_type == "REDUCESCATTER" and len(first.shape) == 0:
-        return "Process-set rank zero tried to REDUCESCATTER a rank-zero tensor."
-    if first.op_type in ("ALLREDUCE", "BROADCAST", "REDUCESCATTER"):
-        for r in reqs[1:]:
-            if r.shape != first.shape:
-                return (f"Mismatched {first.op_type} tensor shapes: One rank sent a tensor of shape "
-                        f"{list(first.shape)}, but another rank sent a tensor of shape {list(r.shape)}.")
-    if first.op_type in ("ALLGATHER", "ALLTOALL"):  # dimension 0 may differ
-        op = first.op_type
-        if len(first.shape) == 0:
-            return f"Process-set rank zero tried to {op} a rank-zero tensor."
-        for r in reqs[1:]:
-            if len(r.shape) != len(first.shape):
-                return (f"Mismatched {op} tensor shapes: One rank sent a tensor of rank {len(first.shape)}, "
-                        f"but another rank sent a tensor of rank {len(r.shape)}.")
-            for d in range(1, len(first.shape)):
-                if r.shape[d] != first.shape[d]:
-                    return (f"Mismatched {op} tensor shapes: One rank sent a tensor with dimension {d} "
-                            f"equal to {first.shape[d]}, but another rank sent a tensor with dimension {d} "
-                            f"equal to {r.shape[d]}.")
-    return None
-
-
-def check_requests(reqs: list[Request]) -> BaseException | None:
-    """The error every rank raises for one name: the lowest rank's failed local check, else
-    Horovod's consistency checks over every rank's request (None: all agree)."""
-    failed = next((r for r in reqs if r.error), None)
-    if failed is not None:
-        return (NotImplementedError if failed.error_type == "NotImplementedError" else ValueError)(failed.error)
-    text = (_first_difference(reqs, _CHECKS_BEFORE_SHAPE) or _shape_difference(reqs)
-            or _first_difference(reqs, _CHECKS_AFTER_SHAPE))
-    return TensorMismatchError(text) if text is not None else None
 
 
 @dataclass
@@ -183,39 +88,6 @@ class Work:
         if self.error is not None:
             raise self.error
         return self.result
-
-
-Key = tuple[int, str]  # (process set id, op name): what ranks match
-JOIN_KEY: Key = (0, "__gtopk_join__")
-_JOIN_UNSUPPORTED = {
-    "ALLGATHER": "Allgather is not supported with Join at this time. Specify sparse_to_dense=True if using "
-                 "DistributedOptimizer",
-    "ALLTOALL": "Alltoall is not supported with Join at this time.",
-    "REDUCESCATTER": "Reducescatter is not supported with Join at this time.",
-    "BROADCAST": "Broadcast is not supported with Join at this time.",
-}
-
-
-def _join_error(key: Key, request: Request) -> BaseException | None:
-    """The error of an op that joined ranks lack (None: they stand in for it)."""
-    op = request.op_type
-    if key[0] != 0 and op not in _JOIN_UNSUPPORTED:
-        return HorovodInternalError(f"{op} on a process set is not supported with Join at this time.")
-    if op == "BARRIER":
-        return None
-    if op != "ALLREDUCE":  # every other op needs the joined ranks' data or their part in a collective
-        return HorovodInternalError(_JOIN_UNSUPPORTED.get(op, f"{op} is not supported with Join at this time."))
-    if request.device != "CPU":
-        return HorovodInternalError("a joined rank stands in only for CPU allreduces at this time.")
-    try:
-        from_description(request.compression)
-    except ValueError as e:
-        return HorovodInternalError(str(e))
-    return None
-
-
-def key_of(request: Request) -> Key:
-    return (request.process_set, request.name)
 
 
 @dataclass
@@ -431,7 +303,7 @@ class Engine:
         reqs = [tables[q][key][0] for q in have]
         error = check_requests(reqs)
         if error is None and standing_in:
-            error = _join_error(key, reqs[0])
+            error = join_error(key, reqs[0])
         with self._cv:
             work = self._pending.pop(key, None)
         if work is None and error is None and self.link.rank in standing_in:
@@ -463,7 +335,7 @@ class Engine:
         return shutdown
 
     def _stand_in(self, request: Request) -> Work | None:
-        """What a joined rank runs for an allreduce it did not submit (one _join_error
+        """What a joined rank runs for an allreduce it did not submit (one join_error
         allows): zeros. None for a barrier (nothing to run)."""
         if request.op_type != "ALLREDUCE":
             return None

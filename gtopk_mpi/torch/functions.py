@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 
-from .engine import Request, Work, op_name, submit_checked
+from .engine import Work, op_name, submit_checked
 from .mpi_ops import broadcast_async_, rank, synchronize
 from .optimizer import ERROR_FEEDBACK_KEY, is_distributed
 from .process_sets import global_process_set, member_set_id, members_of, root_index
+from .requests import Request
 
 
 def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: int,

@@ -25,9 +25,10 @@ from mpi4py import MPI
 from .. import _C, config, failures, runtime, transport
 from . import engine
 from .compression import Compression, SparseCompressor
-from .engine import BROADCAST_DTYPES, DTYPE_NAMES, JOIN_KEY, Request, Work, op_name, submit, submit_checked
+from .engine import Work, op_name, submit, submit_checked
 from .process_sets import ProcessSet, global_process_set, member_set_id, members_of, root_index
 from .reduction import OP_NAMES, Adasum, Average, Sum, average, from_host_bits, host_bits, reduce_flat, scale
+from .requests import BROADCAST_DTYPES, DTYPE_NAMES, JOIN_KEY, Request
 
 # -------------------------------------------------------------------------------- runtime
 

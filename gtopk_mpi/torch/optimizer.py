@@ -53,11 +53,12 @@ import torch
 from .. import config
 from .compression import Compression, SparseCompressor
 from .density import min_k
-from .engine import DTYPE_NAMES, Request, Work, submit
+from .engine import Work, submit
 from .error_feedback import KINDS, ErrorFeedback, Layout
 from .mpi_ops import rank, size, sparse_allreduce_async
 from .process_sets import global_process_set, registered
 from .reduction import OP_NAMES, Adasum, Average, Sum, reduce_flat
+from .requests import DTYPE_NAMES, Request
 
 ERROR_FEEDBACK_KEY = "gtopk_error_feedback"
 
