@@ -74,13 +74,14 @@ fashion() {  # accuracy: 10 epochs each (convnet ~12 min, resnet20 ~30 min on 2 
   done
 }
 
-fashion_step_times() {  # each run's step time on the emulated 1 GbE cluster, P = 4 (2 epochs of 20 steps)
+fashion_step_times() {  # each run's step time on the emulated 1 GbE cluster, P = 4 (2 epochs of 20 steps);
+  # FASHION_MODELS and FASHION_RUNS (names of FASHION_ARGS) choose a subset, to remeasure runs in one sitting
   scripts/emulate_cluster.sh up 4
   trap 'scripts/emulate_cluster.sh down' EXIT
   export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet
   local model name
   for model in ${FASHION_MODELS:-convnet resnet20}; do
-    for name in "${FASHION_TIMED[@]}"; do  # the steady state: no density warm-up, hooks compressing from step 2
+    for name in ${FASHION_RUNS:-"${FASHION_TIMED[@]}"}; do  # steady state: no density warm-up, hooks compressing from step 2
       GTOPK_DENSITY_WARMUP=none LAUNCH="scripts/emulate_cluster.sh run 4" fashion_train $model $name --epochs 2 \
         --steps-per-epoch ${STEPS:-20} --start-iter 2 --csv "docs/data/fmnist_step_${model}_$name.csv"
     done
