@@ -475,13 +475,13 @@ def main(argv: list[str] | None = None) -> int:
         if intra is not None:
             print(f"fitted link inside a host: alpha = {intra.alpha * 1e3:.4f} ms, beta = {intra.beta * 1e9:.3f} ns "
                   f"per byte ({1 / intra.beta / 1e6 if intra.beta else float('inf'):.1f} MB/s)")
-        assert net is not None and (intra is not None or not args.predict_hosts)  # --predict* implies --model-fit
         if args.predict_hosts:
-            assert intra is not None
+            assert net is not None and intra is not None  # --predict-hosts implies --model-fit, a host pair
             print("predicted ms per call on H hosts x G ranks (one port per host, the links fitted above; "
                   "selection and merges as measured here; port: the seconds of bytes through one port):")
             print(host_predictions(rows, net, intra, args.predict_hosts, args.per_host))
         if args.predict:
+            assert net is not None  # --predict implies --model-fit
             print("predicted time per call (ms); selection (gtopk's, for every sparse algorithm) and merge "
                   "as measured here:")
             print(format_predictions(predictions(rows, net, args.predict), args.predict))

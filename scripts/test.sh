@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 source scripts/setup_env.sh requirements-dev.txt
 .venv/bin/ruff check gtopk_mpi tests scripts setup.py
 .venv/bin/mypy  # gtopk_mpi/ (pyproject.toml [tool.mypy]): each Space and Transport against its protocol
-.venv/bin/python -m pytest -q "$@" tests
+.venv/bin/python -m pytest -q --durations=15 "$@" tests  # the 15 slowest: where the suite's time goes
