@@ -50,18 +50,24 @@ class ProcessSet:
         if self.process_set_id is None:
             return None
         members = members_of(self.process_set_id)
-        if runtime.rank() not in members:
+        if _rank() not in members:
             raise ValueError("Process is not part of provided process set.")
-        return members.index(runtime.rank())
+        return members.index(_rank())
 
     def included(self) -> bool | None:
         """Whether this rank is in the set (None if its ranks are unknown)."""
         if self.ranks is None:
             return None
-        return runtime.rank() in self.ranks
+        return _rank() in self.ranks
 
     def __str__(self) -> str:
         return f"ProcessSet(process_set_id={self.process_set_id}, ranks={self.ranks}, mpi_comm={self.mpi_comm})"
+
+
+def _rank() -> int:
+    """This rank, as hvd.rank() gives it: Horovod's ValueError before init()."""
+    engine.current()
+    return runtime.rank()
 
 
 global_process_set = ProcessSet([])
@@ -92,8 +98,8 @@ def member_set_id(process_set: ProcessSet, op: str) -> int:
     """The id of ``process_set`` for an op of this rank; ValueError if it is not registered or
     this rank is not in it (then no other rank waits: the op is this rank's alone)."""
     set_id, members = registered(process_set)
-    if runtime.rank() not in members:
-        raise ValueError(f"{op}: Rank {runtime.rank()} is not a member of the provided process set.")
+    if _rank() not in members:
+        raise ValueError(f"{op}: Rank {_rank()} is not a member of the provided process set.")
     return set_id
 
 
