@@ -65,6 +65,26 @@ def make(case: str, m: int, k: int) -> np.ndarray:
     return x
 
 
+def small_inputs():
+    """(x, k): short vectors, float32 and float16, half their magnitudes repeated (the tie rule
+    decides), for the selection against reference.py."""
+    rng = np.random.default_rng(2)
+    for dtype in (np.float32, np.float16):
+        for m, k in [(1, 1), (7, 3), (100, 1), (100, 99), (5000, 50), (9000, 4500)]:
+            x = rng.standard_normal(m).astype(dtype)
+            x[::2] = np.round(x[::2] * 4) / 4
+            yield x, k
+
+
+FUSED_CASES = [(LARGE, 1100), (LARGE, 200_000), (3000, 30), (50, 80)]  # (m, k) of the fused error feedback
+
+
+def fused_inputs(dtype, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(gradient, residual) of length m for the fused error-feedback selection."""
+    rng = np.random.default_rng(9)
+    return rng.standard_normal(m).astype(dtype), (rng.standard_normal(m) * 0.5).astype(dtype)
+
+
 def same(got, want) -> bool:
     return np.array_equal(got[0], want[0]) and ref.same_bits(got[1], want[1])
 
@@ -123,12 +143,8 @@ def test_select_finishing_on_the_whole_grid(case):
 
 
 def test_select_small_inputs_against_reference():
-    rng = np.random.default_rng(2)
-    for dtype in (np.float32, np.float16):
-        for m, k in [(1, 1), (7, 3), (100, 1), (100, 99), (5000, 50), (9000, 4500)]:
-            x = rng.standard_normal(m).astype(dtype)
-            x[::2] = np.round(x[::2] * 4) / 4  # repeated magnitudes: the tie rule decides
-            assert same(emu.select_topk(x, k), ref.select(x, k)), (dtype, m, k)
+    for x, k in small_inputs():
+        assert same(emu.select_topk(x, k), ref.select(x, k)), (x.dtype, x.size, k)
 
 
 def test_select_int64_indices():
@@ -147,11 +163,9 @@ def test_select_same_result_under_other_thread_orders():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("m,k", [(LARGE, 1100), (LARGE, 200_000), (3000, 30), (50, 80)])
+@pytest.mark.parametrize("m,k", FUSED_CASES)
 def test_fused_error_feedback_matches_cpu(dtype, m, k):
-    rng = np.random.default_rng(9)
-    x = rng.standard_normal(m).astype(dtype)
-    r = (rng.standard_normal(m) * 0.5).astype(dtype)
+    x, r = fused_inputs(dtype, m)
     r_emu, r_cpu = r.copy(), r.copy()
     got = emu.select_topk(x, k, residual=r_emu)
     want = select_topk_ef(r_cpu, x, k)

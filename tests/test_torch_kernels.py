@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 import pytest
-from test_cuda_emulated import LARGE, from_bf16, make, same, to_bf16
+from test_cuda_emulated import FUSED_CASES, LARGE, from_bf16, fused_inputs, make, same, small_inputs, to_bf16
 
 from gtopk_mpi import _C, cuda, merge_topk, select_topk, select_topk_ef
 from gtopk_mpi.cuda import kernels as K
@@ -72,12 +72,8 @@ def test_select_float16_and_bfloat16():
 
 
 def test_select_small_inputs_against_reference():
-    rng = np.random.default_rng(2)
-    for dtype in (np.float32, np.float16):
-        for m, k in [(1, 1), (7, 3), (100, 1), (100, 99), (5000, 50), (9000, 4500)]:
-            x = rng.standard_normal(m).astype(dtype)
-            x[::2] = np.round(x[::2] * 4) / 4  # repeated magnitudes: the tie rule decides
-            assert same(got(cuda.select_topk(t(x), k)), ref.select(x, k)), (dtype, m, k)
+    for x, k in small_inputs():
+        assert same(got(cuda.select_topk(t(x), k)), ref.select(x, k)), (x.dtype, x.size, k)
 
 
 def test_select_nan_payloads_and_signed_zeros_are_one_key_each():
@@ -88,11 +84,9 @@ def test_select_nan_payloads_and_signed_zeros_are_one_key_each():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("m,k", [(LARGE, 1100), (LARGE, 200_000), (3000, 30), (50, 80)])
+@pytest.mark.parametrize("m,k", FUSED_CASES)
 def test_fused_error_feedback_matches_cpu(dtype, m, k):
-    rng = np.random.default_rng(9)
-    x = rng.standard_normal(m).astype(dtype)
-    r = (rng.standard_normal(m) * 0.5).astype(dtype)
+    x, r = fused_inputs(dtype, m)
     r_torch, r_cpu = t(r), r.copy()
     assert same(got(cuda.select_topk(t(x), k, residual=r_torch)), select_topk_ef(r_cpu, x, k))
     assert ref.same_bits(r_torch.numpy(), r_cpu)  # every entry holds residual + x
