@@ -180,11 +180,9 @@ class DeviceKernels(Protocol):
     def synchronize(self, t: Any) -> None: ...
 
 
-_forced: DeviceKernels | None = None  # tests: CPU tensors stand in for device memory
-_chosen: dict[str, DeviceKernels] = {}  # device -> kernels, GTOPK_DEVICE_KERNELS=auto's choice
-
-
-_STAND_INS: dict[str, DeviceKernels] = {}
+_STAND_INS: dict[str, DeviceKernels] = {"emulator": EmulatedKernels(), "torch": TorchKernels(cpu_stands_in=True)}
+_forced: DeviceKernels | None = None  # tests: CPU tensors stand in for device memory (one of _STAND_INS)
+_chosen: dict[str, DeviceKernels] = {}  # "knob value:device" -> the kernels kernels_for chose
 
 
 def use_kernels(name: str | None) -> None:
@@ -192,8 +190,6 @@ def use_kernels(name: str | None) -> None:
     "emulator" (the CUDA kernels' launch sequence on the SIMT emulator) or "torch" (torch's
     own operations, torch_kernels.py); None: device tensors, the default."""
     global _forced
-    if not _STAND_INS:
-        _STAND_INS.update(emulator=EmulatedKernels(), torch=TorchKernels(cpu_stands_in=True))
     if name is not None and name not in _STAND_INS:
         raise ValueError(f"use_kernels: expected one of {sorted(_STAND_INS)} or None, got {name!r}")
     _forced = None if name is None else _STAND_INS[name]
@@ -261,13 +257,6 @@ def _probe(device: Any) -> str:
         log.warning("gtopk_mpi: the custom CUDA kernels disagree with torch's operations on %s", device)
         return "the custom kernels disagreed with torch's on a probe"
     return ""
-
-
-def kernels() -> DeviceKernels:
-    """The kernels of the current CUDA device (or the tests' stand-in)."""
-    if _forced is not None:
-        return _forced
-    return kernels_for(torch_module().device("cuda", torch_module().cuda.current_device()))
 
 
 def is_cupy(x: Any) -> bool:

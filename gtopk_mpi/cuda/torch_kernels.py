@@ -133,7 +133,7 @@ class TorchKernels:
 
     def to_device(self, a: np.ndarray, device):
         torch = torch_module()
-        return torch.from_numpy(np.array(a, copy=True)).to(device)
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device, copy=True)  # one copy, CPU or device
 
     def synchronize(self, t) -> None:
         torch = torch_module()

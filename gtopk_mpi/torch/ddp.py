@@ -85,13 +85,12 @@ class GTopkState:
         self.density, self.start_iter, self.values = density, start_iter, values
         self.wire = wire or config.WIRE.get()
         self.whole_model, self.hierarchical = whole_model, hierarchical
-        self.density_warmup, self.warmup_steps = schedule.resolve_warmup(
-            None if density_warmup is None else list(density_warmup), warmup_steps)
         self.min_k = schedule.min_k() if min_k is None else int(min_k)
         self.names = {id(p): n for n, p in named_parameters} if named_parameters is not None else {}
         self._transport = transport  # None: bound by bind() on the hook's first call
         self.iter = 0
-        self.feedback = ErrorFeedback(density, [])           # the residuals, per parameter (the optimizer's class)
+        # the residuals, per parameter, and the warm-up schedule: the optimizer's class
+        self.feedback = ErrorFeedback(density, None if density_warmup is None else list(density_warmup), warmup_steps)
         self.held: list[tuple] = []                          # whole_model: this iteration's buckets so far
         self.stats: list[Any] = []                           # CommStats of the last iteration's exchanges
         self.busy_s = 0.0                                    # worker time of the last iteration (s)
@@ -120,7 +119,7 @@ class GTopkState:
 
     def current_density(self) -> float:
         """The density of the current iteration (after start_iter: the warm-up, then density)."""
-        return schedule.scheduled(self.density, self.density_warmup, self.warmup_steps, self.iter - self.start_iter)
+        return self.feedback.density_at(self.iter - self.start_iter)
 
     # -- residuals, per parameter name ------------------------------------------------
     def _names(self, bucket: "dist.GradBucket") -> list[str]:

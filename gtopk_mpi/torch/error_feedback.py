@@ -58,7 +58,11 @@ class ErrorFeedback:
 
     def current_density(self) -> float:
         """The density of this step: the warm-up schedule, then ``density``."""
-        return schedule.scheduled(self.density, self.density_warmup, self.density_warmup_steps, self.step)
+        return self.density_at(self.step)
+
+    def density_at(self, step: int) -> float:
+        """The density of step ``step`` (0: the first step the schedule counts)."""
+        return schedule.scheduled(self.density, self.density_warmup, self.density_warmup_steps, step)
 
     def residual(self, layout: Layout, like: torch.Tensor) -> torch.Tensor:
         """The residual of the parameters of ``layout`` (zeros the first time), shaped and

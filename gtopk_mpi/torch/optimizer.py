@@ -291,7 +291,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The wrapped optimizer's state dict, plus (sparse compression) this rank's
-        error-feedback state under ERROR_FEEDBACK_KEY, tagged with the rank and the layout."""
+        error-feedback state under ERROR_FEEDBACK_KEY (per parameter name), tagged with the rank."""
         state = super(self.__class__, self).state_dict()
         if self.error_feedback is not None:
             state[ERROR_FEEDBACK_KEY] = {"rank": rank(), "size": size(), **self.error_feedback.state_dict()}
