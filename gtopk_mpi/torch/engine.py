@@ -34,14 +34,15 @@ failures.PeerGoneError.
 
 Knobs (environment): GTOPK_CYCLE_TIME (ms between rounds that found nothing to
 run, default 1), GTOPK_STALL_CHECK_TIME_SECONDS (default 60; 0 disables),
-GTOPK_STALL_SHUTDOWN_TIME_SECONDS, GTOPK_TIMELINE (file: rank 0 writes a Chrome
-trace, chrome://tracing or Perfetto, with each op's NEGOTIATE span from submission
-to agreement and its RUN span).
+GTOPK_STALL_SHUTDOWN_TIME_SECONDS, GTOPK_TIMELINE (timeline.py).
+
+What runs here is thread and negotiation only: what a request holds and how requests are
+checked is requests.py, how ops are named and submitted is submission.py, the trace is
+timeline.py, process-set bookkeeping for callers is process_sets.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -53,6 +54,7 @@ import numpy as np
 import torch
 
 from .. import config, failures
+from . import requests
 from .compression import from_description
 from .reduction import OP_NAMES, reduce_flat
 from .requests import (
@@ -61,11 +63,13 @@ from .requests import (
     JOIN_KEY,
     HorovodInternalError,
     Key,
+    OpType,
     Request,
     check_requests,
     join_error,
     key_of,
 )
+from .timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -120,32 +124,11 @@ class Engine:
         self._cycle_s = config.CYCLE_TIME.get() / 1e3
         self._stall_s, self._stall_end_s = failures.stall_limits()
         control.activity = "the gtopk_mpi.torch engine's negotiation"
-        self._timeline = None
-        path = config.TIMELINE.get()
-        if path and link.rank == 0:
-            self._timeline = open(path, "w")
-            self._timeline.write("[\n")
-            self._t0 = time.monotonic()
+        self.timeline = Timeline(link.rank == 0, config.TIMELINE.get())
         self._thread = threading.Thread(target=self._loop, name="gtopk_mpi.torch engine", daemon=True)
         self._stopped = False
         self._thread.start()
         failures.on_exit(self.halt)
-
-    def start_timeline(self, path: str) -> None:
-        """Rank 0 starts writing a Chrome trace to ``path`` (closing one in progress)."""
-        self.stop_timeline()
-        if self.link.rank == 0:
-            with self._cv:
-                self._timeline = open(path, "w")
-                self._timeline.write("[\n")
-                self._t0 = time.monotonic()
-
-    def stop_timeline(self) -> None:
-        with self._cv:
-            timeline, self._timeline = self._timeline, None
-        if timeline is not None:
-            timeline.write("{}]\n")
-            timeline.close()
 
     # -- process sets (called from the engine thread by the ops that change them) ----
     def members(self, process_set: int) -> tuple[int, ...] | None:
@@ -201,7 +184,7 @@ class Engine:
     def stop(self) -> list[Any]:
         """Collective: every rank's engine runs a SHUTDOWN op, then its thread ends (at once
         when a rank has left the job). Returns the transports for the caller to release."""
-        work = self.submit(Work(Request("__gtopk_shutdown__", "SHUTDOWN"), lambda link, reqs: None))
+        work = self.submit(Work(requests.shutdown(), lambda link, reqs: None))
         if self._dead is None:
             work.wait()
         self._thread.join()
@@ -314,18 +297,16 @@ class Engine:
         try:
             if error is not None:
                 raise error
-            if key == JOIN_KEY:
+            work.result = work.run(self._sets[key[0]].link, reqs)
+            if key == JOIN_KEY:  # the rank whose join was seen last
                 work.result = max(self._joined, key=lambda q: (self._joined[q], q))
                 self._joined.clear()
-                realign_unnamed(reqs)
-            else:
-                work.result = work.run(self._sets[key[0]].link, reqs)
         except failures.PeerGoneError:
             raise
         except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
             work.error = e
-        self._trace(work, started, time.monotonic())
-        shutdown = work.request.op_type == "SHUTDOWN"
+        self.timeline.record(work.request, work.submitted, started, time.monotonic())
+        shutdown = work.request.op_type == OpType.SHUTDOWN
         with self._cv:
             self._in_flight.discard(key)
             self._stopped |= shutdown
@@ -337,7 +318,7 @@ class Engine:
     def _stand_in(self, request: Request) -> Work | None:
         """What a joined rank runs for an allreduce it did not submit (one join_error
         allows): zeros. None for a barrier (nothing to run)."""
-        if request.op_type != "ALLREDUCE":
+        if request.op_type != OpType.ALLREDUCE:
             return None
         dtype = next(d for d, n in DTYPE_NAMES.items() if n == request.dtype)
         op = next(o for o, n in OP_NAMES.items() if n == request.reduce_op)
@@ -359,22 +340,6 @@ class Engine:
         for w in works:
             w.error = error
             w.done.set()
-
-    def _trace(self, work: Work, started: float, ended: float) -> None:
-        if self._timeline is None:
-            return
-        r = work.request
-        for phase, t0, t1, tid in (("NEGOTIATE", work.submitted, started, 0), ("RUN", started, ended, 1)):
-            event = {"name": f"{phase} {r.name}", "cat": r.op_type, "ph": "X", "pid": 0, "tid": tid,
-                     "ts": round((t0 - self._t0) * 1e6, 1), "dur": round((t1 - t0) * 1e6, 1),
-                     "args": {"dtype": r.dtype, "shape": list(r.shape), "compression": r.compression}}
-            self._timeline.write(json.dumps(event) + ",\n")
-        if r.op_type == "SHUTDOWN":
-            self._timeline.write("{}]\n")
-            self._timeline.close()
-            self._timeline = None
-        else:
-            self._timeline.flush()
 
     def _stall_check(self, tables: list[dict[Key, tuple[Request, float, int]]],
                      waiting: list[tuple[Key, list[int]]]) -> None:
@@ -411,7 +376,6 @@ class Engine:
 # -- the front end's one engine -----------------------------------------------------------
 
 _engine: Engine | None = None
-_noname: dict[tuple[str, int], int] = {}
 
 
 def start(control: Any, link: Any) -> None:
@@ -440,45 +404,3 @@ def current() -> Engine:
 
 def submit(work: Work) -> Work:
     return current().submit(work)
-
-
-def submit_checked(op_type: str, names: list[str], build: Callable[[], list[Work]], group: int = 0,
-                   process_set: int = 0) -> list[Work]:
-    """Submit the works ``build()`` makes for ``names``. If this rank's local checks in it
-    raise, submit the names as failed requests instead: the engine then raises that error
-    on every rank for them, so no rank waits on one that raised alone."""
-    current().check_free([(process_set, n) for n in names], op_type)
-    try:
-        works = build()
-    except (ValueError, NotImplementedError) as e:
-        text = f"rank {current().link.rank}: {e}"
-        works = [Work(Request(n, op_type, group=group, error=text, error_type=type(e).__name__,
-                              process_set=process_set),
-                      lambda link, reqs: None) for n in names]
-    return [submit(w) for w in works]
-
-
-def op_name(name: str | None, kind: str, process_set: int = 0) -> str:
-    """``name``, or a fresh one for an unnamed op: the ranks of a process set number its
-    unnamed ops of each kind alike, one counter per (kind, set), so unnamed ops that only
-    some ranks issued (on another set, or one that raised on them alone) do not shift the
-    names of the others; join() realigns the counters (see unnamed_counts)."""
-    if name is not None:
-        return name
-    n = _noname.get((kind, process_set), 0)
-    _noname[(kind, process_set)] = n + 1
-    return f"{kind}.noname.{n}"
-
-
-def unnamed_counts() -> tuple[tuple[str, int, int], ...]:
-    """This rank's unnamed-op counters, for the JOIN request."""
-    return tuple((kind, ps, n) for (kind, ps), n in sorted(_noname.items()))
-
-
-def realign_unnamed(reqs: list[Request]) -> None:
-    """After every rank joined: each counter to its highest value on any rank, so unnamed
-    ops that only the ranks still working issued (and that failed there because others
-    had joined) do not leave the ranks' names apart."""
-    for r in reqs:
-        for kind, ps, n in r.counts:
-            _noname[(kind, ps)] = max(_noname.get((kind, ps), 0), n)

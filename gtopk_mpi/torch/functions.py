@@ -7,11 +7,13 @@ from typing import Any
 
 import torch
 
-from .engine import Work, op_name, submit_checked
+from . import requests
+from .engine import Work
 from .mpi_ops import broadcast_async_, rank, synchronize
 from .optimizer import ERROR_FEEDBACK_KEY, is_distributed
 from .process_sets import global_process_set, member_set_id, members_of, root_index
-from .requests import Request
+from .requests import OpType
+from .submission import WorkOf, submit_op
 
 
 def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: int,
@@ -40,27 +42,24 @@ def broadcast_parameters(params: dict[str, torch.Tensor] | Iterable, root_rank: 
 
 def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, process_set=global_process_set) -> Any:
     """Return root_rank's (picklable) object on every rank."""
-    set_id = member_set_id(process_set, "Broadcast")
-    names = [op_name(name, "broadcast_object", set_id)]
+    def prepare() -> WorkOf:
+        def work(_: None, n: str, group: int, set_id: int) -> Work:
+            root = root_index(root_rank, members_of(set_id))
+            return Work(requests.object_broadcast(n, root_rank, process_set=set_id),
+                        lambda link, reqs: link.bcast_obj(obj, root))
+        return work
 
-    def build() -> list[Work]:
-        root = root_index(root_rank, members_of(set_id))
-        req = Request(names[0], "BROADCAST", dtype="OBJECT", root=int(root_rank), process_set=set_id)
-        return [Work(req, lambda link, reqs: link.bcast_obj(obj, root))]
-
-    return submit_checked("BROADCAST", names, build, 0, set_id)[0].wait()
+    return submit_op(OpType.BROADCAST, [None], name, False, process_set, prepare,
+                     name_kind="broadcast_object")[0].wait()
 
 
 def allgather_object(obj: Any, name: str | None = None, process_set=global_process_set) -> list[Any]:
     """List of every rank's (picklable) object, in rank order."""
-    set_id = member_set_id(process_set, "Allgather")
-    names = [op_name(name, "allgather_object", set_id)]
+    def work(_: None, n: str, group: int, set_id: int) -> Work:
+        return Work(requests.object_allgather(n, process_set=set_id), lambda link, reqs: link.allgather_obj(obj))
 
-    def build() -> list[Work]:
-        return [Work(Request(names[0], "ALLGATHER", dtype="OBJECT", shape=(1,), process_set=set_id),
-                     lambda link, reqs: link.allgather_obj(obj))]
-
-    return submit_checked("ALLGATHER", names, build, 0, set_id)[0].wait()
+    return submit_op(OpType.ALLGATHER, [None], name, False, process_set, lambda: work,
+                     name_kind="allgather_object")[0].wait()
 
 
 def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int,

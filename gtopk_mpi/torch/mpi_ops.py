@@ -23,12 +23,13 @@ import torch
 from mpi4py import MPI
 
 from .. import _C, config, failures, runtime, transport
-from . import engine
+from . import engine, requests
 from .compression import Compression, SparseCompressor
-from .engine import Work, op_name, submit, submit_checked
-from .process_sets import ProcessSet, global_process_set, member_set_id, members_of, root_index
+from .engine import Work, submit
+from .process_sets import ProcessSet, global_process_set, members_of, root_index
 from .reduction import OP_NAMES, Adasum, Average, Sum, average, from_host_bits, host_bits, reduce_flat, scale
-from .requests import BROADCAST_DTYPES, DTYPE_NAMES, JOIN_KEY, Request
+from .requests import BROADCAST_DTYPES, DTYPE_NAMES, OpType, Request
+from .submission import WorkOf, realign_unnamed, submit_checked, submit_op, unnamed_counts
 
 # -------------------------------------------------------------------------------- runtime
 
@@ -79,9 +80,9 @@ def _register(ps: ProcessSet, name: str) -> int | None:
             raise ValueError(f"process set ranks {bad} are out of range for size {runtime.size()}")
         if not ranks:
             raise ValueError("a process set needs at least one rank")
-        return [Work(Request(name, "ADD_PROCESS_SET", ranks=ranks), lambda link, reqs: eng.add_set(ranks))]
+        return [Work(requests.add_process_set(name, ranks), lambda link, reqs: eng.add_set(ranks))]
 
-    set_id = submit_checked("ADD_PROCESS_SET", [name], build)[0].wait()
+    set_id = submit_checked(OpType.ADD_PROCESS_SET, [name], build)[0].wait()
     ps.process_set_id = set_id
     return set_id
 
@@ -115,7 +116,7 @@ def remove_process_set(process_set: ProcessSet) -> bool:
         return False
     process_set._invalidate()
     name = f"remove_process_set.{next(_set_names)}"
-    work = Work(Request(name, "REMOVE_PROCESS_SET", ranks=(set_id,)), lambda link, reqs: eng.remove_set(set_id))
+    work = Work(requests.remove_process_set(name, set_id), lambda link, reqs: eng.remove_set(set_id))
     return submit(work).wait() is not None
 
 
@@ -215,12 +216,12 @@ def is_homogeneous() -> bool:
 
 def start_timeline(file_path: str, mark_cycles: bool = False) -> None:
     """Start writing the Chrome-trace timeline (rank 0 writes ``file_path``; as GTOPK_TIMELINE)."""
-    engine.current().start_timeline(file_path)
+    engine.current().timeline.start(file_path)
 
 
 def stop_timeline() -> None:
     """Stop and close the timeline started by start_timeline or GTOPK_TIMELINE."""
-    engine.current().stop_timeline()
+    engine.current().timeline.stop()
 
 
 # -------------------------------------------------------------------------------- handles
@@ -265,15 +266,6 @@ def synchronize(handle: int):
 # -------------------------------------------------------------------------------- checks
 
 
-def _check_tensor(tensor: torch.Tensor, dtypes: dict) -> None:
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"Expected a torch.Tensor, got {type(tensor).__name__}.")
-    if tensor.dtype not in dtypes:
-        raise ValueError(f"Tensor type {tensor.type()} is not supported.")
-    if not tensor.is_contiguous():
-        raise ValueError("Tensor is required to be contiguous.")
-
-
 def _resolve_op(op: int | None, average: bool | None, fn: str) -> int:
     if op is not None and average is not None:
         raise ValueError("average and op are mutually exclusive")
@@ -287,18 +279,6 @@ def _resolve_op(op: int | None, average: bool | None, fn: str) -> int:
     if op not in OP_NAMES:
         raise ValueError(f"Unknown reduction op {op!r}")
     return op
-
-
-def _device(tensor: torch.Tensor) -> str:
-    return "GPU" if tensor.is_cuda else "CPU"
-
-
-def _names(name: str | None, kind: str, n: int, grouped: bool, set_id: int) -> list[str]:
-    """One name per tensor: ``name`` alone, or ``{name}.{i}`` for a group."""
-    if grouped:
-        base = op_name(name, f"grouped_{kind}", set_id)
-        return [f"{base}.{i}" for i in range(n)]
-    return [op_name(name, kind, set_id)]
 
 
 # -------------------------------------------------------------------------------- allreduce
@@ -318,29 +298,21 @@ def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, p
         y, _ = reduce_flat(link, snapshot.reshape(-1), op, compression, prescale, postscale)
         return y.reshape(tensor.shape).to(dtype=tensor.dtype)
 
-    req = Request(name, "ALLREDUCE", DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape),
-                  OP_NAMES[op], float(prescale), float(postscale), -1, _device(tensor),
-                  compression.describe() if sparse or compression is not Compression.none else "none",
-                  group=group, process_set=set_id)
-    return Work(req, run)
+    described = compression.describe() if sparse or compression is not Compression.none else "none"
+    return Work(requests.allreduce(name, tensor, OP_NAMES[op], prescale, postscale, described, group=group,
+                                   process_set=set_id), run)
 
 
 def _submit_allreduces(fn: str, tensors: Sequence[torch.Tensor], name: str | None, grouped: bool,
                        average: bool | None, op: int | None, prescale: float, postscale: float,
                        process_set: ProcessSet, compression) -> list[Work]:
     """Check, then submit one named allreduce per tensor (grouped: ``{name}.{i}``)."""
-    set_id = member_set_id(process_set, "Allreduce")
-    names = _names(name, "allreduce", len(tensors), grouped, set_id)
-    group = len(tensors) if grouped else 0
-
-    def build() -> list[Work]:
+    def prepare() -> WorkOf:
         resolved = _resolve_op(op, average, fn)
-        for t in tensors:
-            _check_tensor(t, DTYPE_NAMES)
-        return [_allreduce_work(t, n, resolved, prescale, postscale, compression, group, set_id)
-                for t, n in zip(tensors, names)]
+        return lambda t, n, group, set_id: _allreduce_work(t, n, resolved, prescale, postscale, compression,
+                                                           group, set_id)
 
-    return submit_checked("ALLREDUCE", names, build, group, set_id)
+    return submit_op(OpType.ALLREDUCE, tensors, name, grouped, process_set, prepare, DTYPE_NAMES)
 
 
 def _copy_into(tensors: Sequence[torch.Tensor]) -> Callable[[list[Any]], list[torch.Tensor]]:
@@ -498,23 +470,13 @@ def _allgather_work(tensor: torch.Tensor, name: str, group: int, set_id: int) ->
         link.allgatherv(mine, counts, out)
         return from_host_bits(out, snapshot.dtype).reshape((sum(rows), *shape[1:])).to(tensor.device), rows
 
-    req = Request(name, "ALLGATHER", BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), shape,
-                  device=_device(tensor), group=group, process_set=set_id)
-    return Work(req, run)
+    return Work(requests.allgather(name, tensor, group=group, process_set=set_id), run)
 
 
 def _submit_allgathers(tensors: Sequence[torch.Tensor], name: str | None, grouped: bool,
                        process_set: ProcessSet) -> list[Work]:
-    set_id = member_set_id(process_set, "Allgather")
-    names = _names(name, "allgather", len(tensors), grouped, set_id)
-    group = len(tensors) if grouped else 0
-
-    def build() -> list[Work]:
-        for t in tensors:
-            _check_tensor(t, BROADCAST_DTYPES)
-        return [_allgather_work(t, n, group, set_id) for t, n in zip(tensors, names)]
-
-    return submit_checked("ALLGATHER", names, build, group, set_id)
+    return submit_op(OpType.ALLGATHER, tensors, name, grouped, process_set, lambda: _allgather_work,
+                     BROADCAST_DTYPES)
 
 
 def allgather_async(tensor: torch.Tensor, name: str | None = None,
@@ -590,21 +552,13 @@ def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str, set_id: int
         link.bcast(buf.view(np.uint8) if buf.dtype == np.bool_ else buf, root)
         return snapshot.to(tensor.device)
 
-    req = Request(name, "BROADCAST", BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape),
-                  root=int(root_rank), device=_device(tensor), process_set=set_id)
-    return Work(req, run)
+    return Work(requests.broadcast(name, tensor, root_rank, process_set=set_id), run)
 
 
 def _submit_broadcast(tensor: torch.Tensor, root_rank: int, name: str | None, process_set: ProcessSet
                       ) -> list[Work]:
-    set_id = member_set_id(process_set, "Broadcast")
-    names = [op_name(name, "broadcast", set_id)]
-
-    def build() -> list[Work]:
-        _check_tensor(tensor, BROADCAST_DTYPES)
-        return [_broadcast_work(tensor, root_rank, names[0], set_id)]
-
-    return submit_checked("BROADCAST", names, build, 0, set_id)
+    return submit_op(OpType.BROADCAST, [tensor], name, False, process_set,
+                     lambda: lambda t, n, group, set_id: _broadcast_work(t, root_rank, n, set_id), BROADCAST_DTYPES)
 
 
 def broadcast_async(tensor: torch.Tensor, root_rank: int, name: str | None = None,
@@ -671,9 +625,7 @@ def _alltoall_work(tensor: torch.Tensor, splits: list[int] | None, name: str, se
         result = from_host_bits(out.view(arr.dtype), snapshot.dtype).reshape((sum(recv_rows), *shape[1:]))
         return result.to(tensor.device), torch.tensor(recv_rows, dtype=torch.int32)
 
-    req = Request(name, "ALLTOALL", BROADCAST_DTYPES.get(tensor.dtype, str(tensor.dtype)), shape,
-                  device=_device(tensor), process_set=set_id, splits=tuple(int(s) for s in splits))
-    return Work(req, run)
+    return Work(requests.alltoall(name, tensor, splits, process_set=set_id), run)
 
 
 def alltoall_async(tensor: torch.Tensor, splits=None, name: str | None = None,
@@ -681,15 +633,12 @@ def alltoall_async(tensor: torch.Tensor, splits=None, name: str | None = None,
     """Start an alltoall: rows splits[j] of ``tensor`` (dim 0, in order) go to member j (None:
     equal parts); synchronize() returns (rows received from every member, concatenated in
     member order; the int32 tensor of received row counts)."""
-    set_id = member_set_id(process_set, "Alltoall")
-    names = [op_name(name, "alltoall", set_id)]
-
-    def build() -> list[Work]:
-        _check_tensor(tensor, BROADCAST_DTYPES)
+    def prepare() -> WorkOf:
         rows = None if splits is None else [int(s) for s in torch.as_tensor(splits).reshape(-1).tolist()]
-        return [_alltoall_work(tensor, rows, names[0], set_id)]
+        return lambda t, n, group, set_id: _alltoall_work(t, rows, n, set_id)
 
-    return _new_handle(submit_checked("ALLTOALL", names, build, 0, set_id), lambda r: r[0])
+    works = submit_op(OpType.ALLTOALL, [tensor], name, False, process_set, prepare, BROADCAST_DTYPES)
+    return _new_handle(works, lambda r: r[0])
 
 
 class _AlltoallFn(torch.autograd.Function):
@@ -750,27 +699,19 @@ def _reducescatter_work(tensor: torch.Tensor, name: str, op: int, prescale: floa
             y = average(y, link.size)
         return scale(y, postscale).to(tensor.dtype).reshape((rows[link.rank], *shape[1:])).to(tensor.device)
 
-    req = Request(name, "REDUCESCATTER", DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), shape, OP_NAMES[op],
-                  float(prescale), float(postscale), -1, _device(tensor),
-                  "none" if compression is Compression.none else compression.describe(), group=group,
-                  process_set=set_id)
-    return Work(req, run)
+    described = "none" if compression is Compression.none else compression.describe()
+    return Work(requests.reducescatter(name, tensor, OP_NAMES[op], prescale, postscale, described, group=group,
+                                       process_set=set_id), run)
 
 
 def _submit_reducescatters(tensors: Sequence[torch.Tensor], name: str | None, grouped: bool, op: int | None,
                            prescale: float, postscale: float, process_set: ProcessSet, compression) -> list[Work]:
-    set_id = member_set_id(process_set, "Reducescatter")
-    names = _names(name, "reducescatter", len(tensors), grouped, set_id)
-    group = len(tensors) if grouped else 0
-
-    def build() -> list[Work]:
+    def prepare() -> WorkOf:
         resolved = _resolve_op(op, None, "reducescatter")
-        for t in tensors:
-            _check_tensor(t, DTYPE_NAMES)
-        return [_reducescatter_work(t, n, resolved, prescale, postscale, compression, group, set_id)
-                for t, n in zip(tensors, names)]
+        return lambda t, n, group, set_id: _reducescatter_work(t, n, resolved, prescale, postscale, compression,
+                                                               group, set_id)
 
-    return submit_checked("REDUCESCATTER", names, build, group, set_id)
+    return submit_op(OpType.REDUCESCATTER, tensors, name, grouped, process_set, prepare, DTYPE_NAMES)
 
 
 def reducescatter_async(tensor: torch.Tensor, name: str | None = None, op: int = Average,
@@ -849,15 +790,14 @@ def grouped_reducescatter(tensors: Sequence[torch.Tensor], name: str | None = No
 # -------------------------------------------------------------------------------- barrier, join
 
 
+def _nothing(link: Any, reqs: list[Request]) -> None:
+    return None
+
+
 def barrier(process_set: ProcessSet = global_process_set) -> None:
     """Block until every member has called barrier()."""
-    set_id = member_set_id(process_set, "Barrier")
-    names = [op_name(None, "barrier", set_id)]
-
-    def build() -> list[Work]:
-        return [Work(Request(names[0], "BARRIER", process_set=set_id), lambda link, reqs: None)]
-
-    submit_checked("BARRIER", names, build, 0, set_id)[0].wait()
+    submit_op(OpType.BARRIER, [None], None, False, process_set,
+              lambda: lambda t, n, group, set_id: Work(requests.barrier(n, process_set=set_id), _nothing))[0].wait()
 
 
 def join(device: int = -1) -> int:
@@ -871,5 +811,4 @@ def join(device: int = -1) -> int:
     the higher rank).
     """
     engine.current()
-    return int(submit(Work(Request(JOIN_KEY[1], "JOIN", counts=engine.unnamed_counts()),
-                           lambda link, reqs: None)).wait())
+    return int(submit(Work(requests.join(unnamed_counts()), lambda link, reqs: realign_unnamed(reqs))).wait())

@@ -51,6 +51,7 @@ from typing import Any
 import torch
 
 from .. import config
+from . import requests
 from .compression import Compression, SparseCompressor
 from .density import min_k
 from .engine import Work, submit
@@ -58,7 +59,6 @@ from .error_feedback import KINDS, ErrorFeedback, Layout
 from .mpi_ops import rank, size, sparse_allreduce_async
 from .process_sets import global_process_set, registered
 from .reduction import OP_NAMES, Adasum, Average, Sum, reduce_flat
-from .requests import DTYPE_NAMES, Request
 
 ERROR_FEEDBACK_KEY = "gtopk_error_feedback"
 
@@ -209,9 +209,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
         describe = comp.with_density(ef.current_density()).describe() if ef else (
             "none" if comp is Compression.none else comp.describe())
-        req = Request(bucket.name, "ALLREDUCE", DTYPE_NAMES.get(flat.dtype, str(flat.dtype)), (bucket.numel,),
-                      OP_NAMES[self._op], self._prescale, self._postscale, -1, "GPU" if flat.is_cuda else "CPU",
-                      describe, process_set=self._set_id)
+        req = requests.allreduce(bucket.name, flat, OP_NAMES[self._op], self._prescale, self._postscale, describe,
+                                 process_set=self._set_id)
         bucket.work = submit(Work(req, run))
 
     # -- Horovod's optimizer API ------------------------------------------------------

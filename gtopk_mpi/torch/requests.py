@@ -1,13 +1,15 @@
 """What each rank announces for an op, and what the engine decides from every rank's
-announcements: the Request, Horovod's consistency checks (and its wording, in its order:
-data type, operation, shape, scale factors, root rank, device), the errors they raise, and
-the Join policy (which ops a joined rank stands in for with zeros). Pure data and rules: the
-engine (engine.py) negotiates and runs them.
+announcements: the op types, the Request with one constructor per op kind, Horovod's
+consistency checks (and its wording, in its order: data type, operation, shape, scale
+factors, root rank, device), the errors they raise, and the Join policy (which ops a joined
+rank stands in for with zeros). Pure data and rules: the engine (engine.py) negotiates and
+runs them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 
 import torch
 
@@ -33,13 +35,39 @@ DUPLICATE_NAME_ERROR = ("Requested to {op} a tensor with the same name as anothe
                         "being processed. If you want to request another tensor, use a different tensor name.")
 
 
+class OpType(str, Enum):
+    """The kinds of op a Request announces (compares and formats as its Horovod name)."""
+
+    ALLREDUCE = "ALLREDUCE"
+    ALLGATHER = "ALLGATHER"
+    BROADCAST = "BROADCAST"
+    ALLTOALL = "ALLTOALL"
+    REDUCESCATTER = "REDUCESCATTER"
+    BARRIER = "BARRIER"
+    JOIN = "JOIN"
+    ADD_PROCESS_SET = "ADD_PROCESS_SET"
+    REMOVE_PROCESS_SET = "REMOVE_PROCESS_SET"
+    SHUTDOWN = "SHUTDOWN"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def label(self) -> str:
+        """How Horovod names it in errors about process sets: "Allreduce", ..."""
+        return self.value.capitalize()
+
+
 @dataclass(frozen=True)
 class Request:
-    """What one rank announces for one named op (small and picklable)."""
+    """What one rank announces for one named op (small and picklable). Build it with the
+    constructor of its kind below, never positionally."""
 
     name: str
-    op_type: str                 # ALLREDUCE, ALLGATHER, BROADCAST, ALLTOALL, REDUCESCATTER, BARRIER, JOIN,
-    #                              ADD_PROCESS_SET, REMOVE_PROCESS_SET, SHUTDOWN
+    op_type: OpType
     dtype: str = ""              # HOROVOD_FLOAT32, ...
     shape: tuple[int, ...] = ()
     reduce_op: str = ""
@@ -122,6 +150,87 @@ def check_requests(reqs: list[Request]) -> BaseException | None:
 
 Key = tuple[int, str]  # (process set id, op name): what ranks match
 JOIN_KEY: Key = (0, "__gtopk_join__")
+
+
+# -------------------------------------------------------------------------------- one constructor per op kind
+
+
+def _tensor_fields(tensor: torch.Tensor, dtypes: dict[torch.dtype, str]) -> dict:
+    return {"dtype": dtypes.get(tensor.dtype, str(tensor.dtype)), "shape": tuple(tensor.shape),
+            "device": "GPU" if tensor.is_cuda else "CPU"}
+
+
+def allreduce(name: str, tensor: torch.Tensor, reduce_op: str, prescale: float, postscale: float,
+              compression: str, *, group: int = 0, process_set: int = 0) -> Request:
+    """An allreduce of ``tensor``; reduce_op: Horovod's name ("SUM", "AVERAGE", ...);
+    compression: the compressor's description ("none" for none)."""
+    return Request(name, OpType.ALLREDUCE, **_tensor_fields(tensor, DTYPE_NAMES), reduce_op=reduce_op,
+                   prescale=float(prescale), postscale=float(postscale), compression=compression, group=group,
+                   process_set=process_set)
+
+
+def reducescatter(name: str, tensor: torch.Tensor, reduce_op: str, prescale: float, postscale: float,
+                  compression: str, *, group: int = 0, process_set: int = 0) -> Request:
+    """A reduce-scatter: the fields of an allreduce."""
+    return replace(allreduce(name, tensor, reduce_op, prescale, postscale, compression, group=group,
+                             process_set=process_set), op_type=OpType.REDUCESCATTER)
+
+
+def allgather(name: str, tensor: torch.Tensor, *, group: int = 0, process_set: int = 0) -> Request:
+    return Request(name, OpType.ALLGATHER, **_tensor_fields(tensor, BROADCAST_DTYPES), group=group,
+                   process_set=process_set)
+
+
+def broadcast(name: str, tensor: torch.Tensor, root: int, *, process_set: int = 0) -> Request:
+    """root: a global rank."""
+    return Request(name, OpType.BROADCAST, **_tensor_fields(tensor, BROADCAST_DTYPES), root=int(root),
+                   process_set=process_set)
+
+
+def alltoall(name: str, tensor: torch.Tensor, splits: list[int], *, process_set: int = 0) -> Request:
+    """splits: the rows this rank sends to each member, in member order."""
+    return Request(name, OpType.ALLTOALL, **_tensor_fields(tensor, BROADCAST_DTYPES),
+                   splits=tuple(int(s) for s in splits), process_set=process_set)
+
+
+def object_broadcast(name: str, root: int, *, process_set: int = 0) -> Request:
+    """A pickled object from global rank ``root``."""
+    return Request(name, OpType.BROADCAST, dtype="OBJECT", root=int(root), process_set=process_set)
+
+
+def object_allgather(name: str, *, process_set: int = 0) -> Request:
+    return Request(name, OpType.ALLGATHER, dtype="OBJECT", shape=(1,), process_set=process_set)
+
+
+def barrier(name: str, *, process_set: int = 0) -> Request:
+    return Request(name, OpType.BARRIER, process_set=process_set)
+
+
+def join(counts: tuple[tuple[str, int, int], ...]) -> Request:
+    """counts: this rank's unnamed-op counters (kind, set id, count)."""
+    return Request(JOIN_KEY[1], OpType.JOIN, counts=counts)
+
+
+def add_process_set(name: str, ranks: tuple[int, ...]) -> Request:
+    return Request(name, OpType.ADD_PROCESS_SET, ranks=ranks)
+
+
+def remove_process_set(name: str, set_id: int) -> Request:
+    return Request(name, OpType.REMOVE_PROCESS_SET, ranks=(set_id,))
+
+
+def shutdown() -> Request:
+    return Request("__gtopk_shutdown__", OpType.SHUTDOWN)
+
+
+def failed(name: str, op_type: OpType, error: BaseException, rank: int, *, group: int = 0,
+           process_set: int = 0) -> Request:
+    """The request of an op whose local checks raised ``error`` on this rank: every rank
+    raises it for ``name`` (ValueError or NotImplementedError, prefixed with the rank)."""
+    return Request(name, op_type, group=group, error=f"rank {rank}: {error}", error_type=type(error).__name__,
+                   process_set=process_set)
+
+
 _JOIN_UNSUPPORTED = {
     "ALLGATHER": "Allgather is not supported with Join at this time. Specify sparse_to_dense=True if using "
                  "DistributedOptimizer",
