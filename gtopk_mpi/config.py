@@ -122,15 +122,17 @@ MPI = Knob("GTOPK_MPI", "choice", "wheel",
 MPIEXEC = Knob("GTOPK_MPIEXEC", "str", None, "the mpiexec that scripts and tests launch with (default: the venv's)",
                scope="scripts")
 TEST_TRANSPORT = Knob("GTOPK_TEST_TRANSPORT", "choice", "mpi",
-                      "tests/mpi_suite.py, hier_suite.py: the collectives' transport, mpi (under mpiexec) or dist "
-                      "(torch.distributed with gloo, under torchrun)", scope="tests", choices=("mpi", "dist"))
+                      "tests/suites/mpi_suite.py, hier_suite.py: the collectives' transport, mpi (under mpiexec) "
+                      "or dist (torch.distributed with gloo, under torchrun)", scope="tests", choices=("mpi", "dist"))
 TEST_DEVICE_KERNELS = Knob("GTOPK_TEST_DEVICE_KERNELS", "choice", None,
-                           "tests/cuda_collective_check.py: CPU tensors stand in for device memory, run by the "
-                           "emulator (the CUDA kernels on the SIMT emulator) or torch (torch's operations); unset: "
-                           "a GPU", scope="tests", choices=("emulator", "torch"))
-TEST_M = Knob("GTOPK_TEST_M", "int", 1_100_000, "tests/cuda_collective_check.py: vector length", scope="tests")
+                           "tests/programs/cuda_collective_check.py: CPU tensors stand in for device memory, run by "
+                           "the emulator (the CUDA kernels on the SIMT emulator) or torch (torch's operations); "
+                           "unset: a GPU", scope="tests", choices=("emulator", "torch"))
+TEST_M = Knob("GTOPK_TEST_M", "int", 1_100_000, "tests/programs/cuda_collective_check.py: vector length",
+              scope="tests")
 TEST_CUDA_AWARE = Knob("GTOPK_TEST_CUDA_AWARE", "bool", False,
-                       "tests/cuda_collective_check.py on a GPU: also check GTOPK_MPI_CUDA_AWARE=1", scope="tests")
+                       "tests/programs/cuda_collective_check.py on a GPU: also check GTOPK_MPI_CUDA_AWARE=1",
+                       scope="tests")
 
 KNOBS: tuple[Knob, ...] = tuple(v for v in globals().values() if isinstance(v, Knob))
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))  # mpi_launch, reference, mpi_harness
 
 from mpi_launch import SuiteRuns  # noqa: E402
 

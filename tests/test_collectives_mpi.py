@@ -1,6 +1,6 @@
 """The collectives on P = 1..8 ranks (oversubscribed on small machines): every check of
-tests/mpi_suite.py is a test of its own (``pytest -k``), one mpiexec launch per P; the
-hierarchical schedule on emulated hosts (tests/hier_suite.py); both suites again on
+tests/suites/mpi_suite.py is a test of its own (``pytest -k``), one mpiexec launch per P; the
+hierarchical schedule on emulated hosts (tests/suites/hier_suite.py); both suites again on
 torch.distributed (gloo) under torchrun, without MPI."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from mpi_launch import run, suite_checks
 
 
 @pytest.mark.parametrize("nprocs", [1, 2, 3, 4, 5, 6, 8], ids=lambda n: f"P{n}")
-@pytest.mark.parametrize("check", suite_checks("tests/mpi_suite.py"))
+@pytest.mark.parametrize("check", suite_checks("tests/suites/mpi_suite.py"))
 def test_collectives(check, nprocs, suite_runs, request):
-    suite_runs.outcome(request, "tests/mpi_suite.py", nprocs, check, timeout=240)
+    suite_runs.outcome(request, "tests/suites/mpi_suite.py", nprocs, check, timeout=240)
 
 
 def test_init_with_a_list_of_world_ranks():
@@ -69,26 +69,26 @@ def test_steady_calls_fault_in_no_new_pages():
 
 
 @pytest.mark.parametrize("layout", [(4, 2), (5, 2), (6, 2), (6, 3), (8, 4)], ids=lambda t: f"P{t[0]}L{t[1]}")
-@pytest.mark.parametrize("check", suite_checks("tests/hier_suite.py"))
+@pytest.mark.parametrize("check", suite_checks("tests/suites/hier_suite.py"))
 def test_hierarchical(check, layout, suite_runs, request):
     """Hosts emulated with GTOPK_RANKS_PER_HOST: 2x2, 3 hosts of 2, 2, 1, 3x2, 2x3, 2x4."""
     nprocs, per_host = layout
-    suite_runs.outcome(request, "tests/hier_suite.py", nprocs, check, timeout=240,
+    suite_runs.outcome(request, "tests/suites/hier_suite.py", nprocs, check, timeout=240,
                        env={"GTOPK_RANKS_PER_HOST": str(per_host)})
 
 
 @pytest.mark.parametrize("nprocs", [2, 3], ids=lambda n: f"P{n}")
-@pytest.mark.parametrize("check", suite_checks("tests/mpi_suite.py"))
+@pytest.mark.parametrize("check", suite_checks("tests/suites/mpi_suite.py"))
 def test_on_torch_distributed(check, nprocs, suite_runs, request):
     """mpi_suite's checks with the collectives on gtopk_mpi.torch.dist_transport (gloo), under torchrun."""
     pytest.importorskip("torch")
-    suite_runs.outcome(request, "tests/mpi_suite.py", nprocs, check, timeout=240,
+    suite_runs.outcome(request, "tests/suites/mpi_suite.py", nprocs, check, timeout=240,
                        env={"GTOPK_TEST_TRANSPORT": "dist"}, launcher="torchrun")
 
 
-@pytest.mark.parametrize("check", suite_checks("tests/hier_suite.py"))
+@pytest.mark.parametrize("check", suite_checks("tests/suites/hier_suite.py"))
 def test_hierarchical_on_torch_distributed(check, suite_runs, request):
     """hier_suite's checks on torch.distributed at 2 hosts x 2 ranks (host groups from dist.new_group)."""
     pytest.importorskip("torch")
-    suite_runs.outcome(request, "tests/hier_suite.py", 4, check, timeout=240,
+    suite_runs.outcome(request, "tests/suites/hier_suite.py", 4, check, timeout=240,
                        env={"GTOPK_TEST_TRANSPORT": "dist", "GTOPK_RANKS_PER_HOST": "2"}, launcher="torchrun")

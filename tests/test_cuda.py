@@ -140,5 +140,5 @@ def test_cupy_arrays_in_and_out():
 
 @gpu
 def test_collective_on_two_ranks_sharing_one_gpu():
-    proc = run(2, ["tests/cuda_collective_check.py"], timeout=240)
+    proc = run(2, ["tests/programs/cuda_collective_check.py"], timeout=240)
     assert proc.returncode == 0 and "CUDA COLLECTIVE OK" in proc.stdout, proc.stdout + proc.stderr

@@ -242,16 +242,16 @@ def test_cuda_collectives_on_the_emulator(ranks, m, kernels):
     the emulator, or torch's operations) equal the CPU collectives, with the k pairs staged
     through host memory and with device buffers handed to MPI; with torch's operations also
     the torch front end (hvd.allreduce, the optimizer, the DDP hook)."""
-    proc = run(ranks, ["tests/cuda_collective_check.py"], timeout=300,
+    proc = run(ranks, ["tests/programs/cuda_collective_check.py"], timeout=300,
                env={"GTOPK_TEST_DEVICE_KERNELS": kernels, "GTOPK_TEST_M": str(m)})
     assert proc.returncode == 0 and "CUDA COLLECTIVE OK" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
 def test_emulated_kernels_stay_in_bounds_under_valgrind():
-    proc = subprocess.run(["valgrind", "--max-stackframe=2000000", "-q", sys.executable, "tests/emu_memcheck.py"],
-                          cwd=ROOT, env={**os.environ, "PYTHONMALLOC": "malloc"}, capture_output=True, text=True,
-                          timeout=240)
+    proc = subprocess.run(["valgrind", "--max-stackframe=2000000", "-q", sys.executable,
+                           "tests/programs/emu_memcheck.py"], cwd=ROOT, env={**os.environ, "PYTHONMALLOC": "malloc"},
+                          capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0 and "MEMCHECK RUN OK" in proc.stdout, proc.stdout + proc.stderr
     # valgrind's reports are blocks of "==pid==" lines; keep those that reach into our module
     blocks = re.split(r"==\d+== \n", proc.stderr)

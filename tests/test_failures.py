@@ -18,7 +18,7 @@ FRONTS = ["numpy", "torch"]
 
 def launch(nprocs: int, case: str, front: str, **env: str):
     t0 = time.monotonic()
-    proc = run(nprocs, ["tests/failure_cases.py", case, front], timeout=60, env=env)
+    proc = run(nprocs, ["tests/programs/failure_cases.py", case, front], timeout=60, env=env)
     return proc, time.monotonic() - t0, proc.stdout + proc.stderr
 
 

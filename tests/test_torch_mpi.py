@@ -1,6 +1,6 @@
 """gtopk_mpi.torch (Horovod's API and DistributedOptimizer) on P = 1..4 ranks, and on 2 hosts x 2
 ranks emulated with GTOPK_RANKS_PER_HOST (the hierarchical gTop-k): every check of
-tests/torch_suite.py is a test of its own (``pytest -k``), one mpiexec launch per layout."""
+tests/suites/torch_suite.py is a test of its own (``pytest -k``), one mpiexec launch per layout."""
 
 from __future__ import annotations
 
@@ -13,19 +13,19 @@ pytest.importorskip("torch")
 
 @pytest.mark.parametrize("layout", [(1, 0), (2, 0), (3, 0), (4, 0), (4, 2)],
                          ids=lambda t: f"P{t[0]}" + (f"L{t[1]}" if t[1] else ""))
-@pytest.mark.parametrize("check", suite_checks("tests/torch_suite.py"))
+@pytest.mark.parametrize("check", suite_checks("tests/suites/torch_suite.py"))
 def test_torch(check, layout, suite_runs, request):
     nprocs, per_host = layout
-    suite_runs.outcome(request, "tests/torch_suite.py", nprocs, check, timeout=300,
+    suite_runs.outcome(request, "tests/suites/torch_suite.py", nprocs, check, timeout=300,
                        env={"GTOPK_RANKS_PER_HOST": str(per_host)} if per_host else None)
 
 
 @pytest.mark.parametrize("nprocs", [2, 3], ids=lambda n: f"P{n}")
-@pytest.mark.parametrize("check", suite_checks("tests/horovod_suite.py"))
+@pytest.mark.parametrize("check", suite_checks("tests/suites/horovod_suite.py"))
 def test_horovod_parity(check, nprocs, suite_runs, request):
-    """The rest of horovod.torch (tests/horovod_suite.py): process sets, join, alltoall,
+    """The rest of horovod.torch (tests/suites/horovod_suite.py): process sets, join, alltoall,
     reducescatter, grouped and sparse ops, autograd, optimizer corner cases."""
-    suite_runs.outcome(request, "tests/horovod_suite.py", nprocs, check, timeout=300)
+    suite_runs.outcome(request, "tests/suites/horovod_suite.py", nprocs, check, timeout=300)
 
 
 def test_timeline_is_a_chrome_trace(tmp_path):
@@ -50,7 +50,7 @@ def test_checkpoint_restart_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     12 steps in one launch == 6 steps, checkpoint, 6 steps in a fresh launch. Dropping the
     error-feedback state changes the result (the test can fail); another rank's state is refused."""
     def digest(*args: str) -> str:
-        proc = run(3, ["tests/checkpoint_run.py", *args], timeout=120)
+        proc = run(3, ["tests/programs/checkpoint_run.py", *args], timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("DIGEST "))
 
@@ -59,8 +59,8 @@ def test_checkpoint_restart_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     digest("--stop", "6", "--save", prefix)
     assert digest("--start", "6", "--stop", "12", "--load", prefix) == whole
     assert digest("--start", "6", "--stop", "12", "--load", prefix, "--drop-residuals") != whole
-    proc = run(3, ["tests/checkpoint_run.py", "--start", "6", "--stop", "7", "--load", prefix, "--load-rank", "0"],
-               timeout=120)
+    proc = run(3, ["tests/programs/checkpoint_run.py", "--start", "6", "--stop", "7", "--load", prefix,
+                   "--load-rank", "0"], timeout=120)
     assert proc.returncode != 0
     refused = "rank 1: ValueError: this checkpoint holds the error-feedback state (residuals) of rank 0 of 3"
     assert refused in proc.stdout
@@ -71,23 +71,23 @@ def test_checkpoint_loads_under_another_bucket_layout(tmp_path):
     (unlimited) and with four (50): every parameter's residual and velocity, laid out in the
     new buckets, equals what was saved entry for entry; training then goes on."""
     prefix = str(tmp_path / "ckpt")
-    proc = run(3, ["tests/checkpoint_run.py", "--stop", "6", "--save", prefix], timeout=120)
+    proc = run(3, ["tests/programs/checkpoint_run.py", "--stop", "6", "--save", prefix], timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     buckets = set()
     for fusion in ("inf", "50", "600"):
-        proc = run(3, ["tests/checkpoint_run.py", "--start", "6", "--stop", "8", "--load", prefix, "--fusion", fusion,
-                       "--check-loaded"], timeout=120)
+        proc = run(3, ["tests/programs/checkpoint_run.py", "--start", "6", "--stop", "8", "--load", prefix,
+                       "--fusion", fusion, "--check-loaded"], timeout=120)
         assert proc.returncode == 0 and "INTACT" in proc.stdout and "DIGEST" in proc.stdout, proc.stdout + proc.stderr
         buckets.add(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("BUCKETS ")))
     assert len(buckets) == 3, buckets  # three layouts
 
 
 @pytest.mark.parametrize("launch", [("torchrun", 2), ("torchrun", 3), ("mpiexec", 2)], ids=lambda t: f"{t[0]}-P{t[1]}")
-@pytest.mark.parametrize("check", suite_checks("tests/ddp_suite.py"))
+@pytest.mark.parametrize("check", suite_checks("tests/suites/ddp_suite.py"))
 def test_ddp_hook(check, launch, suite_runs, request):
     """The DDP communication hook (gtopk_mpi.torch.ddp): under torchrun its exchanges run on
     torch.distributed (gloo); under mpiexec through MPI (torch.distributed set up from MPI's
     environment)."""
     launcher, nprocs = launch
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29600 + nprocs)} if launcher == "mpiexec" else None
-    suite_runs.outcome(request, "tests/ddp_suite.py", nprocs, check, timeout=300, env=env, launcher=launcher)
+    suite_runs.outcome(request, "tests/suites/ddp_suite.py", nprocs, check, timeout=300, env=env, launcher=launcher)

@@ -1,7 +1,7 @@
 """Multi-rank checks of the DDP communication hook (gtopk_mpi.torch.ddp).
 
-``torchrun --standalone --nproc-per-node P tests/ddp_suite.py`` (gloo; the hook's exchanges
-on torch.distributed) or ``mpiexec -n P python tests/ddp_suite.py`` (torch.distributed from
+``torchrun --standalone --nproc-per-node P tests/suites/ddp_suite.py`` (gloo; the hook's exchanges
+on torch.distributed) or ``mpiexec -n P python tests/suites/ddp_suite.py`` (torch.distributed from
 MPI's environment, the hook's exchanges through MPI). Every rank regenerates every rank's
 batches, and each check compares with the NumPy model in reference.py.
 """
@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # reference, mpi_harness
 import gtopk_mpi as g  # noqa: E402
 from gtopk_mpi.torch import ddp  # noqa: E402
 

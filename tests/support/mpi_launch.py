@@ -14,7 +14,7 @@ import pytest
 
 from gtopk_mpi import config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def mpiexec() -> str:

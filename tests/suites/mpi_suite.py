@@ -1,4 +1,4 @@
-"""Multi-rank checks of the collectives, run as ``mpiexec -n P python tests/mpi_suite.py``.
+"""Multi-rank checks of the collectives, run as ``mpiexec -n P python tests/suites/mpi_suite.py``.
 
 Every rank regenerates every rank's input from fixed seeds, runs the collective on
 its own input, and compares with the sequential NumPy model in reference.py. All
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # reference, mpi_harness
 import gtopk_mpi as g  # noqa: E402
 from gtopk_mpi import wire  # noqa: E402
 

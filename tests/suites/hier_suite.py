@@ -1,5 +1,5 @@
 """Multi-rank checks of the hierarchical gTop-k, on hosts emulated with GTOPK_RANKS_PER_HOST=L:
-``GTOPK_RANKS_PER_HOST=L mpiexec -n P python tests/hier_suite.py`` (ranks h*L .. h*L+L-1 form
+``GTOPK_RANKS_PER_HOST=L mpiexec -n P python tests/suites/hier_suite.py`` (ranks h*L .. h*L+L-1 form
 host h; the last host may hold fewer). Every rank regenerates every rank's input and
 compares with the NumPy model of the hierarchical algorithm in reference.py.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # reference, mpi_harness
 from mpi_suite import COMM, assert_result, expect_error, inputs  # noqa: E402  (mpi_suite initializes gtopk_mpi)
 
 import gtopk_mpi as g  # noqa: E402

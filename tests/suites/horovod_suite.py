@@ -1,4 +1,4 @@
-"""The rest of horovod.torch's API in gtopk_mpi.torch, run as ``mpiexec -n P python tests/horovod_suite.py``.
+"""The rest of horovod.torch's API in gtopk_mpi.torch, run as ``mpiexec -n P python tests/suites/horovod_suite.py``.
 
 Process sets (static from init, dynamic add/remove), join with stand-ins, alltoall,
 reducescatter and the grouped ops, sparse allreduce and sparse gradients in the
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # reference, mpi_harness
 import gtopk_mpi.torch as hvd  # noqa: E402
 from gtopk_mpi.torch import mpi_ops  # noqa: E402
 

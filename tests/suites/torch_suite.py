@@ -1,4 +1,4 @@
-"""Multi-rank checks of gtopk_mpi.torch, run as ``mpiexec -n P python tests/torch_suite.py``.
+"""Multi-rank checks of gtopk_mpi.torch, run as ``mpiexec -n P python tests/suites/torch_suite.py``.
 
 Horovod's own test style: every rank builds every rank's tensor from fixed seeds
 and compares with the reduction computed locally (integer-valued data, so every
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # reference, mpi_harness
 import gtopk_mpi.torch as hvd  # noqa: E402
 
 import reference as ref  # noqa: E402
