@@ -60,7 +60,7 @@ from .results import CommStats
 
 #: parameter counts of the paper's models (float32 gradients)
 MODELS = {
-    "resnet20": 272_474,      # CIFAR-10 (scripts/models.py: ResNetCifar(20))
+    "resnet20": 272_474,      # CIFAR-10 (scripts/experiments/models.py: ResNetCifar(20))
     "vgg16": 14_728_266,      # CIFAR-10
     "resnet50": 25_557_032,   # ImageNet
     "alexnet": 61_100_840,    # ImageNet

@@ -57,13 +57,13 @@ step "GPU tests, custom and torch-ops kernels (pytest tests/test_cuda.py tests/t
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$SAN" ]; then
   for tool in memcheck racecheck synccheck; do
-    step "compute-sanitizer --tool $tool (scripts/cuda_sanitize.py)" 50 \
-      "$SAN" --tool "$tool" --error-exitcode 1 "$PY" scripts/cuda_sanitize.py
+    step "compute-sanitizer --tool $tool (scripts/gpu/cuda_sanitize.py)" 50 \
+      "$SAN" --tool "$tool" --error-exitcode 1 "$PY" scripts/gpu/cuda_sanitize.py
   done
 else
   SUMMARY+=("compute-sanitizer|not found")
 fi
-step "GPU benchmark (scripts/bench_gpu.py)" 90 "$PY" scripts/bench_gpu.py
+step "GPU benchmark (scripts/gpu/bench_gpu.py)" 90 "$PY" scripts/gpu/bench_gpu.py
 cp /tmp/gtopk_step.log /tmp/gtopk_bench.log
 echo
 echo "== summary: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo GPU)"

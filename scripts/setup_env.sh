@@ -33,7 +33,7 @@ else
     rm -f .venv/.system-mpicc
   fi
 fi
-# Fashion-MNIST (scripts/train.py --data fashion-mnist, scripts/horovod_mnist.sh) from Debian's
+# Fashion-MNIST (scripts/experiments/train.py --data fashion-mnist, scripts/horovod/horovod_mnist.sh) from Debian's
 # package where apt is available; without it those runs say what to install, nothing else needs it.
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
   sudo=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo="sudo -n"

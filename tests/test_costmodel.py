@@ -90,7 +90,7 @@ def test_bench_model_fit_is_sane_on_loopback(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
                     reason="the emulated cluster needs root and iproute2")
 def test_emulated_cluster_limits_bandwidth():
-    script = str(ROOT / "scripts" / "emulate_cluster.sh")
+    script = str(ROOT / "scripts" / "cluster" / "emulate_cluster.sh")
     subprocess.run(["bash", script, "up", "2"], check=True, capture_output=True, timeout=60)
     try:
         code = ("import socket,sys,time\n"

@@ -1,6 +1,6 @@
-"""The Fashion-MNIST loader (scripts/fashion_mnist.py): IDX files against NumPy arrays written
+"""The Fashion-MNIST loader (scripts/experiments/fashion_mnist.py): IDX files against NumPy arrays written
 here, the real files where Debian's dataset-fashion-mnist is installed, and the missing-dataset
-error of the loader and of scripts/train.py."""
+error of the loader and of scripts/experiments/train.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts" / "experiments"))
 import fashion_mnist  # noqa: E402
 
 
@@ -49,8 +49,9 @@ def test_rejects_a_truncated_or_foreign_file(tmp_path):
 def test_missing_dataset_names_the_package(tmp_path):
     with pytest.raises(fashion_mnist.DatasetMissing, match="apt-get install dataset-fashion-mnist"):
         fashion_mnist.load("train", tmp_path)
-    proc = subprocess.run([sys.executable, "scripts/train.py", "--data", "fashion-mnist", "--data-dir", str(tmp_path),
-                           "--model", "convnet", "--algo", "dense", "--epochs", "1", "--quiet"],
+    proc = subprocess.run([sys.executable, "scripts/experiments/train.py", "--data", "fashion-mnist",
+                           "--data-dir", str(tmp_path), "--model", "convnet", "--algo", "dense", "--epochs", "1",
+                           "--quiet"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]

@@ -17,7 +17,7 @@ pytest.importorskip("torch")
 
 @pytest.mark.parametrize("compression", ["none", "fp16", "topk", "gtopk"])
 def test_train_synthetic(compression):
-    proc = run(2, ["scripts/train_synthetic.py", "--model", "cnn", "--batch-size", "8", "--num-iters", "2",
+    proc = run(2, ["scripts/experiments/train_synthetic.py", "--model", "cnn", "--batch-size", "8", "--num-iters", "2",
                    "--num-batches-per-iter", "2", "--num-warmup-batches", "1", "--compression", compression,
                    "--density", "0.01"], timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -40,9 +40,9 @@ def test_bench_module_runs_and_writes_csv(tmp_path):
 def test_train_script_learns_and_writes_csv(algo, tmp_path):
     pytest.importorskip("sklearn")
     out = tmp_path / f"{algo}.csv"
-    proc = run(2, ["scripts/train.py", "--model", "mlp", "--data", "digits", "--algo", algo, "--density", "0.01",
-                   "--density-warmup", "0.25", "--epochs", "4", "--batch-size", "16", "--lr", "0.1", "--quiet",
-                   "--csv", str(out)], timeout=180)
+    proc = run(2, ["scripts/experiments/train.py", "--model", "mlp", "--data", "digits", "--algo", algo,
+                   "--density", "0.01", "--density-warmup", "0.25", "--epochs", "4", "--batch-size", "16", "--lr",
+                   "0.1", "--quiet", "--csv", str(out)], timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out) as f:
         rows = list(csv.DictReader(f))
@@ -56,23 +56,23 @@ def test_train_script_learns_and_writes_csv(algo, tmp_path):
 
 
 def test_soak_check_runs_short():
-    """scripts/soak.py, shortened: RSS flat, conservation exact, no thread left after shutdown."""
-    proc = run(2, ["scripts/soak.py", "--calls", "300", "--steps", "100", "--numel", "200000"], timeout=180)
+    """scripts/bench/soak.py, shortened: RSS flat, conservation exact, no thread left after shutdown."""
+    proc = run(2, ["scripts/bench/soak.py", "--calls", "300", "--steps", "100", "--numel", "200000"], timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "conservation exact: True" in proc.stdout and proc.stdout.count("threads left after shutdown: none; OK") == 2
 
 
 @pytest.mark.parametrize("hook", ["allreduce", "fp16", "powersgd:1", "gtopk"])
 def test_train_ddp_under_torchrun_without_mpiexec(hook, tmp_path):
-    """scripts/train.py --ddp under torchrun with no mpiexec on PATH (the mpich wheel's stays in
+    """scripts/experiments/train.py --ddp under torchrun with no mpiexec on PATH (the mpich wheel's stays in
     the venv's bin, which is not on this PATH): DDP with each hook learns and writes its CSV."""
     pytest.importorskip("sklearn")
     env = {**os.environ, "PATH": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     assert shutil.which("mpiexec", path=env["PATH"]) is None and shutil.which("mpirun", path=env["PATH"]) is None
     out = tmp_path / "ddp.csv"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "scripts/train.py", "--ddp", "--hook", hook, "--model", "mlp", "--data", "digits",
-                           "--density", "0.01", "--epochs", "3", "--batch-size", "16", "--start-iter", "10",
+                           "scripts/experiments/train.py", "--ddp", "--hook", hook, "--model", "mlp", "--data",
+                           "digits", "--density", "0.01", "--epochs", "3", "--batch-size", "16", "--start-iter", "10",
                            "--quiet", "--csv", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -3,10 +3,10 @@
 # with the import swapped, needs HOROVOD_SRC, a Horovod source tree), convergence on digits, scaling on the emulated
 # 1 GbE cluster (root; P = 1, 2, 4, 8; VGG-16 and ResNet-20 on synthetic CIFAR-shaped data), and
 # the DDP hooks (PyTorch's allreduce, fp16, PowerSGD; ours) against the Horovod-style optimizer.
-#   scripts/run_experiments.sh fashion | fashion-steps | fashion-report | convergence | scaling | ddp | all
+#   scripts/experiments/run_experiments.sh fashion | fashion-steps | fashion-report | convergence | scaling | ddp | all
 # fashion skips runs whose output exists (delete it to rerun): its runs take hours on 2 cores.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 MPIEXEC=${GTOPK_MPIEXEC:-.venv/bin/mpiexec}
 mkdir -p docs/data docs/img
@@ -19,7 +19,7 @@ fashion_example() {  # Horovod's examples/pytorch/pytorch_mnist.py, import swapp
               "gtopk0.001_bare:GTOPK_DENSITY=0.001 GTOPK_MIN_K=0 GTOPK_DENSITY_WARMUP=none"; do
     name=${spec%%:*} env=${spec#*:}
     [ -s "docs/data/fmnist_hvd_$name.txt" ] && continue
-    env $env scripts/horovod_mnist.sh "$src" 4 --epochs 5 --log-interval 1000 2>&1 \
+    env $env scripts/horovod/horovod_mnist.sh "$src" 4 --epochs 5 --log-interval 1000 2>&1 \
       | grep -E "Test set|gtopk_mpi:" > "docs/data/fmnist_hvd_$name.txt.part"
     mv "docs/data/fmnist_hvd_$name.txt.part" "docs/data/fmnist_hvd_$name.txt"
   done
@@ -60,7 +60,7 @@ fashion_train() {  # fashion_train MODEL RUN [train.py args...]: one run of FASH
   [ "$model" = resnet20 ] && lr=0.05
   local envs=() args=()
   for w in ${FASHION_ARGS[$name]}; do [[ $w == GTOPK_*=* ]] && envs+=("$w") || args+=("$w"); done
-  env "${envs[@]}" MASTER_PORT=$((29700 + RANDOM % 200)) ${LAUNCH:-"$MPIEXEC" -n 4} $PY scripts/train.py \
+  env "${envs[@]}" MASTER_PORT=$((29700 + RANDOM % 200)) ${LAUNCH:-"$MPIEXEC" -n 4} $PY scripts/experiments/train.py \
     --data fashion-mnist --model "$model" --batch-size 32 --lr $lr --momentum 0.9 --quiet "${args[@]}" "$@"
 }
 
@@ -76,23 +76,23 @@ fashion() {  # accuracy: 10 epochs each (convnet ~12 min, resnet20 ~30 min on 2 
 
 fashion_step_times() {  # each run's step time on the emulated 1 GbE cluster, P = 4 (2 epochs of 20 steps);
   # FASHION_MODELS and FASHION_RUNS (names of FASHION_ARGS) choose a subset, to remeasure runs in one sitting
-  scripts/emulate_cluster.sh up 4
-  trap 'scripts/emulate_cluster.sh down' EXIT
+  scripts/cluster/emulate_cluster.sh up 4
+  trap 'scripts/cluster/emulate_cluster.sh down' EXIT
   export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet
   local model name
   for model in ${FASHION_MODELS:-convnet resnet20}; do
     for name in ${FASHION_RUNS:-"${FASHION_TIMED[@]}"}; do  # steady state: no density warm-up, hooks compressing from step 2
-      GTOPK_DENSITY_WARMUP=none LAUNCH="scripts/emulate_cluster.sh run 4" fashion_train $model $name --epochs 2 \
+      GTOPK_DENSITY_WARMUP=none LAUNCH="scripts/cluster/emulate_cluster.sh run 4" fashion_train $model $name --epochs 2 \
         --steps-per-epoch ${STEPS:-20} --start-iter 2 --csv "docs/data/fmnist_step_${model}_$name.csv"
     done
   done
 }
 
 fashion_report() {  # tables and plots of what the fashion runs wrote
-  $PY scripts/time_to_accuracy.py --models convnet resnet20 --out docs/data/fmnist_time_to_accuracy.md \
+  $PY scripts/experiments/time_to_accuracy.py --models convnet resnet20 --out docs/data/fmnist_time_to_accuracy.md \
     --plot docs/img/fmnist_time_to_accuracy.png
   for model in convnet resnet20; do
-    $PY scripts/train.py --plot-from docs/data/fmnist_${model}_*.csv --plot docs/img/fmnist_$model.png
+    $PY scripts/experiments/train.py --plot-from docs/data/fmnist_${model}_*.csv --plot docs/img/fmnist_$model.png
   done
 }
 
@@ -100,45 +100,45 @@ convergence() {
   export GTOPK_MIN_K=0  # the algorithm at k = 27 of 26,122 as the paper's rho, not the library's floor
   local common=(--model mlp --data digits --density 0.001 --density-warmup 0.25,0.0625,0.0156,0.004
                 --epochs 100 --batch-size 16 --lr 0.1 --lr-warmup-epochs 5 --quiet)
-  "$MPIEXEC" -n 4 $PY scripts/train.py --algo dense "${common[@]}" --csv docs/data/conv_dense.csv
-  "$MPIEXEC" -n 4 $PY scripts/train.py --algo topk --wire fp32 "${common[@]}" --csv docs/data/conv_topk.csv
-  "$MPIEXEC" -n 4 $PY scripts/train.py --algo gtopk --values merged --wire fp32 "${common[@]}" \
+  "$MPIEXEC" -n 4 $PY scripts/experiments/train.py --algo dense "${common[@]}" --csv docs/data/conv_dense.csv
+  "$MPIEXEC" -n 4 $PY scripts/experiments/train.py --algo topk --wire fp32 "${common[@]}" --csv docs/data/conv_topk.csv
+  "$MPIEXEC" -n 4 $PY scripts/experiments/train.py --algo gtopk --values merged --wire fp32 "${common[@]}" \
     --csv docs/data/conv_gtopk_merged.csv
-  "$MPIEXEC" -n 4 $PY scripts/train.py --algo gtopk --values exact --wire fp32 "${common[@]}" \
+  "$MPIEXEC" -n 4 $PY scripts/experiments/train.py --algo gtopk --values exact --wire fp32 "${common[@]}" \
     --csv docs/data/conv_gtopk_exact.csv
   for wire in bf16 fp16; do  # the compact wire formats, against the float32 wire above
     for values in merged exact; do
-      "$MPIEXEC" -n 4 $PY scripts/train.py --algo gtopk --values $values --wire $wire "${common[@]}" \
+      "$MPIEXEC" -n 4 $PY scripts/experiments/train.py --algo gtopk --values $values --wire $wire "${common[@]}" \
         --csv docs/data/conv_gtopk_${values}_$wire.csv
     done
   done
   for values in merged exact; do  # 2 hosts x 2 ranks (emulated): the hierarchical schedule, default bf16 wire
-    GTOPK_RANKS_PER_HOST=2 "$MPIEXEC" -n 4 $PY scripts/train.py --algo gtopk --values $values --wire bf16 \
+    GTOPK_RANKS_PER_HOST=2 "$MPIEXEC" -n 4 $PY scripts/experiments/train.py --algo gtopk --values $values --wire bf16 \
       "${common[@]}" --csv docs/data/conv_gtopk_${values}_bf16_2x2.csv
   done
-  $PY scripts/train.py --plot-from docs/data/conv_{dense,topk,gtopk_merged,gtopk_exact}.csv --plot docs/img/convergence.png
+  $PY scripts/experiments/train.py --plot-from docs/data/conv_{dense,topk,gtopk_merged,gtopk_exact}.csv --plot docs/img/convergence.png
 }
 
 scaling() {
-  scripts/emulate_cluster.sh up 8
-  trap 'scripts/emulate_cluster.sh down' EXIT
+  scripts/cluster/emulate_cluster.sh up 8
+  trap 'scripts/cluster/emulate_cluster.sh down' EXIT
   for model in vgg16 resnet20; do
     for p in 1 2 4 8; do
       for algo in dense topk gtopk; do
-        scripts/emulate_cluster.sh run "$p" $PY scripts/train.py --model "$model" --data synthetic --algo "$algo" \
+        scripts/cluster/emulate_cluster.sh run "$p" $PY scripts/experiments/train.py --model "$model" --data synthetic --algo "$algo" \
           --density 0.001 --epochs 2 --steps-per-epoch 5 --batch-size 8 --lr 0.01 --quiet \
           --csv "docs/data/scale_${model}_${algo}_p${p}.csv"
       done
     done
   done
-  $PY scripts/scaling_table.py docs/data/scale_*.csv > docs/data/scaling_tables.md
+  $PY scripts/experiments/scaling_table.py docs/data/scale_*.csv > docs/data/scaling_tables.md
 }
 
 HOOKS=(allreduce fp16 powersgd:1 powersgd:2 powersgd:4 gtopk)
 
 ddp_speed() {  # DDP hooks vs the Horovod-style optimizer on the emulated 1 GbE cluster
-  scripts/emulate_cluster.sh up 4
-  trap 'scripts/emulate_cluster.sh down' EXIT
+  scripts/cluster/emulate_cluster.sh up 4
+  trap 'scripts/cluster/emulate_cluster.sh down' EXIT
   export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet  # torch.distributed's rendezvous and sockets on the shaped net
   local common=(--data synthetic --density 0.001 --epochs 2 --steps-per-epoch 5 --batch-size 8 --lr 0.01 --quiet)
   for model in vgg16 resnet20; do
@@ -147,10 +147,10 @@ ddp_speed() {  # DDP hooks vs the Horovod-style optimizer on the emulated 1 GbE 
         # PowerSGD in one bucket: with DDP's default buckets it aborted in gloo on this network (a size
         # mismatch between ranks' allreduces) in most runs; its allreduces are chained in Future callbacks
         local one=(); [[ $hook == powersgd:* ]] && one=(--bucket-cap-mb 10000)
-        MASTER_PORT=$((29700 + RANDOM % 200)) scripts/emulate_cluster.sh run "$p" $PY scripts/train.py --ddp --hook "$hook" \
+        MASTER_PORT=$((29700 + RANDOM % 200)) scripts/cluster/emulate_cluster.sh run "$p" $PY scripts/experiments/train.py --ddp --hook "$hook" \
           --model "$model" "${common[@]}" "${one[@]}" --csv "docs/data/ddp_${model}_${hook/:/}_p${p}.csv"
       done
-      scripts/emulate_cluster.sh run "$p" $PY scripts/train.py --algo gtopk --model "$model" "${common[@]}" \
+      scripts/cluster/emulate_cluster.sh run "$p" $PY scripts/experiments/train.py --algo gtopk --model "$model" "${common[@]}" \
         --csv "docs/data/ddp_${model}_hvd-gtopk_p${p}.csv"
     done
   done
@@ -161,7 +161,7 @@ ddp_accuracy() {  # the same list on digits, 4 local ranks, the convergence runs
   local common=(--model mlp --data digits --density 0.001 --density-warmup 0.25,0.0625,0.0156,0.004
                 --epochs 100 --batch-size 16 --lr 0.1 --lr-warmup-epochs 5 --quiet)
   for hook in "${HOOKS[@]}"; do
-    "$MPIEXEC" -n 4 $PY scripts/train.py --ddp --hook "$hook" "${common[@]}" --csv "docs/data/conv_ddp_${hook/:/}.csv"
+    "$MPIEXEC" -n 4 $PY scripts/experiments/train.py --ddp --hook "$hook" "${common[@]}" --csv "docs/data/conv_ddp_${hook/:/}.csv"
   done
 }
 

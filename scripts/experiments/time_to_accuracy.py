@@ -1,7 +1,7 @@
 """Time to accuracy of the Fashion-MNIST runs: steps to reach dense's final accuracy minus one
 point, times each run's step time on the emulated 1 GbE cluster (P = 4).
 
-    python scripts/time_to_accuracy.py --models convnet resnet20 --out table.md --plot plot.png
+    python scripts/experiments/time_to_accuracy.py --models convnet resnet20 --out table.md --plot plot.png
 
 Reads docs/data/fmnist_{model}_{run}.csv (10-epoch accuracy runs: cumulative steps and test
 accuracy at each epoch's end, so "steps to target" has one epoch's resolution) and
@@ -25,7 +25,7 @@ import argparse
 import csv
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1] / "docs" / "data"
+DATA = Path(__file__).resolve().parents[2] / "docs" / "data"
 LABELS = {
     "dense": "dense (Horovod-style allreduce)",
     "gtopk0.001": "gTop-k rho=0.001, library defaults",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import fashion_mnist  # scripts/fashion_mnist.py
+import fashion_mnist  # scripts/experiments/fashion_mnist.py
 import torch
 
 

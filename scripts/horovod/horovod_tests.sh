@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Run Horovod's own PyTorch test file (test/parallel/test_torch.py of a Horovod source tree)
 # against gtopk_mpi.torch: the import line changed, nothing else of the tests.
-#   scripts/horovod_tests.sh HOROVOD_SRC [P] [pytest args...]     (default P = 2)
+#   scripts/horovod/horovod_tests.sh HOROVOD_SRC [P] [pytest args...]     (default P = 2)
 # Needs the venv (scripts/test.sh) and pip access for the tests' own helpers (mock,
 # cloudpickle, pytest-timeout; installed into a scratch directory, not the venv). Two
 # adjustments outside the tests' bodies: their utils/common.py imports horovod.runner
 # helpers that no test of this file calls (stubbed), and torch >= 2.9's Muon optimizer
 # (2-D parameters only) is left out of the loops over every torch.optim class.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 src=${1:?usage: $0 HOROVOD_SRC [P] [pytest args...]}
 p=${2:-2}
 shift $(( $# >= 2 ? 2 : 1 ))

@@ -1,6 +1,6 @@
 """Selection and merge speed against baselines measured in the same run.
 
-    .venv/bin/python scripts/bench_select.py [--numel N] [--density RHO] [--repeats R]
+    .venv/bin/python scripts/bench/bench_select.py [--numel N] [--density RHO] [--repeats R]
 
 Default: ResNet-50's gradient (25,557,032 float32, standard normal), rho = 0.001.
 Prints medians over repeats and the ratios the project targets:
@@ -100,7 +100,7 @@ def main() -> None:
     if TORCH_OPS in rows:
         print(f"  torch-ops path / select_topk        "
               f"{rows[TORCH_OPS] / sel:7.1f}x   "
-              "(its cost on CPU; on a GPU: scripts/bench_gpu.py)")
+              "(its cost on CPU; on a GPU: scripts/gpu/bench_gpu.py)")
     print(f"  select_topk / np.abs pass           {sel / rows['np.abs(x) (one pass, memory floor)']:7.2f}x   "
           "(target <= 2.5x)")
     print(f"  fused EF / plain select             {rows['select_topk_ef (fused residual), 1 thread'] / sel:7.2f}x")

@@ -1,6 +1,6 @@
-"""Scaling-efficiency tables from scripts/train.py CSVs (docs/experiments.md).
+"""Scaling-efficiency tables from scripts/experiments/train.py CSVs (docs/experiments.md).
 
-    .venv/bin/python scripts/scaling_table.py docs/data/scale_*.csv [--alpha-ms A --beta-ns B]
+    .venv/bin/python scripts/experiments/scaling_table.py docs/data/scale_*.csv [--alpha-ms A --beta-ns B]
 
 For each model: samples/s per rank at P = 1, 2, 4, 8 for dense, Top-k and gTop-k (last
 epoch of each run), scaling efficiency = throughput per rank / dense throughput at P = 1,
@@ -18,7 +18,7 @@ from collections import defaultdict
 
 from gtopk_mpi import costmodel
 
-import models  # scripts/models.py
+import models  # scripts/experiments/models.py
 
 ALGOS = ("dense", "topk", "gtopk")
 

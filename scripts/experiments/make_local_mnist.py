@@ -1,7 +1,7 @@
 """Write MNIST-format files (IDX, as torchvision.datasets.MNIST reads them) built from
 scikit-learn's bundled 8x8 handwritten digits, so MNIST examples run offline.
 
-    python scripts/make_local_mnist.py DATA_DIR      # then: --data-dir DATA_DIR
+    python scripts/experiments/make_local_mnist.py DATA_DIR      # then: --data-dir DATA_DIR
 
 The 1,797 real digit images are upscaled to 28x28 (3x3 blocks, 2-pixel border) and
 split 1,500 train / 297 test. Needs scikit-learn. This is a stand-in for MNIST, not MNIST.

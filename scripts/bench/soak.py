@@ -1,6 +1,6 @@
 """Soak check: memory stays flat over long runs and nothing leaks at shutdown.
 
-    mpiexec -n 2 .venv/bin/python scripts/soak.py [--calls 10000] [--steps 1000] [--numel 2000000]
+    mpiexec -n 2 .venv/bin/python scripts/bench/soak.py [--calls 10000] [--steps 1000] [--numel 2000000]
 
 1. ``--calls`` gtopk_allreduce calls (residual, density 0.001) on a ``--numel`` float32
    vector of small integers (so every sum is exact): prints this rank's RSS after 1% of

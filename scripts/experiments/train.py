@@ -1,14 +1,14 @@
 """Training experiments: dense vs Top-k vs gTop-k S-SGD, launched with mpiexec.
 
-    mpiexec -n 4 .venv/bin/python scripts/train.py --model mlp --data digits --algo gtopk --density 0.001 \\
+    mpiexec -n 4 .venv/bin/python scripts/experiments/train.py --model mlp --data digits --algo gtopk --density 0.001 \\
         --density-warmup 0.25,0.0625,0.0156,0.004 --epochs 40 --csv runs/gtopk.csv
-    .venv/bin/python scripts/train.py --plot-from runs/dense.csv runs/gtopk.csv --plot curves.png
+    .venv/bin/python scripts/experiments/train.py --plot-from runs/dense.csv runs/gtopk.csv --plot curves.png
 
 ``--ddp`` trains a DistributedDataParallel model with a communication hook instead
 (``--hook allreduce | fp16 | powersgd:RANK | gtopk``), launched by torchrun (no MPI needed)
 or mpiexec:
 
-    torchrun --standalone --nproc-per-node 2 scripts/train.py --ddp --hook gtopk --density 0.001
+    torchrun --standalone --nproc-per-node 2 scripts/experiments/train.py --ddp --hook gtopk --density 0.001
 
 Data never comes from the network: ``fashion-mnist`` is Fashion-MNIST from its IDX files
 (``--data-dir``, by default where Debian's dataset-fashion-mnist puts them; 60,000 training
@@ -138,7 +138,7 @@ def digits_data(rank: int, size: int):
 
 
 def fashion_mnist_data(rank: int, size: int, data_dir: str | None):
-    import fashion_mnist  # scripts/fashion_mnist.py
+    import fashion_mnist  # scripts/experiments/fashion_mnist.py
 
     where = data_dir or fashion_mnist.DEFAULT_DIR
     try:
@@ -250,7 +250,7 @@ def main() -> int:
     import gtopk_mpi
     import gtopk_mpi.torch as hvd
 
-    import models  # scripts/models.py
+    import models  # scripts/experiments/models.py
 
     if args.hierarchical is not None:
         os.environ["GTOPK_HIERARCHICAL"] = args.hierarchical

@@ -1,9 +1,9 @@
 """Bytes per entry of the wire formats on real selections, in one run.
 
-    .venv/bin/python scripts/bench_wire.py [--steps 3]
+    .venv/bin/python scripts/bench/bench_wire.py [--steps 3]
 
 For each gradient source - i.i.d. normal data of ResNet-50's size (25,557,032), and the
-flattened gradients of VGG-16 and ResNet-20 (scripts/models.py) on random CIFAR-shaped
+flattened gradients of VGG-16 and ResNet-20 (scripts/experiments/models.py) on random CIFAR-shaped
 batches, after ``--steps`` steps of error feedback (residual + gradient, as training
 selects) - and densities 0.001 and 0.01: the bytes one message of the k selected entries
 takes per entry (56-byte header included) with each wire format, and how many bytes of
@@ -13,13 +13,16 @@ that are the packed indices.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from gtopk_mpi import _C, select_topk_ef
 
-import models  # scripts/models.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import models  # noqa: E402  # scripts/experiments/models.py
 
 HEADER = 56
 WIRES = {"raw": (0, 0), "fp32": (0, -1), "bf16": (1, -1), "fp16": (2, -1)}  # (value code, index packing)

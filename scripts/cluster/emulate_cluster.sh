@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Emulate a cluster of P hosts joined by 1 Gbit/s Ethernet on this machine (root only).
 #
-#   scripts/emulate_cluster.sh up P          P network namespaces gtk-0..gtk-(P-1), each with a veth
+#   scripts/cluster/emulate_cluster.sh up P          P network namespaces gtk-0..gtk-(P-1), each with a veth
 #                                            into a bridge that lives in namespace gtk-br; both ends of
 #                                            every veth shaped by tbf to $RATE (default 1gbit)
-#   scripts/emulate_cluster.sh run P CMD...  mpiexec -n P CMD..., one rank per namespace, MPI traffic over
+#   scripts/cluster/emulate_cluster.sh run P CMD...  mpiexec -n P CMD..., one rank per namespace, MPI traffic over
 #                                            the shaped TCP network (MPICH ofi/tcp, no shared memory)
-#   scripts/emulate_cluster.sh run HxL CMD... H hosts of L ranks each (ranks placed host by host): ranks of
+#   scripts/cluster/emulate_cluster.sh run HxL CMD... H hosts of L ranks each (ranks placed host by host): ranks of
 #                                            one host talk through shared memory, hosts through the network
-#   scripts/emulate_cluster.sh down          remove every namespace and kill what runs in them
+#   scripts/cluster/emulate_cluster.sh down          remove every namespace and kill what runs in them
 #
 # Addresses: 10.77.0.1 .. 10.77.0.P (private, inside our own namespaces only). Nothing else is touched.
 # Facts it relies on: tbf needs gso_max_size 32768 on both veth ends (else it splits 64 KB GSO
@@ -17,7 +17,7 @@ set -euo pipefail
 RATE=${RATE:-1gbit}
 SUBNET=10.77.0
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(dirname "$HERE")
+ROOT=$(dirname "$(dirname "$HERE")")
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "emulate_cluster.sh: must run as root" >&2; exit 1; }; }
 

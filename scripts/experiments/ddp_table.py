@@ -1,7 +1,7 @@
-"""Tables of the DDP hooks vs the Horovod-style optimizer from scripts/train.py CSVs.
+"""Tables of the DDP hooks vs the Horovod-style optimizer from scripts/experiments/train.py CSVs.
 
-    .venv/bin/python scripts/ddp_table.py docs/data/ddp_*.csv          # time per step (last epoch)
-    .venv/bin/python scripts/ddp_table.py --accuracy docs/data/conv_ddp_*.csv docs/data/conv_dense.csv
+    .venv/bin/python scripts/experiments/ddp_table.py docs/data/ddp_*.csv          # time per step (last epoch)
+    .venv/bin/python scripts/experiments/ddp_table.py --accuracy docs/data/conv_ddp_*.csv docs/data/conv_dense.csv
 
 Time: per model and P, each run's last epoch: step time and its split (compute, compression,
 communication, other; ms per step), samples/s per rank, and the speed-up over DDP's

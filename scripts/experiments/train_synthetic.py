@@ -1,6 +1,7 @@
 """Synthetic training benchmark in the style of Horovod's pytorch_synthetic_benchmark.py.
 
-    mpiexec -n 4 .venv/bin/python scripts/train_synthetic.py --model resnet20 --compression gtopk --density 0.001
+    mpiexec -n 4 .venv/bin/python scripts/experiments/train_synthetic.py --model resnet20 \\
+        --compression gtopk --density 0.001
 
 Trains on a fixed random batch (no data loading) and prints images (or sequences)
 per second per rank and in total; rank 0 shows a progress bar. Compute is CPU here.
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 import gtopk_mpi.torch as hvd
 
-import models  # scripts/models.py
+import models  # scripts/experiments/models.py
 
 
 def parse_args() -> argparse.Namespace:

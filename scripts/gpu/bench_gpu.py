@@ -1,6 +1,6 @@
 """GPU selection and merge speed against baselines measured in the same run (CUDA events).
 
-    python scripts/bench_gpu.py [--numel N] [--density RHO]
+    python scripts/gpu/bench_gpu.py [--numel N] [--density RHO]
 
 Default: ResNet-50's gradient (25,557,032 float32), rho = 0.001. Prints medians and the
 ratios the GPU issue targets: select_topk vs torch.topk(|x|, k) and vs one read of x
