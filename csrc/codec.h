@@ -11,12 +11,17 @@
 // after scaling by a power of two 2^s chosen per message so that the largest magnitude
 // lands near float16's top (no underflow of small gradients; the scaling itself is exact).
 // Decoding gives float32. NaN stays NaN (canonical quiet), infinities stay infinite.
+//
+// A payload (what follows a message's header) is the indices (raw, or packed gaps) then the
+// values (raw in their dtype, or 16-bit per ValueCode); encode_payload / decode_payload below
+// are the whole value side of the wire, exported to Python once (_C.ValueCode, _C.encode_entries).
 #pragma once
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 #include "numeric.h"
 
@@ -163,6 +168,97 @@ inline void encode_fp16(const float* v, size_t n, int scale, uint16_t* out) {
 inline void decode_fp16(const uint16_t* in, size_t n, int scale, float* out) {
   const float down = std::ldexp(1.0f, -scale);
   for (size_t j = 0; j < n; ++j) out[j] = static_cast<float>(Num<half_t>::from_bits(in[j])) * down;
+}
+
+// ---- payloads -------------------------------------------------------------------------
+
+// How a message's values travel (the header's value_code). The 16-bit codes take float32 values.
+enum class ValueCode : int { kRaw = 0, kBF16 = 1, kFP16 = 2 };
+
+inline size_t wire_value_bytes(ValueCode code, size_t itemsize) { return code == ValueCode::kRaw ? itemsize : 2; }
+
+struct PayloadLayout {
+  size_t index_bytes = 0;  // the bytes of the index part
+  bool packed = false;     // indices as packed gaps (else raw)
+  int scale = 0;           // kFP16: values travel as v * 2^scale
+};
+
+// The most bytes encode_payload writes for n entries of an index type of isize bytes.
+inline size_t max_payload_bytes(size_t n, size_t isize, size_t vsize) {
+  const size_t raw = n * isize, packed = max_packed_bytes(n);
+  return (raw > packed ? raw : packed) + n * vsize;
+}
+
+// Writes the payload of n entries (idx ascending; val: n values of itemsize bytes, float32 for
+// the 16-bit codes) to out (max_payload_bytes); pack: 1 packed, 0 raw, -1 whichever is
+// smaller. back and err (n floats each, or null): the float32 values the receiver will decode
+// and the rounding errors val - back (0 where not finite: an infinity or NaN travels as
+// itself); only for a 16-bit code. Returns the layout; the payload is index_bytes +
+// n * wire_value_bytes(code, itemsize) bytes.
+template <class I>
+PayloadLayout encode_payload(const I* idx, const void* val, size_t n, size_t itemsize, ValueCode code, int pack,
+                             uint8_t* out, float* back, float* err) {
+  PayloadLayout l;
+  const size_t raw_ibytes = n * sizeof(I);
+  l.index_bytes = raw_ibytes;
+  if (pack != 0) {
+    const size_t pb = encode_indices(idx, n, out);
+    l.packed = pack == 1 || pb < raw_ibytes;
+    if (l.packed) l.index_bytes = pb;
+  }
+  if (!l.packed) std::memcpy(out, idx, raw_ibytes);
+  uint8_t* vo = out + l.index_bytes;
+  if (code == ValueCode::kRaw) {
+    std::memcpy(vo, val, n * itemsize);
+    return l;
+  }
+  const float* vf = static_cast<const float*>(val);
+  std::vector<uint16_t> hv(n);
+  if (code == ValueCode::kBF16) {
+    for (size_t j = 0; j < n; ++j) hv[j] = to_bf16(vf[j]);
+    if (back)
+      for (size_t j = 0; j < n; ++j) back[j] = from_bf16(hv[j]);
+  } else {
+    l.scale = fp16_scale(vf, n);
+    encode_fp16(vf, n, l.scale, hv.data());
+    if (back) decode_fp16(hv.data(), n, l.scale, back);
+  }
+  std::memcpy(vo, hv.data(), 2 * n);
+  if (back)
+    for (size_t j = 0; j < n; ++j) {
+      const float e = vf[j] - back[j];
+      err[j] = std::isfinite(e) ? e : 0.0f;
+    }
+  return l;
+}
+
+// The inverse, from a payload of `have` bytes holding exactly these n entries plus `tail`
+// bytes: idx (n, each < limit), and the values: raw (n * itemsize bytes) for kRaw, else
+// float32 vals. Throws std::invalid_argument on a size that does not match the layout or
+// malformed packed indices.
+template <class I>
+void decode_payload(const uint8_t* in, size_t have, size_t n, const PayloadLayout& l, size_t itemsize,
+                    ValueCode code, uint64_t limit, size_t tail, I* idx, uint8_t* raw, float* vals) {
+  const size_t vsize = wire_value_bytes(code, itemsize);
+  if ((!l.packed && l.index_bytes != n * sizeof(I)) || have != l.index_bytes + n * vsize + tail)
+    throw std::invalid_argument("message size does not match its header");
+  if (l.packed) {
+    decode_indices(in, l.index_bytes, n, limit, idx);
+  } else {
+    std::memcpy(idx, in, l.index_bytes);
+  }
+  const uint8_t* vi = in + l.index_bytes;
+  if (code == ValueCode::kRaw) {
+    std::memcpy(raw, vi, n * vsize);
+    return;
+  }
+  std::vector<uint16_t> h(n);
+  std::memcpy(h.data(), vi, 2 * n);
+  if (code == ValueCode::kBF16) {
+    for (size_t j = 0; j < n; ++j) vals[j] = from_bf16(h[j]);
+  } else {
+    decode_fp16(h.data(), n, l.scale, vals);
+  }
 }
 
 }  // namespace gtopk

@@ -55,6 +55,27 @@ inline MergeForm merge_form() {
   return MergeForm::kScalar;
 }
 
+// The one ISA dispatch: f(Isa{}) with the kernel set of `form` (avx512::Isa, avx2::Isa: each
+// with merge_topk<kTags> and add_record_errors for float32 / int32), then true; false for
+// kScalar or a form this build lacks (the caller runs its scalar form).
+template <class F>
+bool with_simd(MergeForm form, F&& f) {
+#ifdef GTOPK_HAVE_AVX512_MERGE
+  if (form == MergeForm::kAvx512) {
+    f(avx512::Isa{});
+    return true;
+  }
+#endif
+#ifdef GTOPK_HAVE_AVX2_MERGE
+  if (form == MergeForm::kAvx2) {
+    f(avx2::Isa{});
+    return true;
+  }
+#endif
+  (void)form, (void)f;
+  return false;
+}
+
 // merge_form() for two ascending int32 index lists, or kScalar when an index falls outside
 // [0, 2^31 - 1) (the SIMD forms' keys are index << 1 | side, below 2^32 - 2).
 inline MergeForm merge_form_for(const int32_t* a, size_t na, const int32_t* b, size_t nb) {
@@ -211,17 +232,16 @@ size_t merge_topk(const I* ia, const T* va, const uint32_t* ta, size_t na, const
     if (!pta) pta = zeros.data();
     if (!ptb) ptb = zeros.data();
   }
-#ifdef GTOPK_HAVE_AVX512_MERGE
   if constexpr (std::is_same_v<T, float> && std::is_same_v<I, int32_t>) {
-    const MergeForm form = merge_form_for(ia, na, ib, nb);
-    if (form == MergeForm::kAvx512)
-      return tagged ? avx512::merge_topk<true>(ia, va, pta, na, ib, vb, ptb, nb, k, out_idx, out_val, out_tag)
-                    : avx512::merge_topk<false>(ia, va, nullptr, na, ib, vb, nullptr, nb, k, out_idx, out_val, nullptr);
-    if (form == MergeForm::kAvx2)
-      return tagged ? avx2::merge_topk<true>(ia, va, pta, na, ib, vb, ptb, nb, k, out_idx, out_val, out_tag)
-                    : avx2::merge_topk<false>(ia, va, nullptr, na, ib, vb, nullptr, nb, k, out_idx, out_val, nullptr);
+    size_t written = 0;
+    if (with_simd(merge_form_for(ia, na, ib, nb), [&](auto isa) {
+          using K = decltype(isa);
+          written = tagged ? K::template merge_topk<true>(ia, va, pta, na, ib, vb, ptb, nb, k, out_idx, out_val, out_tag)
+                           : K::template merge_topk<false>(ia, va, nullptr, na, ib, vb, nullptr, nb, k, out_idx,
+                                                           out_val, nullptr);
+        }))
+      return written;
   }
-#endif
   thread_local MergeScratch<T, I> s;
   s.idx.resize(na + nb);
   s.val.resize(na + nb);

@@ -307,7 +307,7 @@ size_t merge_topk(const int32_t* ia, const float* va, const uint32_t* ta, size_t
   return merge_with<kTags>(kKernels<kTags>, ia, va, ta, na, ib, vb, tb, nb, k, out_idx, out_val, out_tag);
 }
 
-// Error feedback's record lookup (module.cpp's settle): r[i] += err[j] for every index i of
+// Error feedback's record lookup (settle.h): r[i] += err[j] for every index i of
 // `marked` (ascending), where j is i's position in `rec` (ascending); false if some marked index
 // is not in rec. The two lists merged by the network (rec side 0, marked side 1): a marked key
 // right after the rec key of the same index is a match, and that rec key's position is the
@@ -345,6 +345,20 @@ GTOPK_AVX512 inline bool add_record_errors(const int32_t* marked, size_t nm, con
   }
   return !lost;
 }
+
+// This form's kernels, for merge.h's with_simd (the one ISA dispatch).
+struct Isa {
+  template <bool kTags>
+  static size_t merge_topk(const int32_t* ia, const float* va, const uint32_t* ta, size_t na, const int32_t* ib,
+                           const float* vb, const uint32_t* tb, size_t nb, size_t k, int32_t* out_idx, float* out_val,
+                           uint32_t* out_tag) {
+    return avx512::merge_topk<kTags>(ia, va, ta, na, ib, vb, tb, nb, k, out_idx, out_val, out_tag);
+  }
+  static bool add_record_errors(const int32_t* marked, size_t nm, const int32_t* rec, const float* err, size_t nr,
+                                float* r) {
+    return avx512::add_record_errors(marked, nm, rec, err, nr, r);
+  }
+};
 
 }  // namespace gtopk::avx512
 #endif

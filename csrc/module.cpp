@@ -1,5 +1,6 @@
-// gtopk_mpi._C: NumPy bindings of the CPU kernels (selection, merge with survivor tags, settle, the wire
-// codec) and the C entry points of the CUDA kernels.
+// gtopk_mpi._C: NumPy bindings of the CPU kernels (selection: select.h, merge with tags: merge.h,
+// settle: settle.h, the wire's payloads: codec.h) and the C entry points of the CUDA kernels.
+// Bindings only marshal: check and convert arrays, release the GIL, call the header's function.
 // Every kernel releases the GIL; results are returned as NumPy arrays that own the
 // kernel's buffers (no copy).
 #include <pybind11/numpy.h>
@@ -21,6 +22,7 @@
 #include "merge.h"
 #include "select.h"
 #include "select_plan.h"
+#include "settle.h"
 #ifdef GTOPK_WITH_CUDA
 #include "cuda_api.h"
 #endif
@@ -170,14 +172,13 @@ py::tuple merge_topk(const py::array& ia, const py::array& va, const py::array& 
 }
 
 // ---- wire codecs (codec.h) ----------------------------------------------------------------
-enum ValueCode : int { kRawValues = 0, kBF16 = 1, kFP16 = 2 };
+gtopk::ValueCode value_code_of(int code) {
+  if (code < 0 || code > static_cast<int>(gtopk::ValueCode::kFP16))
+    throw py::value_error("value_code: expected 0 (raw), 1 (bf16) or 2 (fp16), got " + std::to_string(code));
+  return static_cast<gtopk::ValueCode>(code);
+}
 
-// payload = indices (raw, or packed gaps) | values (raw, or 16-bit per value_code).
-// pack: 1 packed, 0 raw, -1 whichever is smaller. With `rounded` (a lossy value_code), also
-// the float32 values the receiver will decode (what both partners of a round must merge)
-// and the rounding errors values - decoded (0 where not finite: an infinity or NaN
-// travels as itself). Returns (payload uint8, index_bytes, scale, packed, decoded or None,
-// errors or None).
+// Returns (payload uint8, index_bytes, scale, packed, decoded or None, errors or None): see codec.h.
 py::tuple encode_entries(const py::array& idx, const py::array& val, int value_code, int pack, bool rounded) {
   check_1d_contiguous(idx, "indices");
   check_1d_contiguous(val, "values");
@@ -185,111 +186,60 @@ py::tuple encode_entries(const py::array& idx, const py::array& val, int value_c
   if (static_cast<size_t>(val.size()) != n) throw py::value_error("indices and values differ in length");
   const int inum = idx.dtype().num();
   if (inum != kNpyInt32 && inum != kNpyInt64) throw py::value_error("indices must be int32 or int64");
-  if (value_code != kRawValues && val.dtype().num() != kNpyFloat)
+  const gtopk::ValueCode code = value_code_of(value_code);
+  if (code != gtopk::ValueCode::kRaw && val.dtype().num() != kNpyFloat)
     throw py::value_error("16-bit wire values are encoded from float32 values");
-  const size_t vbytes = value_code == kRawValues ? n * static_cast<size_t>(val.itemsize()) : 2 * n;
-  const size_t raw_ibytes = n * static_cast<size_t>(idx.itemsize());
-  thread_local std::vector<uint8_t> scratch;  // the packed indices, until their size is known
-  std::vector<uint8_t> out;
-  std::vector<float> back(rounded && value_code != kRawValues ? n : 0), err(back.size());
-  size_t ibytes = raw_ibytes;
-  bool packed = false;
-  int scale = 0;
+  const size_t itemsize = static_cast<size_t>(val.itemsize());
+  std::vector<uint8_t> out(gtopk::max_payload_bytes(n, static_cast<size_t>(idx.itemsize()),
+                                                    gtopk::wire_value_bytes(code, itemsize)));
+  std::vector<float> back(rounded && code != gtopk::ValueCode::kRaw ? n : 0), err(back.size());
+  gtopk::PayloadLayout l;
   {
     py::gil_scoped_release nogil;
-    if (pack != 0) {
-      scratch.resize(gtopk::max_packed_bytes(n));
-      const size_t pb = inum == kNpyInt32
-                            ? gtopk::encode_indices(static_cast<const int32_t*>(idx.data()), n, scratch.data())
-                            : gtopk::encode_indices(static_cast<const int64_t*>(idx.data()), n, scratch.data());
-      packed = pack == 1 || pb < raw_ibytes;
-      if (packed) ibytes = pb;
-    }
-    out.resize(ibytes + vbytes);
-    std::memcpy(out.data(), packed ? scratch.data() : idx.data(), ibytes);
-    uint8_t* vo = out.data() + ibytes;
-    const float* vf = static_cast<const float*>(val.data());
-    if (value_code == kRawValues) {
-      std::memcpy(vo, val.data(), vbytes);
-    } else {
-      std::vector<uint16_t> hv(n);
-      if (value_code == kBF16) {
-        for (size_t j = 0; j < n; ++j) hv[j] = gtopk::to_bf16(vf[j]);
-        if (!back.empty())
-          for (size_t j = 0; j < n; ++j) back[j] = gtopk::from_bf16(hv[j]);
-      } else {
-        scale = gtopk::fp16_scale(vf, n);
-        gtopk::encode_fp16(vf, n, scale, hv.data());
-        if (!back.empty()) gtopk::decode_fp16(hv.data(), n, scale, back.data());
-      }
-      std::memcpy(vo, hv.data(), 2 * n);
-      for (size_t j = 0; j < back.size(); ++j) {
-        const float e = vf[j] - back[j];
-        err[j] = std::isfinite(e) ? e : 0.0f;
-      }
-    }
+    float* pb = back.empty() ? nullptr : back.data();
+    float* pe = back.empty() ? nullptr : err.data();
+    l = inum == kNpyInt32 ? gtopk::encode_payload(static_cast<const int32_t*>(idx.data()), val.data(), n, itemsize,
+                                                  code, pack, out.data(), pb, pe)
+                          : gtopk::encode_payload(static_cast<const int64_t*>(idx.data()), val.data(), n, itemsize,
+                                                  code, pack, out.data(), pb, pe);
   }
-  if (back.empty()) return py::make_tuple(own(std::move(out)), ibytes, scale, packed, py::none(), py::none());
-  return py::make_tuple(own(std::move(out)), ibytes, scale, packed, own(std::move(back)), own(std::move(err)));
+  out.resize(l.index_bytes + n * gtopk::wire_value_bytes(code, itemsize));
+  if (back.empty()) return py::make_tuple(own(std::move(out)), l.index_bytes, l.scale, l.packed, py::none(), py::none());
+  return py::make_tuple(own(std::move(out)), l.index_bytes, l.scale, l.packed, own(std::move(back)),
+                        own(std::move(err)));
 }
 
-// The inverse: (indices, values: float32 for 16-bit codes, else `dtype`). Indices (packed
-// when `packed`) must be < limit; the body holds exactly these entries plus `tail` bytes.
+// The inverse: (indices, values: float32 for 16-bit codes, else `dtype`); see codec.h.
 py::tuple decode_entries(const py::array& body, size_t n, bool packed, size_t index_bytes, bool idx64, int value_code,
                          int scale, const py::dtype& dtype, uint64_t limit, size_t tail) {
   check_1d_contiguous(body, "body");
-  const size_t isize = idx64 ? 8 : 4;
-  const size_t vsize = value_code == kRawValues ? static_cast<size_t>(dtype.itemsize()) : 2;
+  const gtopk::ValueCode code = value_code_of(value_code);
+  const size_t itemsize = static_cast<size_t>(dtype.itemsize());
   const size_t have = static_cast<size_t>(body.size()) * static_cast<size_t>(body.itemsize());
-  if ((!packed && index_bytes != n * isize) || have != index_bytes + n * vsize + tail)
-    throw py::value_error("message size does not match its header");
-  const uint8_t* in = static_cast<const uint8_t*>(body.data());
+  const gtopk::PayloadLayout l{index_bytes, packed, scale};
   std::vector<int64_t> idx64v(idx64 ? n : 0);
   std::vector<int32_t> idx32v(idx64 ? 0 : n);
-  std::vector<uint8_t> raw(value_code == kRawValues ? n * vsize : 0);
-  std::vector<float> vals(value_code == kRawValues ? 0 : n);
+  std::vector<uint8_t> raw(code == gtopk::ValueCode::kRaw ? n * itemsize : 0);
+  std::vector<float> vals(code == gtopk::ValueCode::kRaw ? 0 : n);
   {
     py::gil_scoped_release nogil;
-    if (packed && idx64) {
-      gtopk::decode_indices(in, index_bytes, n, limit, idx64v.data());
-    } else if (packed) {
-      gtopk::decode_indices(in, index_bytes, n, limit, idx32v.data());
+    const auto* in = static_cast<const uint8_t*>(body.data());
+    if (idx64) {
+      gtopk::decode_payload(in, have, n, l, itemsize, code, limit, tail, idx64v.data(), raw.data(), vals.data());
     } else {
-      std::memcpy(idx64 ? static_cast<void*>(idx64v.data()) : static_cast<void*>(idx32v.data()), in, index_bytes);
-    }
-    const uint8_t* vi = in + index_bytes;
-    if (value_code == kRawValues) {
-      std::memcpy(raw.data(), vi, n * vsize);
-    } else {
-      std::vector<uint16_t> h(n);
-      std::memcpy(h.data(), vi, 2 * n);
-      if (value_code == kBF16) {
-        for (size_t j = 0; j < n; ++j) vals[j] = gtopk::from_bf16(h[j]);
-      } else {
-        gtopk::decode_fp16(h.data(), n, scale, vals.data());
-      }
+      gtopk::decode_payload(in, have, n, l, itemsize, code, limit, tail, idx32v.data(), raw.data(), vals.data());
     }
   }
   py::object idx = idx64 ? own(std::move(idx64v)) : own(std::move(idx32v));
-  py::object val = value_code == kRawValues ? own(std::move(raw)).attr("view")(dtype) : own(std::move(vals));
+  py::object val = code == gtopk::ValueCode::kRaw ? own(std::move(raw)).attr("view")(dtype) : own(std::move(vals));
   return py::make_tuple(idx, val);
 }
 
-// ---- error feedback after an exchange ---------------------------------------------------
-// residual[i] = 0 for the entries (idx, tags) holding `own` (this rank's contribution the
-// result carries), then residual[i] += err for each (bit, idx_r, err_r) in `errors`, in
-// order, at the entries holding `bit` (the rounding errors this rank owns that reached the
-// result; idx_r ascending and containing them). Returns the carried indices.
+// ---- error feedback after an exchange (settle.h) ------------------------------------------
 template <class T, class I>
 py::array settle_typed(py::array& residual, const py::array& idx, const py::array& tags, uint32_t own_bit,
                        const py::list& errors) {
-  struct Record {
-    uint32_t bit;
-    const I* idx;
-    const T* err;
-    size_t n;
-  };
-  std::vector<Record> recs;
+  std::vector<gtopk::ErrorRecord<T, I>> recs;
   for (const auto& item : errors) {
     const py::tuple rec = item.cast<py::tuple>();
     const py::array ir = rec[1].cast<py::array>();
@@ -299,66 +249,15 @@ py::array settle_typed(py::array& residual, const py::array& idx, const py::arra
     recs.push_back({rec[0].cast<uint32_t>(), static_cast<const I*>(ir.data()), static_cast<const T*>(er.data()),
                     static_cast<size_t>(ir.size())});
   }
-  T* r = static_cast<T*>(residual.mutable_data());
-  const I* ix = static_cast<const I*>(idx.data());
-  const uint32_t* tg = static_cast<const uint32_t*>(tags.data());
-  const size_t n = static_cast<size_t>(idx.size());
-  std::vector<I> carried(n);
-  bool missing = false;
+  std::vector<I> carried;
+  bool ok;
   {
     py::gil_scoped_release nogil;
-    // Clear what the result carries (which entries do is data, not a pattern: no branch),
-    // collecting their indices; then each record's errors, in order, where its bit is set.
-    using B = gtopk::key_of<T>;
-    size_t c = 0;
-    for (size_t j = 0; j < n; ++j) {
-      const I i = ix[j];
-      const bool mine = (tg[j] & own_bit) != 0;
-      const B keep = static_cast<B>(B{0} - static_cast<B>(!mine));
-      r[i] = gtopk::Num<T>::from_bits(static_cast<B>(gtopk::Num<T>::bits(r[i]) & keep));
-      carried[c] = i;
-      c += mine;
-    }
-    carried.resize(c);
-    // Each record: the set's indices holding its bit, compacted (no branch on the tags,
-    // which are data), then a two-pointer walk over them and the record's indices (both
-    // ascending): r[i] + error goes to r[i] where they match, else to a dummy.
-    thread_local std::vector<I> marked;
-    marked.resize(n);
-    for (const Record& rec : recs) {
-      size_t nm = 0;
-      for (size_t j = 0; j < n; ++j) {
-        marked[nm] = ix[j];
-        nm += (tg[j] & rec.bit) != 0;
-      }
-#ifdef GTOPK_HAVE_AVX512_MERGE
-      if constexpr (std::is_same_v<T, float> && std::is_same_v<I, int32_t>) {
-        const gtopk::MergeForm form = gtopk::merge_form_for(marked.data(), nm, rec.idx, rec.n);
-        if (form == gtopk::MergeForm::kAvx512) {
-          missing |= !gtopk::avx512::add_record_errors(marked.data(), nm, rec.idx, rec.err, rec.n, r);
-          continue;
-        }
-        if (form == gtopk::MergeForm::kAvx2) {
-          missing |= !gtopk::avx2::add_record_errors(marked.data(), nm, rec.idx, rec.err, rec.n, r);
-          continue;
-        }
-      }
-#endif
-      size_t j = 0, at = 0;
-      bool lost = false;  // a marked index the record has no error for
-      T dummy;
-      while (j < nm && at < rec.n) {
-        const I i = marked[j], q = rec.idx[at];
-        lost |= i < q;
-        T* dst = i == q ? r + i : &dummy;
-        *dst = gtopk::Num<T>::add(r[i], rec.err[at]);
-        j += i <= q;
-        at += q <= i;
-      }
-      missing |= lost || j < nm;
-    }
+    ok = gtopk::settle<T, I>(static_cast<T*>(residual.mutable_data()), static_cast<const I*>(idx.data()),
+                             static_cast<const uint32_t*>(tags.data()), static_cast<size_t>(idx.size()), own_bit,
+                             recs.data(), recs.size(), carried);
   }
-  if (missing) throw py::value_error("settle: a tagged entry has no error record");
+  if (!ok) throw py::value_error("settle: a tagged entry has no error record");
   return own(std::move(carried));
 }
 
@@ -481,6 +380,10 @@ PYBIND11_MODULE(_C, mod) {
       .value("int32", DType::kInt32)
       .value("int64", DType::kInt64)
       .value("bfloat16", DType::kBFloat16);
+  py::enum_<gtopk::ValueCode>(mod, "ValueCode", "How a message's values travel (header value_code; csrc/codec.h).")
+      .value("raw", gtopk::ValueCode::kRaw)
+      .value("bf16", gtopk::ValueCode::kBF16)
+      .value("fp16", gtopk::ValueCode::kFP16);
   mod.def("select_topk", &select_topk, py::arg("x"), py::arg("k"), py::arg("threads") = 1,
           "Exact top-min(k, len(x)) of a 1-D float16/32/64 array by |value| (NaN first, ties to the lower index).\n"
           "Returns (indices ascending: int32 if len(x) < 2**31 else int64, values).");

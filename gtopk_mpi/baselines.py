@@ -86,7 +86,7 @@ def topk_allreduce(x: Any, k: int | None = None, density: float | None = None, a
         sets, p = side.space, link.size
         with stats.phase("merge"):  # the whole k-set as one message, values rounded as the others decode them
             msg, _, errors = wire_format.encode(sets, side.header, side.idx, side.val, side.code,
-                                                rounded=side.code != 0, packing=side.pack)
+                                                rounded=side.code != wire_format.RAW_VALUES, packing=side.pack)
         with stats.phase("comm"):  # ranks sharing hosts: through the hosts (one copy per port)
             gathered, sizes = (side.layout.tree() if side.layout.hierarchical else link).allgather(msg, sets.empty)
         stats.bytes_sent, stats.bytes_received = (p - 1) * len(msg), sum(sizes) - len(msg)

@@ -120,8 +120,8 @@ class Butterfly:
             return self.space.ready(wire.pack(self.space, self.header))
         code = self.code if code is None else code
         self.stats.entries_sent += len(self.idx)
-        buf, rounded, errors = wire.encode(self.space, self.header, self.idx, self.val, code, tail, code != 0,
-                                           self.pack if pack is None else pack)
+        buf, rounded, errors = wire.encode(self.space, self.header, self.idx, self.val, code, tail,
+                                           code != wire.RAW_VALUES, self.pack if pack is None else pack)
         if rounded is not None:
             if owner_bit:
                 self.errors.append((owner_bit, self.idx, errors))

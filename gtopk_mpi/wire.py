@@ -51,7 +51,7 @@ HEADER = np.dtype(
         ("op", "u1"),            # OPS: which collective
         ("align", "u1"),         # align=True (benchmarks): an agreement pass before the data
         ("wire", "u1"),          # WIRES: the value encoding the call asked for
-        ("value_code", "u1"),    # this message's values: 0 raw, 1 bfloat16, 2 float16 scaled by 2^scale
+        ("value_code", "u1"),    # VALUE_CODES: this message's values: raw, bfloat16, float16 scaled by 2^scale
         ("packed", "u1"),        # this message's indices: 0 raw, 1 packed gaps
         ("scale", "i1"),
         ("schedule", "u1"),      # SCHEDULES: flat or hierarchical (topology.py)
@@ -66,11 +66,18 @@ WIRES = {"fp32": 0, "bf16": 1, "fp16": 2, "raw": 3}  # raw: int32/int64 indices 
 SCHEDULES = {"flat": 0, "hierarchical": 1}
 
 
+#: a message's value codes (the header's value_code), as csrc/codec.h defines them: raw, bf16, fp16
+VALUE_CODES = {name: int(code) for name, code in _C.ValueCode.__members__.items()}
+RAW_VALUES = VALUE_CODES["raw"]
+_WIRE_NAMES = {code: name for name, code in WIRES.items()}
+
+
 def codes(wire_code: int, dtype: str) -> tuple[int, int]:
     """(value code, index packing: -1 whichever is smaller, 0 raw) of a data message of a call
     with this wire code: 16-bit values only for float32 vectors."""
-    value = wire_code if wire_code in (1, 2) and dtype == "float32" else 0
-    return value, 0 if wire_code == WIRES["raw"] else -1
+    name = _WIRE_NAMES.get(wire_code, "")
+    value = VALUE_CODES.get(name, RAW_VALUES) if dtype == "float32" else RAW_VALUES
+    return value, 0 if name == "raw" else -1
 
 
 def dtype_code(name: str | None) -> int:

@@ -12,7 +12,7 @@ from gtopk_mpi import _C
 
 import reference as ref
 
-RAW, BF16, FP16 = 0, 1, 2
+RAW, BF16, FP16 = (int(_C.ValueCode.__members__[n]) for n in ("raw", "bf16", "fp16"))
 
 
 def roundtrip(idx: np.ndarray, val: np.ndarray, code: int, limit: int, pack: int = -1):
