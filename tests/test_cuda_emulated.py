@@ -235,15 +235,18 @@ def test_emulator_reports_a_divergent_barrier_instead_of_hanging():
 
 # ------------------------------------------------------------------ the collectives (gtopk_mpi/cuda.py)
 
-@pytest.mark.parametrize("ranks,m", [(2, LARGE), (3, 200_000)])  # 3: a rank folds in and out
+@pytest.mark.parametrize("ranks", [2, 3])  # 3: a rank folds in and out
 @pytest.mark.parametrize("kernels", ["emulator", "torch"])
-def test_cuda_collectives_on_the_emulator(ranks, m, kernels):
+def test_cuda_collectives_on_the_emulator(ranks, kernels):
     """gtopk_mpi/cuda.py's collectives on the stand-in device (CPU tensors; the CUDA kernels on
     the emulator, or torch's operations) equal the CPU collectives, with the k pairs staged
     through host memory and with device buffers handed to MPI; with torch's operations also
-    the torch front end (hvd.allreduce, the optimizer, the DDP hook)."""
+    the torch front end (hvd.allreduce, the optimizer, the DDP hook). 200,000 entries: the
+    kernels' sampled path at LARGE is held by the selection and fused tests above (one process,
+    bit for bit), so the collectives' plumbing need not pay the emulator for it again (on a GPU,
+    scripts/gpu_check.sh runs this check at the default GTOPK_TEST_M, above LARGE)."""
     proc = run(ranks, ["tests/programs/cuda_collective_check.py"], timeout=300,
-               env={"GTOPK_TEST_DEVICE_KERNELS": kernels, "GTOPK_TEST_M": str(m)})
+               env={"GTOPK_TEST_DEVICE_KERNELS": kernels, "GTOPK_TEST_M": "200000"})
     assert proc.returncode == 0 and "CUDA COLLECTIVE OK" in proc.stdout, proc.stdout + proc.stderr
 
 
