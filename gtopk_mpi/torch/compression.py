@@ -113,6 +113,12 @@ class SparseCompressor:
         return f"{self.algorithm}(density={self.density!r}, values={self.values}, wire={self.wire}{floor})"
 
 
+def description(compressor) -> str:
+    """What a request's ``compression`` field says of ``compressor``: "none" for
+    Compression.none, else its describe()."""
+    return "none" if compressor is NoneCompressor else compressor.describe()
+
+
 def from_description(text: str):
     """The compressor a request's ``compression`` field names (what describe() wrote), for
     a rank that stands in for an op it did not submit; ValueError for one it cannot rebuild."""

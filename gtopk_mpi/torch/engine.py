@@ -74,6 +74,11 @@ from .timeline import Timeline
 log = logging.getLogger(__name__)
 
 
+def no_run(link: Any, reqs: list[Request]) -> None:
+    """The work function of an op with nothing to run (barrier, shutdown, a failed request)."""
+    return None
+
+
 @dataclass
 class Work:
     """One submitted op: its request, what to run once agreed, and its outcome."""
@@ -184,7 +189,7 @@ class Engine:
     def stop(self) -> list[Any]:
         """Collective: every rank's engine runs a SHUTDOWN op, then its thread ends (at once
         when a rank has left the job). Returns the transports for the caller to release."""
-        work = self.submit(Work(requests.shutdown(), lambda link, reqs: None))
+        work = self.submit(Work(requests.shutdown(), no_run))
         if self._dead is None:
             work.wait()
         self._thread.join()

@@ -24,8 +24,8 @@ from mpi4py import MPI
 
 from .. import _C, config, failures, runtime, transport
 from . import engine, requests
-from .compression import Compression, SparseCompressor
-from .engine import Work, submit
+from .compression import Compression, SparseCompressor, description
+from .engine import Work, no_run, submit
 from .process_sets import ProcessSet, global_process_set, members_of, root_index
 from .reduction import OP_NAMES, Adasum, Average, Sum, average, from_host_bits, host_bits, reduce_flat, scale
 from .requests import BROADCAST_DTYPES, DTYPE_NAMES, OpType, Request
@@ -298,9 +298,8 @@ def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, p
         y, _ = reduce_flat(link, snapshot.reshape(-1), op, compression, prescale, postscale)
         return y.reshape(tensor.shape).to(dtype=tensor.dtype)
 
-    described = compression.describe() if sparse or compression is not Compression.none else "none"
-    return Work(requests.allreduce(name, tensor, OP_NAMES[op], prescale, postscale, described, group=group,
-                                   process_set=set_id), run)
+    return Work(requests.allreduce(name, tensor, OP_NAMES[op], prescale, postscale, description(compression),
+                                   group=group, process_set=set_id), run)
 
 
 def _submit_allreduces(fn: str, tensors: Sequence[torch.Tensor], name: str | None, grouped: bool,
@@ -633,11 +632,11 @@ def alltoall_async(tensor: torch.Tensor, splits=None, name: str | None = None,
     """Start an alltoall: rows splits[j] of ``tensor`` (dim 0, in order) go to member j (None:
     equal parts); synchronize() returns (rows received from every member, concatenated in
     member order; the int32 tensor of received row counts)."""
-    def prepare() -> WorkOf:
+    def work_of(t: torch.Tensor, n: str, group: int, set_id: int) -> Work:  # after the tensor checks, as Horovod
         rows = None if splits is None else [int(s) for s in torch.as_tensor(splits).reshape(-1).tolist()]
-        return lambda t, n, group, set_id: _alltoall_work(t, rows, n, set_id)
+        return _alltoall_work(t, rows, n, set_id)
 
-    works = submit_op(OpType.ALLTOALL, [tensor], name, False, process_set, prepare, BROADCAST_DTYPES)
+    works = submit_op(OpType.ALLTOALL, [tensor], name, False, process_set, lambda: work_of, BROADCAST_DTYPES)
     return _new_handle(works, lambda r: r[0])
 
 
@@ -699,9 +698,8 @@ def _reducescatter_work(tensor: torch.Tensor, name: str, op: int, prescale: floa
             y = average(y, link.size)
         return scale(y, postscale).to(tensor.dtype).reshape((rows[link.rank], *shape[1:])).to(tensor.device)
 
-    described = "none" if compression is Compression.none else compression.describe()
-    return Work(requests.reducescatter(name, tensor, OP_NAMES[op], prescale, postscale, described, group=group,
-                                       process_set=set_id), run)
+    return Work(requests.reducescatter(name, tensor, OP_NAMES[op], prescale, postscale, description(compression),
+                                       group=group, process_set=set_id), run)
 
 
 def _submit_reducescatters(tensors: Sequence[torch.Tensor], name: str | None, grouped: bool, op: int | None,
@@ -790,14 +788,10 @@ def grouped_reducescatter(tensors: Sequence[torch.Tensor], name: str | None = No
 # -------------------------------------------------------------------------------- barrier, join
 
 
-def _nothing(link: Any, reqs: list[Request]) -> None:
-    return None
-
-
 def barrier(process_set: ProcessSet = global_process_set) -> None:
     """Block until every member has called barrier()."""
     submit_op(OpType.BARRIER, [None], None, False, process_set,
-              lambda: lambda t, n, group, set_id: Work(requests.barrier(n, process_set=set_id), _nothing))[0].wait()
+              lambda: lambda t, n, group, set_id: Work(requests.barrier(n, process_set=set_id), no_run))[0].wait()
 
 
 def join(device: int = -1) -> int:

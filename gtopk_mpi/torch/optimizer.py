@@ -52,7 +52,7 @@ import torch
 
 from .. import config
 from . import requests
-from .compression import Compression, SparseCompressor
+from .compression import Compression, SparseCompressor, description
 from .density import min_k
 from .engine import Work, submit
 from .error_feedback import KINDS, ErrorFeedback, Layout
@@ -207,9 +207,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             self._timings["communication"] += stats.comm_s
             return y
 
-        describe = comp.with_density(ef.current_density()).describe() if ef else (
-            "none" if comp is Compression.none else comp.describe())
-        req = requests.allreduce(bucket.name, flat, OP_NAMES[self._op], self._prescale, self._postscale, describe,
+        described = description(comp.with_density(ef.current_density()) if ef else comp)
+        req = requests.allreduce(bucket.name, flat, OP_NAMES[self._op], self._prescale, self._postscale, described,
                                  process_set=self._set_id)
         bucket.work = submit(Work(req, run))
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from . import engine, requests
-from .engine import Work
+from .engine import Work, no_run
 from .process_sets import ProcessSet, member_set_id
 from .requests import OpType, Request
 
@@ -70,8 +70,8 @@ def submit_checked(op_type: OpType, names: list[str], build: Callable[[], list[W
     try:
         works = build()
     except (ValueError, NotImplementedError) as e:
-        works = [Work(requests.failed(n, op_type, e, eng.link.rank, group=group, process_set=process_set),
-                      lambda link, reqs: None) for n in names]
+        works = [Work(requests.failed(n, op_type, e, eng.link.rank, group=group, process_set=process_set), no_run)
+                 for n in names]
     return [eng.submit(w) for w in works]
 
 

@@ -42,6 +42,8 @@ class Timeline:
 
     def record(self, request: Request, submitted: float, started: float, ended: float) -> None:
         """One op's spans; times from time.monotonic(). SHUTDOWN closes the trace."""
+        if self._file is None:  # no trace open (the common case): no lock on the engine thread
+            return
         with self._lock:
             if self._file is None:
                 return
