@@ -349,15 +349,8 @@ GTOPK_AVX512 inline bool add_record_errors(const int32_t* marked, size_t nm, con
 // This form's kernels, for merge.h's with_simd (the one ISA dispatch).
 struct Isa {
   template <bool kTags>
-  static size_t merge_topk(const int32_t* ia, const float* va, const uint32_t* ta, size_t na, const int32_t* ib,
-                           const float* vb, const uint32_t* tb, size_t nb, size_t k, int32_t* out_idx, float* out_val,
-                           uint32_t* out_tag) {
-    return avx512::merge_topk<kTags>(ia, va, ta, na, ib, vb, tb, nb, k, out_idx, out_val, out_tag);
-  }
-  static bool add_record_errors(const int32_t* marked, size_t nm, const int32_t* rec, const float* err, size_t nr,
-                                float* r) {
-    return avx512::add_record_errors(marked, nm, rec, err, nr, r);
-  }
+  static constexpr auto merge_topk = &avx512::merge_topk<kTags>;
+  static constexpr auto add_record_errors = &avx512::add_record_errors;
 };
 
 }  // namespace gtopk::avx512
