@@ -82,3 +82,47 @@ def test_train_ddp_under_torchrun_without_mpiexec(hook, tmp_path):
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     if hook == "gtopk":
         assert float(rows[-1]["density"]) == 0.01 and float(rows[-1]["communication_s"]) > 0
+
+
+def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
+    """scripts/experiments/time_to_accuracy.py on hand-made CSVs: dense's target from the mean
+    of its seeds' finals, each run's steps to target the median over seeds (never = infinite)."""
+    np = pytest.importorskip("numpy")
+    fields = ["epoch", "steps", "test_acc", "epoch_s", "compute_s"]
+
+    def write(name, accs, epoch_s=10.0, compute_s=5.0, steps=100, kind="fmnist_convnet"):
+        with open(tmp_path / f"{kind}_{name}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            for e, acc in enumerate(accs, 1):
+                w.writerow({"epoch": e, "steps": e * steps, "test_acc": acc, "epoch_s": epoch_s,
+                            "compute_s": compute_s})
+
+    dense = {"dense": [0.85, 0.905, 0.90], "dense_seed1": [0.88, 0.91, 0.92]}
+    gtopk = {"gtopk0.001": [0.80, 0.85, 0.95], "gtopk0.001_seed1": [0.80, 0.85, 0.89],
+             "gtopk0.001_seed2": [0.93, 0.80, 0.91]}
+    topk = {"topk0.001": [0.80, 0.85, 0.89], "topk0.001_seed7": [0.80, 0.95, 0.91]}
+    for name, accs in {**dense, **gtopk, **topk}.items():
+        write(name, accs)
+    # its timing run: 150 ms a step, 50 of them compute
+    write("gtopk0.001", [0.0, 0.0], epoch_s=3.0, compute_s=1.0, steps=20, kind="fmnist_step_convnet")
+    out = tmp_path / "table.md"
+    proc = subprocess.run([sys.executable, "scripts/experiments/time_to_accuracy.py", "--models", "convnet",
+                           "--data", str(tmp_path), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    target = np.mean([a[-1] for a in dense.values()]) - 0.01
+
+    def median_steps(runs):
+        return float(np.median([next((100 * (e + 1) for e, a in enumerate(acc) if a >= target), np.inf)
+                                for acc in runs.values()]))
+
+    table = {line.split(" | ")[0].lstrip("| "): line.strip(" |").split(" | ") for line in out.read_text().splitlines()
+             if line.startswith("| ") and not line.startswith("| run")}
+    assert f"target {100 * target:.2f}%" in out.read_text()
+    row = table["gTop-k rho=0.001, library defaults"]
+    assert row[1] == "3" and row[2] == f"{100 * np.mean([a[-1] for a in gtopk.values()]):.2f}%"
+    assert median_steps(gtopk) == 300 and row[4] == "300 (epochs 3, -, 1)"
+    assert row[6:] == ["150", "50", "45 s", f"{300 * (0.05 / 50 + 0.1):.1f} s"]
+    assert np.isinf(median_steps(topk)) and table["Top-k (allgather) rho=0.001"][4] == "never"
+    assert table["dense (Horovod-style allreduce)"][4] == f"{median_steps(dense):,.0f} (epochs 2, 2)"

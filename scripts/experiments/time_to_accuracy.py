@@ -4,7 +4,9 @@ point, times each run's step time on the emulated 1 GbE cluster (P = 4).
     python scripts/experiments/time_to_accuracy.py --models convnet resnet20 --out table.md --plot plot.png
 
 Reads docs/data/fmnist_{model}_{run}.csv (10-epoch accuracy runs: cumulative steps and test
-accuracy at each epoch's end, so "steps to target" has one epoch's resolution) and
+accuracy at each epoch's end, so "steps to target" has one epoch's resolution), the same run with
+other seeds where there are some (..._seed{N}.csv: final accuracy is the seeds' mean, steps to
+target their median, dense's final the mean of its seeds) and
 docs/data/fmnist_step_{model}_{run}.csv (the same run's second epoch on the emulated cluster, in
 the steady state: compression at the target density). Columns:
 
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
+import statistics
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "docs" / "data"
@@ -58,29 +62,43 @@ def step_time(path: Path) -> tuple[float, float]:
     return float(last["epoch_s"]) / n, float(last["compute_s"]) / n
 
 
-def table(model: str, speedup: float) -> tuple[list[str], dict[str, list[tuple[float, float]]]]:
-    dense = rows(DATA / f"fmnist_{model}_dense.csv")
-    target = float(dense[-1]["test_acc"]) - 0.01
-    lines = [f"**{model}**: target {100 * target:.2f}% (dense's final {100 * float(dense[-1]['test_acc']):.2f}% "
-             "minus 1 point)", "",
-             "| run | final acc. | vs dense | steps to target | run took (min) | step (ms), emulated 1 GbE | "
+def seeds(data: Path, model: str, name: str) -> list[list[dict[str, str]]]:
+    """Every seed's rows of one run: fmnist_{model}_{name}.csv (seed 0), then ..._seed{N}.csv."""
+    first = data / f"fmnist_{model}_{name}.csv"
+    more = sorted(data.glob(f"fmnist_{model}_{name}_seed*.csv"),
+                  key=lambda p: int(p.stem.rsplit("_seed", 1)[1]))
+    return [rows(p) for p in ([first] if first.exists() else []) + more]
+
+
+def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], dict[str, list[tuple[float, float]]]]:
+    dense_runs = seeds(data, model, "dense")
+    dense = dense_runs[0]
+    dense_final = statistics.mean(float(r[-1]["test_acc"]) for r in dense_runs)
+    target = dense_final - 0.01
+    lines = [f"**{model}**: target {100 * target:.2f}% (dense's final {100 * dense_final:.2f}%"
+             + (f", the mean of {len(dense_runs)} seeds," if len(dense_runs) > 1 else "") + " minus 1 point)", "",
+             "| run | seeds | final acc. | vs dense | steps to target | run took (min) | step (ms), emulated 1 GbE | "
              "of which compute | time to target, emulated 1 GbE | GPU-cluster projection |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     curves = {}
     for name, label in LABELS.items():
-        acc_path, step_path = DATA / f"fmnist_{model}_{name}.csv", DATA / f"fmnist_step_{model}_{name}.csv"
-        if not acc_path.exists():
+        runs = seeds(data, model, name)
+        if not runs:
             continue
-        r = rows(acc_path)
-        final = float(r[-1]["test_acc"])
+        r = runs[0]
+        final = statistics.mean(float(x[-1]["test_acc"]) for x in runs)
         never = "never" if len(r) >= len(dense) else f"not by epoch {len(r)}"
         if len(r) < len(dense):  # an unfinished run: its last epoch against dense's at the same epoch
             label = f"{label} (unfinished: {len(r)} of {len(dense)} epochs)"
-            vs_epoch = float(dense[len(r) - 1]["test_acc"])
+            vs_final = float(dense[len(r) - 1]["test_acc"])
         else:
-            vs_epoch = float(dense[-1]["test_acc"])
-        hit_row = next((x for x in r if float(x["test_acc"]) >= target), None)
-        hit = None if hit_row is None else int(hit_row["steps"])
+            vs_final = dense_final
+        # each seed's first epoch at the target; the run's steps to target: their median (never = infinite)
+        hits = [next((x for x in s if float(x["test_acc"]) >= target), None) for s in runs]
+        steps = [math.inf if h is None else int(h["steps"]) for h in hits]
+        median = statistics.median(steps)
+        hit = None if math.isinf(median) else median
+        step_path = data / f"fmnist_step_{model}_{name}.csv"
         if step_path.exists():
             step, compute = step_time(step_path)
             projected = compute / speedup + (step - compute)
@@ -90,11 +108,12 @@ def table(model: str, speedup: float) -> tuple[list[str], dict[str, list[tuple[f
             curves[label] = [(int(x["steps"]) * step, 100 * float(x["test_acc"])) for x in r]
         else:
             cols = ["not measured"] * 2 + [never if hit is None else "-"] * 2
-        reached = never if hit_row is None else f"{hit:,} (epoch {hit_row['epoch']})"
-        vs = 100 * (final - vs_epoch)
-        took = sum(float(x["epoch_s"]) for x in r) / 60
-        lines.append(f"| {label} | {100 * final:.2f}% | {vs:+.2f} | {reached} | {took:.1f} | " + " | ".join(cols)
-                     + " |")
+        epochs = ", ".join("-" if h is None else h["epoch"] for h in hits)
+        reached = never if hit is None else f"{hit:,.0f} (epoch{'s' if len(runs) > 1 else ''} {epochs})"
+        vs = 100 * (final - vs_final)
+        took = statistics.mean(sum(float(x["epoch_s"]) for x in s) for s in runs) / 60
+        lines.append(f"| {label} | {len(runs)} | {100 * final:.2f}% | {vs:+.2f} | {reached} | {took:.1f} | "
+                     + " | ".join(cols) + " |")
     return lines, curves
 
 
@@ -102,12 +121,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["convnet", "resnet20"])
     p.add_argument("--gpu-speedup", type=float, default=50.0)
+    p.add_argument("--data", type=Path, default=DATA, help="where the CSVs are (default docs/data)")
     p.add_argument("--out", help="write the markdown tables here (default: print)")
     p.add_argument("--plot", help="PNG of accuracy against time on the emulated cluster")
     args = p.parse_args()
     out, all_curves = [], {}
     for model in args.models:
-        lines, curves = table(model, args.gpu_speedup)
+        lines, curves = table(model, args.gpu_speedup, args.data)
         out += lines + [""]
         all_curves[model] = curves
     text = "\n".join(out)
