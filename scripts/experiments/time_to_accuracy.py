@@ -105,7 +105,10 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], dic
             cols = [f"{1e3 * step:.0f}", f"{1e3 * compute:.0f}",
                     never if hit is None else f"{hit * step:.0f} s",
                     never if hit is None else f"{hit * projected:.1f} s"]
-            curves[label] = [(int(x["steps"]) * step, 100 * float(x["test_acc"])) for x in r]
+            shown = f"{label} (mean of {len(runs)} seeds)" if len(runs) > 1 else label
+            curves[shown] = [(int(x["steps"]) * step, 100 * statistics.mean(float(s[e]["test_acc"]) for s in runs
+                                                                             if e < len(s)))
+                             for e, x in enumerate(r)]
         else:
             cols = ["not measured"] * 2 + [never if hit is None else "-"] * 2
         epochs = ", ".join("-" if h is None else h["epoch"] for h in hits)
@@ -123,7 +126,8 @@ def main() -> int:
     p.add_argument("--gpu-speedup", type=float, default=50.0)
     p.add_argument("--data", type=Path, default=DATA, help="where the CSVs are (default docs/data)")
     p.add_argument("--out", help="write the markdown tables here (default: print)")
-    p.add_argument("--plot", help="PNG of accuracy against time on the emulated cluster")
+    p.add_argument("--plot", help="PNG of accuracy against time on the emulated cluster (a run with several "
+                   "seeds: their mean accuracy at each epoch)")
     args = p.parse_args()
     out, all_curves = [], {}
     for model in args.models:
