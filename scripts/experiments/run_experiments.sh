@@ -64,12 +64,16 @@ fashion_train() {  # fashion_train MODEL RUN [train.py args...]: one run of FASH
     --data fashion-mnist --model "$model" --batch-size 32 --lr $lr --momentum 0.9 --quiet "${args[@]}" "$@"
 }
 
+finished() {  # finished CSV: true when a run's CSV holds its 10th epoch (column 8: epoch)
+  [ -s "$1" ] && awk -F, 'NR > 1 && $8 == 10' "$1" | grep -q .
+}
+
 fashion() {  # accuracy: 10 epochs each (convnet ~12 min, resnet20 ~30 min on 2 cores), finished runs skipped
   fashion_example
   local run out
   for run in "${FASHION_PLAN[@]}"; do
     out="docs/data/fmnist_${run%/*}_${run#*/}.csv"
-    [ -s "$out" ] && awk -F, 'NR > 1 && $8 == 10' "$out" | grep -q . && continue
+    finished "$out" && continue
     fashion_train "${run%/*}" "${run#*/}" --epochs 10 --csv "$out"
   done
 }
@@ -83,7 +87,7 @@ fashion_seeds() {  # FASHION_SEEDED with --seed 1 and 2 (seed 0 is fashion's run
   for seed in ${SEEDS:-1 2}; do
     for run in "${FASHION_SEEDED[@]}"; do
       out="docs/data/fmnist_${run%/*}_${run#*/}_seed$seed.csv"
-      [ -s "$out" ] && awk -F, 'NR > 1 && $8 == 10' "$out" | grep -q . && continue
+      finished "$out" && continue
       fashion_train "${run%/*}" "${run#*/}" --epochs 10 --seed "$seed" --csv "$out"
     done
   done
