@@ -86,7 +86,9 @@ def test_train_ddp_under_torchrun_without_mpiexec(hook, tmp_path):
 
 def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
     """scripts/experiments/time_to_accuracy.py on hand-made CSVs: dense's target from the mean
-    of its seeds' finals, each run's steps to target the median over seeds (never = infinite)."""
+    of its seeds' finals, each run's steps to target the median over seeds (never = infinite),
+    each step costed at its phase's measured step time (a DDP run's first epoch of DDP
+    allreduce, the warm-up densities; a phase with no timing run at the steady step, marked)."""
     np = pytest.importorskip("numpy")
     fields = ["epoch", "steps", "test_acc", "epoch_s", "compute_s"]
 
@@ -102,10 +104,17 @@ def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
     gtopk = {"gtopk0.001": [0.80, 0.85, 0.95], "gtopk0.001_seed1": [0.80, 0.85, 0.89],
              "gtopk0.001_seed2": [0.93, 0.80, 0.91]}
     topk = {"topk0.001": [0.80, 0.85, 0.89], "topk0.001_seed7": [0.80, 0.95, 0.91]}
-    for name, accs in {**dense, **gtopk, **topk}.items():
+    hook = {"ddp-gtopk0.001": [0.80, 0.91, 0.92]}
+    for name, accs in {**dense, **gtopk, **topk, **hook}.items():
         write(name, accs)
-    # its timing run: 150 ms a step, 50 of them compute
-    write("gtopk0.001", [0.0, 0.0], epoch_s=3.0, compute_s=1.0, steps=20, kind="fmnist_step_convnet")
+    # timing runs (2 epochs of 20 steps; the second counts), (step s, compute s): gTop-k's steady state
+    # and two of its four warm-up densities; the hook's steady state, all its warm-up and DDP allreduce
+    timed = {"gtopk0.001": (0.15, 0.05), "gtopk0.001_at0.25": (0.3, 0.1), "gtopk0.001_at0.0625": (0.2, 0.1),
+             "ddp-gtopk0.001": (0.11, 0.08), "ddp-allreduce": (0.25, 0.05)}
+    timed |= {f"ddp-gtopk0.001_at{d}": (0.12 + i / 100, 0.08) for i, d in enumerate(["0.25", "0.0625", "0.0156",
+                                                                                       "0.004"])}
+    for name, (step, compute) in timed.items():
+        write(name, [0.0, 0.0], epoch_s=20 * step, compute_s=20 * compute, steps=20, kind="fmnist_step_convnet")
     out = tmp_path / "table.md"
     proc = subprocess.run([sys.executable, "scripts/experiments/time_to_accuracy.py", "--models", "convnet",
                            "--data", str(tmp_path), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
@@ -123,6 +132,20 @@ def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
     row = table["gTop-k rho=0.001, library defaults"]
     assert row[1] == "3" and row[2] == f"{100 * np.mean([a[-1] for a in gtopk.values()]):.2f}%"
     assert median_steps(gtopk) == 300 and row[4] == "300 (epochs 3, -, 1)"
-    assert row[6:] == ["150", "50", "45 s", f"{300 * (0.05 / 50 + 0.1):.1f} s"]
+
+    def costed(phases, steps):  # (emulated s, projected s) of the first steps, one entry per step
+        per_step = np.concatenate([np.full((n, 2), timed.get(run, timed[phases[-1][0]])) for run, n in phases])
+        first = per_step[:steps]
+        return first[:, 0].sum(), (first[:, 1] / 50 + first[:, 0] - first[:, 1]).sum()
+
+    # gTop-k: 100 steps at each warm-up density (0.0156 and 0.004 unmeasured: the steady step), then steady
+    emulated, projected = costed([("gtopk0.001_at0.25", 100), ("gtopk0.001_at0.0625", 100), ("x", 100),
+                                  ("x", 100), ("gtopk0.001", 1000)], 300)
+    assert row[6:] == ["150", "50", f"{emulated:.0f} s †", f"{projected:.1f} s †"]
+    assert "† a phase" in out.read_text()
+    # the hook: one epoch (100 steps) of DDP allreduce, then its first warm-up density: all measured
+    emulated, projected = costed([("ddp-allreduce", 100), ("ddp-gtopk0.001_at0.25", 100),
+                                  ("ddp-gtopk0.001", 1000)], 200)
+    assert table["DDP + gTop-k hook rho=0.001"][6:] == ["110", "80", f"{emulated:.0f} s", f"{projected:.1f} s"]
     assert np.isinf(median_steps(topk)) and table["Top-k (allgather) rho=0.001"][4] == "never"
     assert table["dense (Horovod-style allreduce)"][4] == f"{median_steps(dense):,.0f} (epochs 2, 2)"

@@ -38,6 +38,9 @@ declare -A FASHION_ARGS=(  # run name -> train.py args (VAR=VALUE words go to th
   [topk0.01]="--algo topk --density 0.01"
   [ddp-allreduce]="--ddp --hook allreduce"
   [ddp-gtopk0.001]="--ddp --hook gtopk --density 0.001"
+  [ddp-gtopk0.001_start10]="--ddp --hook gtopk --density 0.001 --start-iter 10"
+  [ddp-gtopk0.001_warmep]="GTOPK_DENSITY_WARMUP_STEPS=468 --ddp --hook gtopk --density 0.001"
+  [gtopk0.001_warmep]="GTOPK_DENSITY_WARMUP_STEPS=468 --algo gtopk --density 0.001"
   [ddp-gtopk0.01]="--ddp --hook gtopk --density 0.01"
   [ddp-powersgd1]="--ddp --hook powersgd:1 --bucket-cap-mb 10000"
   [ddp-powersgd4]="--ddp --hook powersgd:4 --bucket-cap-mb 10000"
@@ -94,17 +97,28 @@ fashion_seeds() {  # FASHION_SEEDED with --seed 1 and 2 (seed 0 is fashion's run
 }
 
 fashion_step_times() {  # each run's step time on the emulated 1 GbE cluster, P = 4 (2 epochs of 20 steps);
-  # FASHION_MODELS and FASHION_RUNS (names of FASHION_ARGS) choose a subset, to remeasure runs in one sitting
+  # FASHION_MODELS, FASHION_RUNS (names of FASHION_ARGS) and FASHION_WARMUP_RUNS choose a subset, to
+  # remeasure runs in one sitting
   scripts/cluster/emulate_cluster.sh up 4
   trap 'scripts/cluster/emulate_cluster.sh down' EXIT
   export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet
-  local model name
+  local model name density warmup
+  warmup=$($PY -c "from gtopk_mpi import config; print(config.DENSITY_WARMUP.default.replace(',', ' '))")
   for model in ${FASHION_MODELS:-convnet resnet20}; do
     for name in ${FASHION_RUNS:-"${FASHION_TIMED[@]}"}; do  # steady state: no density warm-up, hooks compressing from step 2
-      GTOPK_DENSITY_WARMUP=none LAUNCH="scripts/cluster/emulate_cluster.sh run 4" fashion_train $model $name --epochs 2 \
-        --steps-per-epoch ${STEPS:-20} --start-iter 2 --csv "docs/data/fmnist_step_${model}_$name.csv"
+      step_time $model $name "docs/data/fmnist_step_${model}_$name.csv"
+    done
+    for name in ${FASHION_WARMUP_RUNS-gtopk0.001 ddp-gtopk0.001}; do  # each density of the library's warm-up
+      for density in $warmup; do
+        step_time $model $name "docs/data/fmnist_step_${model}_${name}_at$density.csv" --density $density
+      done
     done
   done
+}
+
+step_time() {  # step_time MODEL RUN CSV [train.py args]: 2 epochs of STEPS (20) steps, the steady state
+  GTOPK_DENSITY_WARMUP=none LAUNCH="scripts/cluster/emulate_cluster.sh run 4" fashion_train $1 $2 --epochs 2 \
+    --steps-per-epoch ${STEPS:-20} --start-iter 2 --csv "$3" "${@:4}"
 }
 
 fashion_report() {  # tables and plots of what the fashion runs wrote

@@ -14,11 +14,15 @@ the steady state: compression at the target density). Columns:
 * how long the 10 epochs of training took here (4 ranks on 2 cores, without the evaluations);
 * step (ms) on the emulated cluster, and its compute part (forward + backward; 2 cores for 4
   ranks, so compute is ~2x a dedicated core's);
-* time to target on the emulated cluster: steps x step;
-* time to target on a GPU cluster (projection): steps x (compute / S + the measured step's
-  communication and compression), i.e. the wire as measured on 1 GbE beside a compute S times
-  faster than a rank here (``--gpu-speedup``, default 50; an assumption, not a measurement: the
-  ratio at which communication/computation would match GPU nodes).
+* time to target on the emulated cluster: the sum of the steps' times, each phase of the run at
+  its own measured step (:func:`phases`: a DDP run's first epoch is DDP allreduce, train.py's
+  ``start_iter``; a sparsifying run's warm-up densities each have their own timing run,
+  fmnist_step_{model}_{run}_at{density}.csv); a phase without one is costed at the steady
+  state's step and the cell is marked with a dagger;
+* time to target on a GPU cluster (projection): the same sum of (compute / S + the measured
+  step's communication and compression), i.e. the wire as measured on 1 GbE beside a compute S
+  times faster than a rank here (``--gpu-speedup``, default 50; an assumption, not a
+  measurement: the ratio at which communication/computation would match GPU nodes).
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ import math
 import statistics
 from pathlib import Path
 
+from gtopk_mpi import config
+
 DATA = Path(__file__).resolve().parents[2] / "docs" / "data"
 LABELS = {
     "dense": "dense (Horovod-style allreduce)",
     "gtopk0.001": "gTop-k rho=0.001, library defaults",
     "gtopk0.001_nofloor": "gTop-k rho=0.001, GTOPK_MIN_K=0",
+    "gtopk0.001_warmep": "gTop-k rho=0.001, warm-up densities one epoch each",
     "gtopk0.001_mc": "gTop-k rho=0.001, DGC momentum correction",
     "gtopk0.001_exact": "gTop-k rho=0.001, exact values",
     "gtopk0.001_2x2": "gTop-k rho=0.001, 2 hosts x 2 ranks (hierarchical)",
@@ -42,6 +49,8 @@ LABELS = {
     "topk0.001": "Top-k (allgather) rho=0.001",
     "topk0.01": "Top-k (allgather) rho=0.01",
     "ddp-gtopk0.001": "DDP + gTop-k hook rho=0.001",
+    "ddp-gtopk0.001_start10": "DDP + gTop-k hook rho=0.001, compressing from iteration 10 (its default)",
+    "ddp-gtopk0.001_warmep": "DDP + gTop-k hook rho=0.001, warm-up densities one epoch each",
     "ddp-gtopk0.01": "DDP + gTop-k hook rho=0.01",
     "ddp-allreduce": "DDP allreduce",
     "ddp-powersgd4": "DDP + PowerSGD rank 4",
@@ -60,6 +69,41 @@ def step_time(path: Path) -> tuple[float, float]:
     last, prev = r[-1], r[-2] if len(r) > 1 else None
     n = int(last["steps"]) - (int(prev["steps"]) if prev else 0)
     return float(last["epoch_s"]) / n, float(last["compute_s"]) / n
+
+
+WARMUP = [float(d) for d in config.DENSITY_WARMUP.default.split(",")]  # the library's default warm-up
+WARMUP_STEPS = config.DENSITY_WARMUP_STEPS.default                      # steps of each of its densities
+# run-name suffixes of variants that share their base run's step times but not its schedule
+EPOCH_LONG_WARMUP = "_warmep"  # each warm-up density for one epoch (GTOPK_DENSITY_WARMUP_STEPS=468)
+START10 = "_start10"           # a DDP hook compressing from iteration 10 (the hook's default), not one epoch
+
+
+def phases(name: str, steps_per_epoch: int) -> list[tuple[str, int]]:
+    """A run's phases in order: (the run whose step time it has, its steps); the last phase
+    lasts to the end (its steps are 0). A DDP run (but DDP allreduce itself) runs DDP allreduce
+    first: one epoch (train.py's start_iter), or 10 steps for ..._start10; a Top-k or gTop-k run
+    then has the library's warm-up densities, named {run}_at{density}."""
+    base = name.removesuffix(EPOCH_LONG_WARMUP).removesuffix(START10)
+    first = 10 if name.endswith(START10) else steps_per_epoch
+    out = [("ddp-allreduce", first)] if base.startswith("ddp-") and base != "ddp-allreduce" else []
+    if "topk" in base:
+        each = steps_per_epoch if name.endswith(EPOCH_LONG_WARMUP) else WARMUP_STEPS
+        out += [(f"{base}_at{d:g}", each) for d in WARMUP]
+    return out + [(base, 0)]
+
+
+def elapsed(steps: float, plan: list[tuple[str, int]], times: dict[str, tuple[float, float]],
+            speedup: float) -> tuple[float, float]:
+    """(seconds on the emulated cluster, seconds projected to a GPU cluster) of a run's first
+    ``steps`` steps: each phase's steps at its (step s, compute s) from ``times``."""
+    emulated = projected = 0.0
+    for i, (run, n) in enumerate(plan):
+        take = steps if i == len(plan) - 1 else min(steps, n)
+        step, compute = times[run]
+        emulated += take * step
+        projected += take * (compute / speedup + step - compute)
+        steps -= take
+    return emulated, projected
 
 
 def seeds(data: Path, model: str, name: str) -> list[list[dict[str, str]]]:
@@ -98,16 +142,21 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], dic
         steps = [math.inf if h is None else int(h["steps"]) for h in hits]
         median = statistics.median(steps)
         hit = None if math.isinf(median) else median
-        step_path = data / f"fmnist_step_{model}_{name}.csv"
+        plan = phases(name, int(r[0]["steps"]))
+        steady = plan[-1][0]
+        step_path = data / f"fmnist_step_{model}_{steady}.csv"
         if step_path.exists():
             step, compute = step_time(step_path)
-            projected = compute / speedup + (step - compute)
+            paths = {run: data / f"fmnist_step_{model}_{run}.csv" for run, _ in plan}
+            times = {run: step_time(path) if path.exists() else (step, compute) for run, path in paths.items()}
+            mark = "" if all(path.exists() for path in paths.values()) else " †"
+            costed = None if hit is None else elapsed(hit, plan, times, speedup)
             cols = [f"{1e3 * step:.0f}", f"{1e3 * compute:.0f}",
-                    never if hit is None else f"{hit * step:.0f} s",
-                    never if hit is None else f"{hit * projected:.1f} s"]
+                    never if costed is None else f"{costed[0]:.0f} s{mark}",
+                    never if costed is None else f"{costed[1]:.1f} s{mark}"]
             shown = f"{label} (mean of {len(runs)} seeds)" if len(runs) > 1 else label
-            curves[shown] = [(int(x["steps"]) * step, 100 * statistics.mean(float(s[e]["test_acc"]) for s in runs
-                                                                             if e < len(s)))
+            curves[shown] = [(elapsed(int(x["steps"]), plan, times, speedup)[0],
+                              100 * statistics.mean(float(s[e]["test_acc"]) for s in runs if e < len(s)))
                              for e, x in enumerate(r)]
         else:
             cols = ["not measured"] * 2 + [never if hit is None else "-"] * 2
@@ -117,6 +166,9 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], dic
         took = statistics.mean(sum(float(x["epoch_s"]) for x in s) for s in runs) / 60
         lines.append(f"| {label} | {len(runs)} | {100 * final:.2f}% | {vs:+.2f} | {reached} | {took:.1f} | "
                      + " | ".join(cols) + " |")
+    if any(" †" in line for line in lines):
+        lines += ["", "† a phase of this run (a DDP run's first epoch, or warm-up densities) has no timing run of "
+                  "its own: costed at the steady state's step."]
     return lines, curves
 
 
