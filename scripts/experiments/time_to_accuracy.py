@@ -143,13 +143,12 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], dic
         median = statistics.median(steps)
         hit = None if math.isinf(median) else median
         plan = phases(name, int(r[0]["steps"]))
-        steady = plan[-1][0]
-        step_path = data / f"fmnist_step_{model}_{steady}.csv"
-        if step_path.exists():
-            step, compute = step_time(step_path)
-            paths = {run: data / f"fmnist_step_{model}_{run}.csv" for run, _ in plan}
-            times = {run: step_time(path) if path.exists() else (step, compute) for run, path in paths.items()}
-            mark = "" if all(path.exists() for path in paths.values()) else " †"
+        paths = {run: data / f"fmnist_step_{model}_{run}.csv" for run, _ in plan}
+        measured = {run: step_time(path) for run, path in paths.items() if path.exists()}
+        if plan[-1][0] in measured:
+            step, compute = measured[plan[-1][0]]  # the steady state's; it stands in for unmeasured phases
+            times = {run: measured.get(run, (step, compute)) for run in paths}
+            mark = "" if len(measured) == len(paths) else " †"
             costed = None if hit is None else elapsed(hit, plan, times, speedup)
             cols = [f"{1e3 * step:.0f}", f"{1e3 * compute:.0f}",
                     never if costed is None else f"{costed[0]:.0f} s{mark}",
