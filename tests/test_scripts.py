@@ -88,7 +88,8 @@ def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
     """scripts/experiments/time_to_accuracy.py on hand-made CSVs: dense's target from the mean
     of its seeds' finals, each run's steps to target the median over seeds (never = infinite),
     each step costed at its phase's measured step time (a DDP run's first epoch of DDP
-    allreduce, the warm-up densities; a phase with no timing run at the steady step, marked)."""
+    allreduce, the warm-up densities; a phase with no timing run at the steady step, marked), a
+    step time with several rounds at their median."""
     np = pytest.importorskip("numpy")
     fields = ["epoch", "steps", "test_acc", "epoch_s", "compute_s"]
 
@@ -114,6 +115,10 @@ def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
     timed |= {f"ddp-gtopk0.001_at{d}": (0.12 + i / 100, 0.08) for i, d in enumerate(["0.25", "0.0625", "0.0156",
                                                                                        "0.004"])}
     for name, (step, compute) in timed.items():
+        write(name, [0.0, 0.0], epoch_s=20 * step, compute_s=20 * compute, steps=20, kind="fmnist_step_convnet")
+    # the hook's steady state in three rounds: the medians, taken apart, are the (0.11, 0.08) above
+    for name, (step, compute) in {"ddp-gtopk0.001": (0.15, 0.07), "ddp-gtopk0.001_round2": (0.10, 0.09),
+                                  "ddp-gtopk0.001_round3": (0.11, 0.08)}.items():
         write(name, [0.0, 0.0], epoch_s=20 * step, compute_s=20 * compute, steps=20, kind="fmnist_step_convnet")
     out = tmp_path / "table.md"
     proc = subprocess.run([sys.executable, "scripts/experiments/time_to_accuracy.py", "--models", "convnet",
@@ -142,7 +147,7 @@ def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
     emulated, projected = costed([("gtopk0.001_at0.25", 100), ("gtopk0.001_at0.0625", 100), ("x", 100),
                                   ("x", 100), ("gtopk0.001", 1000)], 300)
     assert row[6:] == ["150", "50", f"{emulated:.0f} s †", f"{projected:.1f} s †"]
-    assert "† a phase" in out.read_text()
+    assert "† a phase" in out.read_text() and "each the median of 1 to 3 timing rounds" in out.read_text()
     # the hook: one epoch (100 steps) of DDP allreduce, then its first warm-up density: all measured
     emulated, projected = costed([("ddp-allreduce", 100), ("ddp-gtopk0.001_at0.25", 100),
                                   ("ddp-gtopk0.001", 1000)], 200)

@@ -96,21 +96,27 @@ fashion_seeds() {  # FASHION_SEEDED with --seed 1 and 2 (seed 0 is fashion's run
   done
 }
 
-fashion_step_times() {  # each run's step time on the emulated 1 GbE cluster, P = 4 (2 epochs of 20 steps);
-  # FASHION_MODELS, FASHION_RUNS (names of FASHION_ARGS) and FASHION_WARMUP_RUNS choose a subset, to
-  # remeasure runs in one sitting
+fashion_step_times() {  # each run's step time on the emulated 1 GbE cluster, P = 4 (2 epochs of 20 steps),
+  # ROUNDS (3) times, the rounds one after the other so that a noisy minute hits one round of every
+  # run, not every round of one (round 1: fmnist_step_{model}_{run}.csv, then ..._round{N}.csv;
+  # time_to_accuracy.py takes the median); FASHION_MODELS, FASHION_RUNS (names of FASHION_ARGS) and
+  # FASHION_WARMUP_RUNS choose a subset, to remeasure runs in one sitting
   scripts/cluster/emulate_cluster.sh up 4
   trap 'scripts/cluster/emulate_cluster.sh down' EXIT
   export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet
-  local model name density warmup
+  local model name density warmup round tag
   warmup=$($PY -c "from gtopk_mpi import config; print(config.DENSITY_WARMUP.default.replace(',', ' '))")
-  for model in ${FASHION_MODELS:-convnet resnet20}; do
-    for name in ${FASHION_RUNS:-"${FASHION_TIMED[@]}"}; do  # steady state: no density warm-up, hooks compressing from step 2
-      step_time $model $name "docs/data/fmnist_step_${model}_$name.csv"
-    done
-    for name in ${FASHION_WARMUP_RUNS-gtopk0.001 ddp-gtopk0.001}; do  # each density of the library's warm-up
-      for density in $warmup; do
-        step_time $model $name "docs/data/fmnist_step_${model}_${name}_at$density.csv" --density $density
+  for round in $(seq 1 "${ROUNDS:-3}"); do
+    tag=""
+    [ "$round" = 1 ] || tag="_round$round"
+    for model in ${FASHION_MODELS:-convnet resnet20}; do
+      for name in ${FASHION_RUNS:-"${FASHION_TIMED[@]}"}; do  # steady state: no density warm-up, hooks compressing from step 2
+        step_time $model $name "docs/data/fmnist_step_${model}_$name$tag.csv"
+      done
+      for name in ${FASHION_WARMUP_RUNS-gtopk0.001 ddp-gtopk0.001}; do  # each density of the library's warm-up
+        for density in $warmup; do
+          step_time $model $name "docs/data/fmnist_step_${model}_${name}_at$density$tag.csv" --density $density
+        done
       done
     done
   done

@@ -8,7 +8,8 @@ accuracy at each epoch's end, so "steps to target" has one epoch's resolution), 
 other seeds where there are some (..._seed{N}.csv: final accuracy is the seeds' mean, steps to
 target their median, dense's final the mean of its seeds) and
 docs/data/fmnist_step_{model}_{run}.csv (the same run's second epoch on the emulated cluster, in
-the steady state: compression at the target density). Columns:
+the steady state: compression at the target density; with ..._round{N}.csv beside it, the
+median over those rounds). Columns:
 
 * an unfinished run (fewer epochs than dense) is compared with dense at its last epoch;
 * how long the 10 epochs of training took here (4 ranks on 2 cores, without the evaluations);
@@ -63,12 +64,17 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def step_time(path: Path) -> tuple[float, float]:
-    """(step s, compute s) of the last epoch of a timing run."""
-    r = rows(path)
-    last, prev = r[-1], r[-2] if len(r) > 1 else None
-    n = int(last["steps"]) - (int(prev["steps"]) if prev else 0)
-    return float(last["epoch_s"]) / n, float(last["compute_s"]) / n
+def step_time(path: Path) -> tuple[float, float, int]:
+    """(step s, compute s, rounds) of a timing run: its last epoch's, the median over its rounds
+    (``path``, then ``{path.stem}_round{N}.csv`` beside it: run_experiments.sh's ROUNDS)."""
+    steps, computes = [], []
+    for p in [path, *sorted(path.parent.glob(f"{path.stem}_round*.csv"))]:
+        r = rows(p)
+        last, prev = r[-1], r[-2] if len(r) > 1 else None
+        n = int(last["steps"]) - (int(prev["steps"]) if prev else 0)
+        steps.append(float(last["epoch_s"]) / n)
+        computes.append(float(last["compute_s"]) / n)
+    return statistics.median(steps), statistics.median(computes), len(steps)
 
 
 WARMUP = [float(d) for d in config.DENSITY_WARMUP.default.split(",")]  # the library's default warm-up
@@ -124,7 +130,7 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], dic
              "| run | seeds | final acc. | vs dense | steps to target | run took (min) | step (ms), emulated 1 GbE | "
              "of which compute | time to target, emulated 1 GbE | GPU-cluster projection |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    curves = {}
+    curves, rounds = {}, set()
     for name, label in LABELS.items():
         runs = seeds(data, model, name)
         if not runs:
@@ -146,8 +152,9 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], dic
         paths = {run: data / f"fmnist_step_{model}_{run}.csv" for run, _ in plan}
         measured = {run: step_time(path) for run, path in paths.items() if path.exists()}
         if plan[-1][0] in measured:
-            step, compute = measured[plan[-1][0]]  # the steady state's; it stands in for unmeasured phases
-            times = {run: measured.get(run, (step, compute)) for run in paths}
+            step, compute, n = measured[plan[-1][0]]  # the steady state's; it stands in for unmeasured phases
+            rounds.add(n)
+            times = {run: measured.get(run, (step, compute))[:2] for run in paths}
             mark = "" if len(measured) == len(paths) else " †"
             costed = None if hit is None else elapsed(hit, plan, times, speedup)
             cols = [f"{1e3 * step:.0f}", f"{1e3 * compute:.0f}",
@@ -165,6 +172,10 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], dic
         took = statistics.mean(sum(float(x["epoch_s"]) for x in s) for s in runs) / 60
         lines.append(f"| {label} | {len(runs)} | {100 * final:.2f}% | {vs:+.2f} | {reached} | {took:.1f} | "
                      + " | ".join(cols) + " |")
+    if rounds:
+        n = f"{min(rounds)}" if len(rounds) == 1 else f"{min(rounds)} to {max(rounds)}"
+        lines += ["", f"Step times: each the median of {n} timing round{'s' if max(rounds) > 1 else ''} "
+                  "(run_experiments.sh fashion-steps, ROUNDS)."]
     if any(" †" in line for line in lines):
         lines += ["", "† a phase of this run (a DDP run's first epoch, or warm-up densities) has no timing run of "
                   "its own: costed at the steady state's step."]
