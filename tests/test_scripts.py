@@ -154,3 +154,22 @@ def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
     assert table["DDP + gTop-k hook rho=0.001"][6:] == ["110", "80", f"{emulated:.0f} s", f"{projected:.1f} s"]
     assert np.isinf(median_steps(topk)) and table["Top-k (allgather) rho=0.001"][4] == "never"
     assert table["dense (Horovod-style allreduce)"][4] == f"{median_steps(dense):,.0f} (epochs 2, 2)"
+
+
+def test_every_fashion_run_has_a_row_in_the_tables():
+    """Each run name of run_experiments.sh's FASHION_ARGS (the runs FASHION_PLAN and
+    fashion-seeds can write) has a label in time_to_accuracy.py, whose tables list only the
+    labelled runs: an unlabelled run's CSV would be left out of the report without a word."""
+    import re
+
+    script = (ROOT / "scripts" / "experiments" / "run_experiments.sh").read_text()
+    block = script.split("declare -A FASHION_ARGS=(", 1)[1].split("\n)", 1)[0]
+    names = re.findall(r"^\s*\[([^\]]+)\]=", block, re.M)
+    plan = re.findall(r"\b(?:convnet|resnet20|vgg16)/([\w.-]+)", script)
+    sys.path.insert(0, str(ROOT / "scripts" / "experiments"))
+    try:
+        import time_to_accuracy
+    finally:
+        sys.path.remove(str(ROOT / "scripts" / "experiments"))
+    assert len(names) > 10 and set(plan) <= set(names)
+    assert sorted(set(names) - set(time_to_accuracy.LABELS)) == []

@@ -33,6 +33,8 @@ declare -A FASHION_ARGS=(  # run name -> train.py args (VAR=VALUE words go to th
   [gtopk0.001_exact]="--algo gtopk --values exact --density 0.001"
   [gtopk0.01]="--algo gtopk --density 0.01"
   [gtopk0.01_exact]="--algo gtopk --values exact --density 0.01"
+  [gtopk0.01_nofloor]="GTOPK_MIN_K=0 --algo gtopk --density 0.01"
+  [gtopk0.01_exact_nofloor]="GTOPK_MIN_K=0 --algo gtopk --values exact --density 0.01"
   [gtopk0.001_2x2]="GTOPK_RANKS_PER_HOST=2 --algo gtopk --density 0.001"
   [topk0.001]="--algo topk --density 0.001"
   [topk0.01]="--algo topk --density 0.01"
@@ -52,9 +54,10 @@ FASHION_PLAN=(convnet/dense convnet/gtopk0.001 convnet/ddp-powersgd4 resnet20/de
   convnet/gtopk0.001_exact convnet/gtopk0.001_mc
   convnet/ddp-allreduce convnet/ddp-powersgd1 convnet/gtopk0.01_exact convnet/topk0.01 convnet/gtopk0.001_2x2
   resnet20/ddp-powersgd4 resnet20/ddp-gtopk0.001 resnet20/gtopk0.001_nofloor resnet20/topk0.001
-  resnet20/gtopk0.001_exact resnet20/ddp-allreduce resnet20/ddp-powersgd1)
-# (no resnet20 rho = 0.01 runs: its k, 2,722 of 272,186, is raised to GTOPK_MIN_K as rho = 0.001's is,
-# so they would repeat the rho = 0.001 runs step for step)
+  resnet20/gtopk0.001_exact resnet20/ddp-allreduce resnet20/ddp-powersgd1 resnet20/ddp-gtopk0.001_start10
+  resnet20/gtopk0.01_nofloor resnet20/gtopk0.01_exact_nofloor)
+# (resnet20's rho = 0.01 runs go without the floor: its k, 2,722 of 272,186, is raised to GTOPK_MIN_K
+# as rho = 0.001's is, so under the defaults they would repeat the rho = 0.001 runs step for step)
 FASHION_TIMED=(dense gtopk0.001 gtopk0.001_nofloor gtopk0.001_exact gtopk0.01 topk0.001 ddp-allreduce
   ddp-gtopk0.001 ddp-gtopk0.01 ddp-powersgd1 ddp-powersgd4)
 

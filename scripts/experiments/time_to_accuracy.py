@@ -47,6 +47,8 @@ LABELS = {
     "gtopk0.001_2x2": "gTop-k rho=0.001, 2 hosts x 2 ranks (hierarchical)",
     "gtopk0.01": "gTop-k rho=0.01",
     "gtopk0.01_exact": "gTop-k rho=0.01, exact values",
+    "gtopk0.01_nofloor": "gTop-k rho=0.01, GTOPK_MIN_K=0",
+    "gtopk0.01_exact_nofloor": "gTop-k rho=0.01, exact values, GTOPK_MIN_K=0",
     "topk0.001": "Top-k (allgather) rho=0.001",
     "topk0.01": "Top-k (allgather) rho=0.01",
     "ddp-gtopk0.001": "DDP + gTop-k hook rho=0.001",
