@@ -104,13 +104,14 @@ fashion_step_times() {  # each run's step time on the emulated 1 GbE cluster, P 
   # ROUNDS (3) times, the rounds one after the other so that a noisy minute hits one round of every
   # run, not every round of one (round 1: fmnist_step_{model}_{run}.csv, then ..._round{N}.csv;
   # time_to_accuracy.py takes the median); FASHION_MODELS, FASHION_RUNS (names of FASHION_ARGS) and
-  # FASHION_WARMUP_RUNS choose a subset, to remeasure runs in one sitting
+  # FASHION_WARMUP_RUNS choose a subset, to remeasure runs in one sitting; FIRST_ROUND (1) > 1 adds
+  # rounds to an earlier sitting's
   scripts/cluster/emulate_cluster.sh up 4
   trap 'scripts/cluster/emulate_cluster.sh down' EXIT
   export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet
   local model name density warmup round tag
   warmup=$($PY -c "from gtopk_mpi import config; print(config.DENSITY_WARMUP.default.replace(',', ' '))")
-  for round in $(seq 1 "${ROUNDS:-3}"); do
+  for round in $(seq "${FIRST_ROUND:-1}" "${ROUNDS:-3}"); do
     tag=""
     [ "$round" = 1 ] || tag="_round$round"
     for model in ${FASHION_MODELS:-convnet resnet20}; do
