@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -160,8 +161,6 @@ def test_every_fashion_run_has_a_row_in_the_tables():
     """Each run name of run_experiments.sh's FASHION_ARGS (the runs FASHION_PLAN and
     fashion-seeds can write) has a label in time_to_accuracy.py, whose tables list only the
     labelled runs: an unlabelled run's CSV would be left out of the report without a word."""
-    import re
-
     script = (ROOT / "scripts" / "experiments" / "run_experiments.sh").read_text()
     block = script.split("declare -A FASHION_ARGS=(", 1)[1].split("\n)", 1)[0]
     names = re.findall(r"^\s*\[([^\]]+)\]=", block, re.M)
