@@ -172,3 +172,18 @@ def test_every_fashion_run_has_a_row_in_the_tables():
         sys.path.remove(str(ROOT / "scripts" / "experiments"))
     assert len(names) > 10 and set(plan) <= set(names)
     assert sorted(set(names) - set(time_to_accuracy.LABELS)) == []
+
+
+def test_every_timed_fashion_run_is_a_trained_run():
+    """fashion-steps times each FASHION_TIMED entry on every model (a ``model/run`` entry on
+    that model only): each (model, run) it times has a training run in FASHION_PLAN, so no
+    sitting spends time on a step time no table reads."""
+    script = (ROOT / "scripts" / "experiments" / "run_experiments.sh").read_text()
+
+    def array(name: str) -> list[str]:
+        return re.search(rf"^{name}=\((.*?)\)", script, re.M | re.S)[1].split()
+
+    plan, models = set(array("FASHION_PLAN")), ("convnet", "resnet20")
+    timed = [(m, e.split("/")[-1]) for e in array("FASHION_TIMED") for m in models if e.split("/")[0] in (m, e)]
+    assert len(timed) > 15
+    assert sorted(f"{m}/{r}" for m, r in timed if f"{m}/{r}" not in plan) == []

@@ -58,8 +58,10 @@ FASHION_PLAN=(convnet/dense convnet/gtopk0.001 convnet/ddp-powersgd4 resnet20/de
   resnet20/gtopk0.01_nofloor resnet20/gtopk0.01_exact_nofloor)
 # (resnet20's rho = 0.01 runs go without the floor: its k, 2,722 of 272,186, is raised to GTOPK_MIN_K
 # as rho = 0.001's is, so under the defaults they would repeat the rho = 0.001 runs step for step)
-FASHION_TIMED=(dense gtopk0.001 gtopk0.001_nofloor gtopk0.001_exact gtopk0.01 topk0.001 ddp-allreduce
-  ddp-gtopk0.001 ddp-gtopk0.01 ddp-powersgd1 ddp-powersgd4)
+# the runs fashion-steps times: a name times it on every model, model/name on that model only (the
+# runs FASHION_PLAN has on one model)
+FASHION_TIMED=(dense gtopk0.001 gtopk0.001_nofloor gtopk0.001_exact topk0.001 ddp-allreduce ddp-gtopk0.001
+  ddp-powersgd1 ddp-powersgd4 convnet/gtopk0.01 convnet/ddp-gtopk0.01 resnet20/gtopk0.01_nofloor)
 
 fashion_train() {  # fashion_train MODEL RUN [train.py args...]: one run of FASHION_ARGS on 4 ranks
   local model=$1 name=$2 lr=0.02 w
@@ -105,7 +107,7 @@ fashion_seeds() {  # FASHION_SEEDED with --seed 1 and 2 (seed 0 is fashion's run
 fashion_step_times() {  # each run's step time on the emulated 1 GbE cluster, P = 4 (2 epochs of 20 steps),
   # ROUNDS (3) times, the rounds one after the other so that a noisy minute hits one round of every
   # run, not every round of one (round 1: fmnist_step_{model}_{run}.csv, then ..._round{N}.csv;
-  # time_to_accuracy.py takes the median); FASHION_MODELS, FASHION_RUNS (names of FASHION_ARGS) and
+  # time_to_accuracy.py takes the median); FASHION_MODELS, FASHION_RUNS (as FASHION_TIMED) and
   # FASHION_WARMUP_RUNS choose a subset, to remeasure runs in one sitting; FIRST_ROUND (1) > 1 adds
   # rounds to an earlier sitting's
   scripts/cluster/emulate_cluster.sh up 4
@@ -118,6 +120,7 @@ fashion_step_times() {  # each run's step time on the emulated 1 GbE cluster, P 
     [ "$round" = 1 ] || tag="_round$round"
     for model in ${FASHION_MODELS:-convnet resnet20}; do
       for name in ${FASHION_RUNS:-"${FASHION_TIMED[@]}"}; do  # steady state: no density warm-up, hooks compressing from step 2
+        if [[ $name == */* ]]; then [ "${name%/*}" = "$model" ] || continue; name=${name#*/}; fi
         step_time $model $name "docs/data/fmnist_step_${model}_$name$tag.csv"
       done
       for name in ${FASHION_WARMUP_RUNS-gtopk0.001 ddp-gtopk0.001}; do  # each density of the library's warm-up
