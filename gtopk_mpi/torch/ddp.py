@@ -50,7 +50,6 @@ import concurrent.futures
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -93,7 +92,6 @@ class GTopkState:
         self.feedback = ErrorFeedback(density, None if density_warmup is None else list(density_warmup), warmup_steps)
         self.held: list[tuple] = []                          # whole_model: this iteration's buckets so far
         self.stats: list[Any] = []                           # CommStats of the last iteration's exchanges
-        self.busy_s = 0.0                                    # worker time of the last iteration (s)
         self._fresh = True                                   # the next bucket starts an iteration
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gtopk-ddp")
         self._lock = threading.Lock()
@@ -147,7 +145,6 @@ class GTopkState:
                   density: float) -> None:
         """On the worker: one gTop-k over the concatenated buffers, averaged, written back into
         them; then every part's Future gets its buffer (or the error)."""
-        t0 = time.perf_counter()
         try:
             names = [n for _, ns, _ in parts for n in ns]
             flat_sizes = [n for s in sizes for n in s]
@@ -160,7 +157,7 @@ class GTopkState:
             if k >= flat.numel():  # dense: the sum of every rank's residual + gradient, residuals emptied
                 total = reduction.dense(self.transport, flat + residual) / self.transport.size
                 residual.zero_()
-                self._finish(parts, buffers, total, t0)
+                self._finish(parts, buffers, total)
                 return
             x, r = reduction.array_of(flat)[1], reduction.array_of(residual)[1]
             res = gtopk_allreduce(x, k=k, average=True, residual=r, values=self.values,
@@ -177,7 +174,6 @@ class GTopkState:
                 at += n
             with self._lock:
                 self.stats.append(res.stats)
-                self.busy_s += time.perf_counter() - t0
             for buf, _, fut in parts:
                 fut.set_result(buf)
         except Exception as e:  # the same error on every rank (agreement.py); DDP raises it in backward
@@ -185,14 +181,12 @@ class GTopkState:
                 fut.set_exception(e)
 
     def _finish(self, parts: list[tuple[torch.Tensor, list[str], torch.futures.Future]],
-                buffers: list[torch.Tensor], total: torch.Tensor, t0: float) -> None:
+                buffers: list[torch.Tensor], total: torch.Tensor) -> None:
         """A dense exchange's end: each bucket gets its slice of ``total``."""
         at = 0
         for buf in buffers:
             buf.copy_(total[at : at + buf.numel()])
             at += buf.numel()
-        with self._lock:
-            self.busy_s += time.perf_counter() - t0
         for buf, _, fut in parts:
             fut.set_result(buf)
 
@@ -200,7 +194,7 @@ class GTopkState:
         """Iteration bookkeeping: stats restart with an iteration, which ends at its last bucket."""
         if self._fresh:
             with self._lock:
-                self.stats, self.busy_s = [], 0.0
+                self.stats = []
         self._fresh = bucket.is_last()
 
 
