@@ -53,6 +53,7 @@ FASHION_PLAN=(convnet/dense convnet/gtopk0.001 convnet/ddp-powersgd4 resnet20/de
   convnet/ddp-gtopk0.001 convnet/gtopk0.01 convnet/ddp-gtopk0.01 convnet/gtopk0.001_nofloor convnet/topk0.001
   convnet/gtopk0.001_exact convnet/gtopk0.001_mc
   convnet/ddp-allreduce convnet/ddp-powersgd1 convnet/gtopk0.01_exact convnet/topk0.01 convnet/gtopk0.001_2x2
+  convnet/ddp-gtopk0.001_start10
   resnet20/ddp-powersgd4 resnet20/ddp-gtopk0.001 resnet20/gtopk0.001_nofloor resnet20/topk0.001
   resnet20/gtopk0.001_exact resnet20/ddp-allreduce resnet20/ddp-powersgd1 resnet20/ddp-gtopk0.001_start10
   resnet20/gtopk0.01_nofloor resnet20/gtopk0.01_exact_nofloor)
