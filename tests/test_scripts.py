@@ -177,7 +177,9 @@ def test_every_fashion_run_has_a_row_in_the_tables():
 def test_every_timed_fashion_run_is_a_trained_run():
     """fashion-steps times each FASHION_TIMED entry on every model (a ``model/run`` entry on
     that model only): each (model, run) it times has a training run in FASHION_PLAN, so no
-    sitting spends time on a step time no table reads."""
+    sitting spends time on a step time no table reads. fashion-seeds reruns FASHION_SEEDED's
+    entries with other seeds: each is a FASHION_PLAN run too (a name FASHION_ARGS lacks would
+    train with train.py's defaults, not the run it names)."""
     script = (ROOT / "scripts" / "experiments" / "run_experiments.sh").read_text()
 
     def array(name: str) -> list[str]:
@@ -188,3 +190,6 @@ def test_every_timed_fashion_run_is_a_trained_run():
     timed = [(m, e.split("/")[-1]) for e in array("FASHION_TIMED") for m in models if e.split("/")[0] in (m, e)]
     assert len(timed) > 15
     assert sorted(f"{m}/{r}" for m, r in timed if f"{m}/{r}" not in plan) == []
+    seeded = array("FASHION_SEEDED")
+    assert len(seeded) >= 10
+    assert sorted(e for e in seeded if e not in plan) == []
