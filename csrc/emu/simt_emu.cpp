@@ -1,6 +1,14 @@
 // The SIMT emulator (see simt_emu.h) and the host side of simt.h.
+//
+// Each emulated thread is a fiber: makecontext gives it its stack and setcontext starts it;
+// from then on the fiber and the scheduler switch with _setjmp / _longjmp, which, unlike
+// swapcontext, save no signal mask (swapcontext makes two sigprocmask system calls a
+// switch, and switches are most of what the emulator does). Fortify's __longjmp_chk
+// refuses a jump onto another stack, so it is off here.
+#undef _FORTIFY_SOURCE
 #include "simt_emu.h"
 
+#include <setjmp.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -37,7 +45,9 @@ const char* op_name(Op op) {
 constexpr size_t kStack = 128 * 1024;
 
 struct Fiber {
-  ucontext_t ctx;
+  ucontext_t ctx;  // where it starts
+  jmp_buf at;      // where it waits, once started
+  bool started = false;
   St st = St::kReady;
   Op op = Op::kNone;
   unsigned long long arg = 0, arg2 = 0, result = 0;
@@ -47,7 +57,7 @@ struct Launch {
   unsigned grid = 0, block = 0, bidx = 0, tid = 0;
   const std::function<void()>* body = nullptr;
   std::vector<Fiber> fibers;
-  ucontext_t sched;
+  jmp_buf sched;  // where the scheduler resumes when the running fiber waits or ends
   std::unordered_map<std::type_index, std::unique_ptr<char[]>> shared;
   std::string error;
 };
@@ -71,7 +81,8 @@ void entry() {
   } catch (...) {
     if (L.error.empty()) L.error = "thread " + std::to_string(L.tid) + " threw a non-standard exception";
   }
-  L.fibers[L.tid].st = St::kDone;  // returns to L.sched through uc_link
+  L.fibers[L.tid].st = St::kDone;
+  _longjmp(L.sched, 1);  // never returns (its uc_link is unused)
 }
 
 // Suspend the calling thread at a collective; returns its result.
@@ -82,8 +93,18 @@ unsigned long long wait(St st, Op op, unsigned long long arg, unsigned long long
   f.op = op;
   f.arg = arg;
   f.arg2 = arg2;
-  swapcontext(&f.ctx, &L.sched);
+  if (_setjmp(f.at) == 0) _longjmp(L.sched, 1);
   return f.result;
+}
+
+// Run fiber f until it waits or ends.
+__attribute__((noinline)) void resume(Launch& L, Fiber& f) {
+  if (_setjmp(L.sched) != 0) return;
+  if (!f.started) {
+    f.started = true;
+    setcontext(&f.ctx);
+  }
+  _longjmp(f.at, 1);
 }
 
 std::string describe(const Launch& L) {
@@ -166,7 +187,7 @@ void run_block(Launch& L, std::mt19937_64& rng) {
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = g_stacks[t].get();
     f.ctx.uc_stack.ss_size = kStack;
-    f.ctx.uc_link = &L.sched;
+    f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, entry, 0);
   }
   std::vector<unsigned> order;
@@ -178,7 +199,7 @@ void run_block(Launch& L, std::mt19937_64& rng) {
       std::shuffle(order.begin(), order.end(), rng);
       for (unsigned t : order) {
         L.tid = t;
-        swapcontext(&L.sched, &L.fibers[t].ctx);
+        resume(L, L.fibers[t]);
         if (!L.error.empty()) throw std::runtime_error("block " + std::to_string(L.bidx) + ", " + L.error);
       }
       continue;
