@@ -45,20 +45,34 @@ def test_timeline_is_a_chrome_trace(tmp_path):
     assert all(e["dur"] >= 0 for e in events if e)
 
 
-def test_checkpoint_restart_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+def _checkpoint_run(*args: str) -> str:
+    """tests/programs/checkpoint_run.py on 3 ranks; its output (it must succeed)."""
+    proc = run(3, ["tests/programs/checkpoint_run.py", *args], timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _digests(stdout: str) -> dict[str, str]:
+    """Each run's DIGEST line: {run: sha256}."""
+    return {w[1]: w[2] for w in (line.split() for line in stdout.splitlines()) if w[:1] == ["DIGEST"]}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """12 steps in one launch (several buckets: GTOPK_FUSION_THRESHOLD=600), every rank's
+    checkpoint saved after step 6: (the checkpoints' prefix, the digest of all 12 steps)."""
+    prefix = str(tmp_path_factory.mktemp("checkpoint") / "ckpt")
+    return prefix, _digests(_checkpoint_run("--stop", "12", "--save", prefix, "--save-at", "6"))["600"]
+
+
+def test_checkpoint_restart_is_bit_identical_to_an_uninterrupted_run(checkpoint):
     """Residuals, velocities and the density schedule survive DistributedOptimizer.state_dict():
     12 steps in one launch == 6 steps, checkpoint, 6 steps in a fresh launch. Dropping the
     error-feedback state changes the result (the test can fail); another rank's state is refused."""
-    def digest(*args: str) -> str:
-        proc = run(3, ["tests/programs/checkpoint_run.py", *args], timeout=120)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("DIGEST "))
-
-    prefix = str(tmp_path / "ckpt")
-    whole = digest("--stop", "12")
-    digest("--stop", "6", "--save", prefix)
-    assert digest("--start", "6", "--stop", "12", "--load", prefix) == whole
-    assert digest("--start", "6", "--stop", "12", "--load", prefix, "--drop-residuals") != whole
+    prefix, whole = checkpoint
+    resumed = _digests(_checkpoint_run("--start", "6", "--stop", "12", "--load", prefix, "--runs", "600,600:drop"))
+    assert resumed["600"] == whole
+    assert resumed["600:drop"] != whole
     proc = run(3, ["tests/programs/checkpoint_run.py", "--start", "6", "--stop", "7", "--load", prefix,
                    "--load-rank", "0"], timeout=120)
     assert proc.returncode != 0
@@ -66,20 +80,16 @@ def test_checkpoint_restart_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert refused in proc.stdout
 
 
-def test_checkpoint_loads_under_another_bucket_layout(tmp_path):
-    """A checkpoint saved with several buckets (GTOPK_FUSION_THRESHOLD=600) loads with one
+def test_checkpoint_loads_under_another_bucket_layout(checkpoint):
+    """The checkpoint saved with several buckets (GTOPK_FUSION_THRESHOLD=600) loads with one
     (unlimited) and with four (50): every parameter's residual and velocity, laid out in the
     new buckets, equals what was saved entry for entry; training then goes on."""
-    prefix = str(tmp_path / "ckpt")
-    proc = run(3, ["tests/programs/checkpoint_run.py", "--stop", "6", "--save", prefix], timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    buckets = set()
-    for fusion in ("inf", "50", "600"):
-        proc = run(3, ["tests/programs/checkpoint_run.py", "--start", "6", "--stop", "8", "--load", prefix,
-                       "--fusion", fusion, "--check-loaded"], timeout=120)
-        assert proc.returncode == 0 and "INTACT" in proc.stdout and "DIGEST" in proc.stdout, proc.stdout + proc.stderr
-        buckets.add(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("BUCKETS ")))
-    assert len(buckets) == 3, buckets  # three layouts
+    prefix, _ = checkpoint
+    out = _checkpoint_run("--start", "6", "--stop", "8", "--load", prefix, "--runs", "inf,50,600", "--check-loaded")
+    loaded = [line.split() for line in out.splitlines() if line.startswith("BUCKETS ")]
+    assert len(loaded) == 3 and all(w[2] == "INTACT" for w in loaded), out
+    assert len({w[1] for w in loaded}) == 3, loaded  # three layouts
+    assert _digests(out).keys() == {"inf", "50", "600"}, out
 
 
 @pytest.mark.parametrize("launch", [("torchrun", 2), ("torchrun", 3), ("mpiexec", 2)], ids=lambda t: f"{t[0]}-P{t[1]}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import traceback
 from collections.abc import Callable
 
@@ -81,6 +82,7 @@ class Suite:
         rank, size = self.comm.Get_rank(), self.comm.Get_size()
         failures = 0
         for fn in checks:
+            start = time.perf_counter()
             try:
                 fn()
                 ok, detail = True, ""
@@ -89,8 +91,9 @@ class Suite:
                 print(f"rank {rank} FAIL {fn.__name__}:\n{detail}", file=sys.stderr, flush=True)
             results = self.comm.allgather((ok, detail))
             bad = [(q, d) for q, (o, d) in enumerate(results) if not o]
-            if rank == 0:
-                print(f"{'ok  ' if not bad else 'FAIL'} P={size} {fn.__name__}", flush=True)
+            if rank == 0:  # the seconds: where a launch's time goes (pytest sees only the launch's)
+                seconds = time.perf_counter() - start
+                print(f"{'ok  ' if not bad else 'FAIL'} P={size} {fn.__name__} ({seconds:.2f} s)", flush=True)
                 for q, d in bad[:1]:
                     print(f"  rank {q}:\n{d}", flush=True)
                 shown = "".join(f"rank {q}:\n{d}" for q, d in bad[:1])
