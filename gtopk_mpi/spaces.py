@@ -66,7 +66,6 @@ class Space(Protocol):
     def to_dense(self, idx: Any, val: Any, m: int) -> Any: ...
     def empty(self, nbytes: int) -> Any: ...
     def empty_set(self) -> tuple[Any, Any]: ...
-    def ones(self, n: int) -> Any: ...  # a mask of n True
     def bytes_of(self, a: Any) -> Any: ...  # a uint8 view of a contiguous array
     def view(self, buf: Any, dtype: str) -> Any: ...  # a uint8 buffer seen as dtype
     def concat(self, parts: list[Any]) -> Any: ...
@@ -141,9 +140,6 @@ class HostSpace:
 
     def empty_set(self) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int32), np.zeros(0, np.float32)
-
-    def ones(self, n: int) -> np.ndarray:
-        return np.ones(n, bool)
 
     def bytes_of(self, a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a).view(np.uint8)

@@ -143,12 +143,5 @@ def decode(space: Space, buf: Any, h: np.void, idx_dtype: str, val_dtype: str, t
     return idx, val, body[end:]
 
 
-def split(space: Space, body: Any, count: int, idx_dtype: str, val_dtype: str) -> tuple[Any, Any, Any]:
-    """(indices, values, the rest) of a raw payload of ``count`` entries."""
-    ni = count * np.dtype(idx_dtype).itemsize
-    nv = count * np.dtype(val_dtype).itemsize
-    return space.view(body[:ni], idx_dtype), space.view(body[ni : ni + nv], val_dtype), body[ni + nv :]
-
-
 def error_text(space: Space, buf: Any) -> str:
     return bytes(space.to_host(buf[HEADER.itemsize :])).decode("utf-8", errors="replace")

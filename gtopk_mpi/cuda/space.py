@@ -127,10 +127,6 @@ class DeviceSpace:
         return (torch.zeros(0, dtype=torch.int32, device=self.device),
                 torch.zeros(0, dtype=torch.float32, device=self.device))
 
-    def ones(self, n: int):
-        torch = K.torch_module()
-        return torch.ones(n, dtype=torch.bool, device=self.device)
-
     def bytes_of(self, a):
         return a.contiguous().view(K.torch_module().uint8)
 
