@@ -345,17 +345,20 @@ def allreduce_async_(tensor: torch.Tensor, average: bool | None = None, name: st
 
 
 class _AllreduceFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor, name, average, op, prescale, postscale, process_set, compression):
-        ctx.args = (average, op, prescale, postscale, process_set)
-        return synchronize(allreduce_async(tensor, average, name, op, prescale, postscale, process_set, compression))
+    """allreduce of ``tensors`` (grouped: as grouped_allreduce); the gradient is the same
+    reduction of the outputs' gradients."""
 
     @staticmethod
-    def backward(ctx, grad):
-        average, op, prescale, postscale, process_set = ctx.args
-        return (allreduce(grad.contiguous(), average=average, op=op, prescale_factor=prescale,
-                          postscale_factor=postscale, process_set=process_set),
-                None, None, None, None, None, None, None)
+    def forward(ctx, grouped, name, average, op, prescale, postscale, process_set, compression, *tensors):
+        ctx.args = (grouped, average, op, prescale, postscale, process_set)
+        return synchronize(_new_handle(_submit_allreduces("allreduce", tensors, name, grouped, average, op, prescale,
+                                                          postscale, process_set, compression), tuple))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        grouped, average, op, prescale, postscale, process_set = ctx.args
+        return (None,) * 8 + _AllreduceFn.apply(grouped, None, average, op, prescale, postscale, process_set,
+                                                Compression.none, *(g.contiguous() for g in grads))
 
 
 def allreduce(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
@@ -365,7 +368,8 @@ def allreduce(tensor: torch.Tensor, average: bool | None = None, name: str | Non
     if isinstance(compression, SparseCompressor) or not isinstance(tensor, torch.Tensor):
         return synchronize(allreduce_async(tensor, average, name, op, prescale_factor, postscale_factor,
                                            process_set, compression))
-    return _AllreduceFn.apply(tensor, name, average, op, prescale_factor, postscale_factor, process_set, compression)
+    return _AllreduceFn.apply(False, name, average, op, prescale_factor, postscale_factor, process_set, compression,
+                              tensor)[0]
 
 
 def allreduce_(tensor: torch.Tensor, average: bool | None = None, name: str | None = None,
@@ -394,21 +398,6 @@ def grouped_allreduce_async_(tensors: Sequence[torch.Tensor], average: bool | No
     return _new_handle(works, _copy_into(tensors))
 
 
-class _GroupedAllreduceFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, name, average, op, prescale, postscale, process_set, compression, *tensors):
-        ctx.args = (average, op, prescale, postscale, process_set)
-        return tuple(synchronize(grouped_allreduce_async(list(tensors), average, name, op, prescale, postscale,
-                                                         process_set, compression)))
-
-    @staticmethod
-    def backward(ctx, *grads):
-        average, op, prescale, postscale, process_set = ctx.args
-        reduced = grouped_allreduce([g.contiguous() for g in grads], average=average, op=op,
-                                    prescale_factor=prescale, postscale_factor=postscale, process_set=process_set)
-        return (None, None, None, None, None, None, None, *reduced)
-
-
 def grouped_allreduce(tensors: Sequence[torch.Tensor], average: bool | None = None, name: str | None = None,
                       compression=Compression.none, op: int | None = None, prescale_factor: float = 1.0,
                       postscale_factor: float = 1.0,
@@ -418,8 +407,8 @@ def grouped_allreduce(tensors: Sequence[torch.Tensor], average: bool | None = No
             or not tensors:
         return synchronize(grouped_allreduce_async(tensors, average, name, op, prescale_factor, postscale_factor,
                                                    process_set, compression))
-    return list(_GroupedAllreduceFn.apply(name, average, op, prescale_factor, postscale_factor, process_set,
-                                          compression, *tensors))
+    return list(_AllreduceFn.apply(True, name, average, op, prescale_factor, postscale_factor, process_set,
+                                   compression, *tensors))
 
 
 def grouped_allreduce_(tensors: Sequence[torch.Tensor], average: bool | None = None, name: str | None = None,
@@ -497,29 +486,20 @@ def _gathered_slice(grad: torch.Tensor, rows: list[int], process_set: ProcessSet
 
 
 class _AllgatherFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor, name, process_set):
-        out, rows = _submit_allgathers([tensor], name, False, process_set)[0].wait()
-        ctx.rows, ctx.process_set = rows, process_set
-        return out
+    """allgather of ``tensors`` (grouped: as grouped_allgather). Horovod's gradient: the
+    outputs' gradients averaged over the ranks, this rank's rows."""
 
     @staticmethod
-    def backward(ctx, grad):  # Horovod: the gradient averaged over the ranks, this rank's rows
-        reduced = allreduce(grad.contiguous(), op=Average, process_set=ctx.process_set)
-        return _gathered_slice(reduced, ctx.rows, ctx.process_set), None, None
-
-
-class _GroupedAllgatherFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, name, process_set, *tensors):
-        results = [w.wait() for w in _submit_allgathers(list(tensors), name, True, process_set)]
-        ctx.rows, ctx.process_set = [rows for _, rows in results], process_set
+    def forward(ctx, grouped, name, process_set, *tensors):
+        results = synchronize(_new_handle(_submit_allgathers(tensors, name, grouped, process_set), list))
+        ctx.grouped, ctx.rows, ctx.process_set = grouped, [rows for _, rows in results], process_set
         return tuple(out for out, _ in results)
 
     @staticmethod
     def backward(ctx, *grads):
-        reduced = grouped_allreduce([g.contiguous() for g in grads], op=Average, process_set=ctx.process_set)
-        return (None, None, *(_gathered_slice(g, rows, ctx.process_set) for g, rows in zip(reduced, ctx.rows)))
+        reduced = _AllreduceFn.apply(ctx.grouped, None, None, Average, 1.0, 1.0, ctx.process_set, Compression.none,
+                                     *(g.contiguous() for g in grads))
+        return (None, None, None, *(_gathered_slice(g, rows, ctx.process_set) for g, rows in zip(reduced, ctx.rows)))
 
 
 def allgather(tensor: torch.Tensor, name: str | None = None,
@@ -527,7 +507,7 @@ def allgather(tensor: torch.Tensor, name: str | None = None,
     """Concatenate every member's tensor along dim 0 (differentiable)."""
     if not isinstance(tensor, torch.Tensor):
         return synchronize(allgather_async(tensor, name, process_set))
-    return _AllgatherFn.apply(tensor, name, process_set)
+    return _AllgatherFn.apply(False, name, process_set, tensor)[0]
 
 
 def grouped_allgather(tensors: Sequence[torch.Tensor], name: str | None = None,
@@ -535,7 +515,7 @@ def grouped_allgather(tensors: Sequence[torch.Tensor], name: str | None = None,
     """allgather of each tensor of a list (one negotiation for the group; differentiable)."""
     if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
         return synchronize(grouped_allgather_async(tensors, name, process_set))
-    return list(_GroupedAllgatherFn.apply(name, process_set, *tensors))
+    return list(_AllgatherFn.apply(True, name, process_set, *tensors))
 
 
 # -------------------------------------------------------------------------------- broadcast
@@ -738,30 +718,20 @@ def _reducescatter_grad(grad: torch.Tensor, op: int, prescale: float, postscale:
 
 
 class _ReducescatterFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor, name, op, process_set, prescale, postscale, compression):
-        ctx.args = (op, prescale, postscale, process_set)
-        return synchronize(reducescatter_async(tensor, name, op, process_set, prescale, postscale, compression))
+    """reducescatter of ``tensors`` (grouped: as grouped_reducescatter); the gradient: the
+    outputs' gradients gathered (times the size for Sum, and the scale factors)."""
 
     @staticmethod
-    def backward(ctx, grad):
-        op, prescale, postscale, process_set = ctx.args
-        grad = _reducescatter_grad(grad.contiguous(), op, prescale, postscale, process_set)
-        return allgather(grad, process_set=process_set), None, None, None, None, None, None
-
-
-class _GroupedReducescatterFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, name, op, process_set, prescale, postscale, compression, *tensors):
-        ctx.args = (op, prescale, postscale, process_set)
-        return tuple(synchronize(grouped_reducescatter_async(list(tensors), name, op, process_set, prescale,
-                                                             postscale, compression)))
+    def forward(ctx, grouped, name, op, process_set, prescale, postscale, compression, *tensors):
+        ctx.args = (grouped, op, prescale, postscale, process_set)
+        return synchronize(_new_handle(_submit_reducescatters(tensors, name, grouped, op, prescale, postscale,
+                                                              process_set, compression), tuple))
 
     @staticmethod
     def backward(ctx, *grads):
-        op, prescale, postscale, process_set = ctx.args
-        grads = [_reducescatter_grad(g.contiguous(), op, prescale, postscale, process_set) for g in grads]
-        return (None, None, None, None, None, None, *grouped_allgather(grads, process_set=process_set))
+        grouped, op, prescale, postscale, process_set = ctx.args
+        grads = tuple(_reducescatter_grad(g.contiguous(), op, prescale, postscale, process_set) for g in grads)
+        return (None,) * 7 + _AllgatherFn.apply(grouped, None, process_set, *grads)
 
 
 def reducescatter(tensor: torch.Tensor, name: str | None = None, compression=Compression.none, op: int = Average,
@@ -771,7 +741,8 @@ def reducescatter(tensor: torch.Tensor, name: str | None = None, compression=Com
     if not isinstance(tensor, torch.Tensor):
         return synchronize(reducescatter_async(tensor, name, op, process_set, prescale_factor, postscale_factor,
                                                compression))
-    return _ReducescatterFn.apply(tensor, name, op, process_set, prescale_factor, postscale_factor, compression)
+    return _ReducescatterFn.apply(False, name, op, process_set, prescale_factor, postscale_factor, compression,
+                                  tensor)[0]
 
 
 def grouped_reducescatter(tensors: Sequence[torch.Tensor], name: str | None = None, compression=Compression.none,
@@ -781,8 +752,8 @@ def grouped_reducescatter(tensors: Sequence[torch.Tensor], name: str | None = No
     if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
         return synchronize(grouped_reducescatter_async(tensors, name, op, process_set, prescale_factor,
                                                        postscale_factor, compression))
-    return list(_GroupedReducescatterFn.apply(name, op, process_set, prescale_factor, postscale_factor, compression,
-                                              *tensors))
+    return list(_ReducescatterFn.apply(True, name, op, process_set, prescale_factor, postscale_factor, compression,
+                                       *tensors))
 
 
 # -------------------------------------------------------------------------------- barrier, join

@@ -134,8 +134,11 @@ def reducescatter_ops_scales_uneven_rows_and_grad():
         (y * w).sum().backward()
         ws = [data(q, (parts[q], 2), torch.float64, 6) for q in range(P)]
         assert torch.equal(x.grad, torch.cat(ws) * factor), op
+        x.grad = None
         ys = hvd.grouped_reducescatter([x, x * 1], op=op)
         assert all(t.grad_fn is not None for t in ys)
+        sum((t * w).sum() for t in ys).backward()
+        assert torch.equal(x.grad, 2 * torch.cat(ws) * factor), op
     expect_everywhere(ValueError, "Reducescatter currently only supports AVERAGE and SUM.",
                       lambda: hvd.reducescatter(torch.ones(P, 2), op=hvd.Max, name="rs.max"))
     expect_everywhere(hvd.TensorMismatchError, "rank-zero tensor",
