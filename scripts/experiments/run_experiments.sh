@@ -90,10 +90,11 @@ fashion() {  # accuracy: 10 epochs each (convnet ~12 min, resnet20 ~30 min on 2 
 
 # the time-to-accuracy rivals again with other seeds (model init and data order): one evaluation a
 # epoch on one seed cannot tell epoch 4 from epoch 6 when runs differ by less than epoch-to-epoch noise;
-# then ResNet-20's defaults against dense (its accuracy verdict), its hook and PowerSGD rank 4 (35-45 min a run here)
+# then ResNet-20's defaults against dense (its accuracy verdict), its hook, PowerSGD rank 4 and DDP allreduce
+# (25-45 min a run here)
 FASHION_SEEDED=(convnet/dense convnet/ddp-gtopk0.001 convnet/ddp-powersgd4 convnet/gtopk0.001 convnet/ddp-allreduce
   convnet/ddp-gtopk0.001_start10 resnet20/dense resnet20/gtopk0.001 resnet20/ddp-gtopk0.001_start10
-  resnet20/ddp-powersgd4)
+  resnet20/ddp-powersgd4 resnet20/ddp-allreduce)
 
 fashion_seeds() {  # FASHION_SEEDED with --seed 1 and 2 (seed 0 is fashion's run), finished runs skipped
   local run seed out
