@@ -266,7 +266,7 @@ def synchronize(handle: int):
 # -------------------------------------------------------------------------------- checks
 
 
-def _resolve_op(op: int | None, average: bool | None, fn: str) -> int:
+def _resolve_op(op: int | None, average: bool | None) -> int:
     if op is not None and average is not None:
         raise ValueError("average and op are mutually exclusive")
     if average is not None:
@@ -302,12 +302,12 @@ def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, p
                                    group=group, process_set=set_id), run)
 
 
-def _submit_allreduces(fn: str, tensors: Sequence[torch.Tensor], name: str | None, grouped: bool,
+def _submit_allreduces(tensors: Sequence[torch.Tensor], name: str | None, grouped: bool,
                        average: bool | None, op: int | None, prescale: float, postscale: float,
                        process_set: ProcessSet, compression) -> list[Work]:
     """Check, then submit one named allreduce per tensor (grouped: ``{name}.{i}``)."""
     def prepare() -> WorkOf:
-        resolved = _resolve_op(op, average, fn)
+        resolved = _resolve_op(op, average)
         return lambda t, n, group, set_id: _allreduce_work(t, n, resolved, prescale, postscale, compression,
                                                            group, set_id)
 
@@ -329,7 +329,7 @@ def allreduce_async(tensor: torch.Tensor, average: bool | None = None, name: str
                     op: int | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                     process_set: ProcessSet = global_process_set, compression=Compression.none) -> int:
     """Start an allreduce of ``tensor`` (not modified); returns a handle for synchronize()."""
-    works = _submit_allreduces("allreduce_async", [tensor], name, False, average, op, prescale_factor,
+    works = _submit_allreduces([tensor], name, False, average, op, prescale_factor,
                                postscale_factor, process_set, compression)
     return _new_handle(works, lambda r: r[0])
 
@@ -338,7 +338,7 @@ def allreduce_async_(tensor: torch.Tensor, average: bool | None = None, name: st
                      op: int | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                      process_set: ProcessSet = global_process_set, compression=Compression.none) -> int:
     """In-place allreduce_async: synchronize() writes the result into ``tensor`` and returns it."""
-    works = _submit_allreduces("allreduce_async_", [tensor], name, False, average, op, prescale_factor,
+    works = _submit_allreduces([tensor], name, False, average, op, prescale_factor,
                                postscale_factor, process_set, compression)
     finish = _copy_into([tensor])
     return _new_handle(works, lambda r: finish(r)[0])
@@ -351,7 +351,7 @@ class _AllreduceFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grouped, name, average, op, prescale, postscale, process_set, compression, *tensors):
         ctx.args = (grouped, average, op, prescale, postscale, process_set)
-        return synchronize(_new_handle(_submit_allreduces("allreduce", tensors, name, grouped, average, op, prescale,
+        return synchronize(_new_handle(_submit_allreduces(tensors, name, grouped, average, op, prescale,
                                                           postscale, process_set, compression), tuple))
 
     @staticmethod
@@ -384,7 +384,7 @@ def grouped_allreduce_async(tensors: Sequence[torch.Tensor], average: bool | Non
                             op: int | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                             process_set: ProcessSet = global_process_set, compression=Compression.none) -> int:
     """Start allreduces of a list of tensors; synchronize() returns the list of results."""
-    works = _submit_allreduces("grouped_allreduce_async", tensors, name, True, average, op, prescale_factor,
+    works = _submit_allreduces(tensors, name, True, average, op, prescale_factor,
                                postscale_factor, process_set, compression)
     return _new_handle(works, list)
 
@@ -393,7 +393,7 @@ def grouped_allreduce_async_(tensors: Sequence[torch.Tensor], average: bool | No
                              op: int | None = None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
                              process_set: ProcessSet = global_process_set, compression=Compression.none) -> int:
     """In-place grouped_allreduce_async."""
-    works = _submit_allreduces("grouped_allreduce_async_", tensors, name, True, average, op, prescale_factor,
+    works = _submit_allreduces(tensors, name, True, average, op, prescale_factor,
                                postscale_factor, process_set, compression)
     return _new_handle(works, _copy_into(tensors))
 
@@ -685,7 +685,7 @@ def _reducescatter_work(tensor: torch.Tensor, name: str, op: int, prescale: floa
 def _submit_reducescatters(tensors: Sequence[torch.Tensor], name: str | None, grouped: bool, op: int | None,
                            prescale: float, postscale: float, process_set: ProcessSet, compression) -> list[Work]:
     def prepare() -> WorkOf:
-        resolved = _resolve_op(op, None, "reducescatter")
+        resolved = _resolve_op(op, None)
         return lambda t, n, group, set_id: _reducescatter_work(t, n, resolved, prescale, postscale, compression,
                                                                group, set_id)
 
