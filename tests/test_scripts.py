@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,20 +67,32 @@ def test_soak_check_runs_short():
 @pytest.mark.parametrize("hook", ["allreduce", "fp16", "powersgd:1", "gtopk"])
 def test_train_ddp_under_torchrun_without_mpiexec(hook, tmp_path):
     """scripts/experiments/train.py --ddp under torchrun with no mpiexec on PATH (the mpich wheel's stays in
-    the venv's bin, which is not on this PATH): DDP with each hook learns and writes its CSV."""
+    the venv's bin, which is not on this PATH): DDP with each hook learns and writes its CSV. ``--nic``
+    on the loopback's tx counter (gloo's traffic between the two ranks): DDP allreduce's port column
+    holds at least what each step's allreduce must send (the model's float32 gradient)."""
     pytest.importorskip("sklearn")
+    lo = Path("/sys/class/net/lo/statistics/tx_bytes")
+    nic = ["--nic", str(lo)] if lo.exists() else []
     env = {**os.environ, "PATH": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     assert shutil.which("mpiexec", path=env["PATH"]) is None and shutil.which("mpirun", path=env["PATH"]) is None
     out = tmp_path / "ddp.csv"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "scripts/experiments/train.py", "--ddp", "--hook", hook, "--model", "mlp", "--data",
                            "digits", "--density", "0.01", "--epochs", "3", "--batch-size", "16", "--start-iter", "10",
-                           "--quiet", "--csv", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                           "--quiet", "--csv", str(out), *nic], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and rows[0]["algo"] == "ddp-" + hook.replace(":", "") and rows[0]["ranks"] == "2"
+    if nic and hook == "allreduce":
+        sys.path.insert(0, str(ROOT / "scripts" / "experiments"))
+        try:
+            import models
+        finally:
+            sys.path.remove(str(ROOT / "scripts" / "experiments"))
+        m = sum(p.numel() for p in models.build("mlp", "digits").parameters())
+        assert all(float(r["port_kb_per_step"]) >= 4 * m / 1e3 for r in rows), [r["port_kb_per_step"] for r in rows]
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     if hook == "gtopk":
         assert float(rows[-1]["density"]) == 0.01 and float(rows[-1]["communication_s"]) > 0
@@ -90,7 +103,8 @@ def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
     of its seeds' finals, each run's steps to target the median over seeds (never = infinite),
     each step costed at its phase's measured step time (a DDP run's first epoch of DDP
     allreduce, the warm-up densities; a phase with no timing run at the steady step, marked), a
-    step time with several rounds at their median."""
+    step time with several rounds at their median; the port KB a step of a port run's last epoch,
+    and the port MB to the target phase by phase as the time."""
     np = pytest.importorskip("numpy")
     fields = ["epoch", "steps", "test_acc", "epoch_s", "compute_s"]
 
@@ -121,6 +135,14 @@ def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
     for name, (step, compute) in {"ddp-gtopk0.001": (0.15, 0.07), "ddp-gtopk0.001_round2": (0.10, 0.09),
                                   "ddp-gtopk0.001_round3": (0.11, 0.08)}.items():
         write(name, [0.0, 0.0], epoch_s=20 * step, compute_s=20 * compute, steps=20, kind="fmnist_step_convnet")
+    # the port columns: the last epoch of a port run, gTop-k's steady state and its first warm-up density
+    # (its other densities at the steady state's bytes; the hook has none)
+    for name, kb in {"gtopk0.001": 1234.4, "gtopk0.001_at0.25": 5000.0}.items():
+        with open(tmp_path / f"fmnist_port_convnet_{name}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["epoch", "steps", "port_kb_per_step"])
+            w.writeheader()
+            w.writerows([{"epoch": 1, "steps": 20, "port_kb_per_step": 900.0},
+                         {"epoch": 2, "steps": 40, "port_kb_per_step": kb}])
     out = tmp_path / "table.md"
     proc = subprocess.run([sys.executable, "scripts/experiments/time_to_accuracy.py", "--models", "convnet",
                            "--data", str(tmp_path), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
@@ -147,12 +169,14 @@ def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
     # gTop-k: 100 steps at each warm-up density (0.0156 and 0.004 unmeasured: the steady step), then steady
     emulated, projected = costed([("gtopk0.001_at0.25", 100), ("gtopk0.001_at0.0625", 100), ("x", 100),
                                   ("x", 100), ("gtopk0.001", 1000)], 300)
-    assert row[6:] == ["150", "50", f"{emulated:.0f} s †", f"{projected:.1f} s †"]
+    assert row[6:] == ["150", "50", f"{emulated:.0f} s †", f"{projected:.1f} s †", "1,234",
+                       f"{(100 * 5000 + 200 * 1234.4) / 1e3:,.0f} †"]
     assert "† a phase" in out.read_text() and "each the median of 1 to 3 timing rounds" in out.read_text()
     # the hook: one epoch (100 steps) of DDP allreduce, then its first warm-up density: all measured
     emulated, projected = costed([("ddp-allreduce", 100), ("ddp-gtopk0.001_at0.25", 100),
                                   ("ddp-gtopk0.001", 1000)], 200)
-    assert table["DDP + gTop-k hook rho=0.001"][6:] == ["110", "80", f"{emulated:.0f} s", f"{projected:.1f} s"]
+    assert table["DDP + gTop-k hook rho=0.001"][6:] == ["110", "80", f"{emulated:.0f} s", f"{projected:.1f} s",
+                                                         "not measured", "-"]
     assert np.isinf(median_steps(topk)) and table["Top-k (allgather) rho=0.001"][4] == "never"
     assert table["dense (Horovod-style allreduce)"][4] == f"{median_steps(dense):,.0f} (epochs 2, 2)"
 

@@ -3,7 +3,7 @@
 # with the import swapped, needs HOROVOD_SRC, a Horovod source tree), convergence on digits, scaling on the emulated
 # 1 GbE cluster (root; P = 1, 2, 4, 8; VGG-16 and ResNet-20 on synthetic CIFAR-shaped data), and
 # the DDP hooks (PyTorch's allreduce, fp16, PowerSGD; ours) against the Horovod-style optimizer.
-#   scripts/experiments/run_experiments.sh fashion | fashion-seeds | fashion-steps | fashion-report | convergence | scaling | ddp | all
+#   scripts/experiments/run_experiments.sh fashion | fashion-seeds | fashion-steps | fashion-ports | fashion-report | convergence | scaling | ddp | all
 # fashion skips runs whose output exists (delete it to rerun): its runs take hours on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -135,6 +135,28 @@ fashion_step_times() {  # each run's step time on the emulated 1 GbE cluster, P 
   done
 }
 
+fashion_port_bytes() {  # what left each host's port a step, steady state, emulated 1 GbE cluster, P = 4
+  # (fmnist_port_{model}_{run}.csv: train.py --nic, the mean over ranks of each one's network namespace's
+  # tx counter), the warm-up densities too; FASHION_MODELS, FASHION_RUNS and FASHION_WARMUP_RUNS as
+  # fashion-steps. Bytes, not times: needs no quiet machine
+  scripts/cluster/emulate_cluster.sh up 4
+  trap 'scripts/cluster/emulate_cluster.sh down' EXIT
+  export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet
+  local model name density warmup nic=(--nic /sys/class/net/gtknet/statistics/tx_bytes)
+  warmup=$($PY -c "from gtopk_mpi import config; print(config.DENSITY_WARMUP.default.replace(',', ' '))")
+  for model in ${FASHION_MODELS:-convnet resnet20}; do
+    for name in ${FASHION_RUNS:-"${FASHION_TIMED[@]}"}; do
+      if [[ $name == */* ]]; then [ "${name%/*}" = "$model" ] || continue; name=${name#*/}; fi
+      step_time $model $name "docs/data/fmnist_port_${model}_$name.csv" "${nic[@]}"
+    done
+    for name in ${FASHION_WARMUP_RUNS-gtopk0.001 ddp-gtopk0.001}; do  # each density of the library's warm-up
+      for density in $warmup; do
+        step_time $model $name "docs/data/fmnist_port_${model}_${name}_at$density.csv" "${nic[@]}" --density $density
+      done
+    done
+  done
+}
+
 step_time() {  # step_time MODEL RUN CSV [train.py args]: 2 epochs of STEPS (20) steps, the steady state
   GTOPK_DENSITY_WARMUP=none LAUNCH="scripts/cluster/emulate_cluster.sh run 4" fashion_train $1 $2 --epochs 2 \
     --steps-per-epoch ${STEPS:-20} --start-iter 2 --csv "$3" "${@:4}"
@@ -222,10 +244,11 @@ case "${1:-all}" in
   fashion) fashion ;;
   fashion-seeds) fashion_seeds ;;
   fashion-steps) fashion_step_times ;;
+  fashion-ports) fashion_port_bytes ;;
   fashion-report) fashion_report ;;
   convergence) convergence ;;
   scaling) scaling ;;
   ddp) ddp_speed; ddp_accuracy ;;
-  all) fashion; fashion_step_times; fashion_report; convergence; scaling; ddp_speed; ddp_accuracy ;;
-  *) echo "usage: $0 fashion|fashion-seeds|fashion-steps|fashion-report|convergence|scaling|ddp|all" >&2; exit 2 ;;
+  all) fashion; fashion_step_times; fashion_port_bytes; fashion_report; convergence; scaling; ddp_speed; ddp_accuracy ;;
+  *) echo "usage: $0 fashion|fashion-seeds|fashion-steps|fashion-ports|fashion-report|convergence|scaling|ddp|all" >&2; exit 2 ;;
 esac

@@ -23,7 +23,12 @@ median over those rounds). Columns:
 * time to target on a GPU cluster (projection): the same sum of (compute / S + the measured
   step's communication and compression), i.e. the wire as measured on 1 GbE beside a compute S
   times faster than a rank here (``--gpu-speedup``, default 50; an assumption, not a
-  measurement: the ratio at which communication/computation would match GPU nodes).
+  measurement: the ratio at which communication/computation would match GPU nodes);
+* KB a step out of a host's port in the steady state, protocol headers and all
+  (docs/data/fmnist_port_{model}_{run}.csv: the same timing run with train.py ``--nic``, the
+  mean over the hosts' tx counters; run_experiments.sh fashion-ports), and MB out of the port
+  to the target, phase by phase as the time (a phase without a port run at the steady state's
+  KB a step, marked with the dagger).
 """
 
 from __future__ import annotations
@@ -66,6 +71,11 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def port_kb(path: Path) -> float | None:
+    """KB a step out of a host's port in a port run's last epoch (None without one)."""
+    return float(rows(path)[-1]["port_kb_per_step"]) if path.exists() else None
+
+
 def step_time(path: Path) -> tuple[float, float, int]:
     """(step s, compute s, rounds) of a timing run: its last epoch's, the median over its rounds
     (``path``, then ``{path.stem}_round{N}.csv`` beside it: run_experiments.sh's ROUNDS)."""
@@ -100,18 +110,31 @@ def phases(name: str, steps_per_epoch: int) -> list[tuple[str, int]]:
     return out + [(base, 0)]
 
 
+def phase_steps(steps: float, plan: list[tuple[str, int]]) -> list[tuple[str, float]]:
+    """(run, steps) of each phase a run's first ``steps`` steps pass through."""
+    out = []
+    for i, (run, n) in enumerate(plan):
+        take = steps if i == len(plan) - 1 else min(steps, n)
+        out.append((run, take))
+        steps -= take
+    return out
+
+
 def elapsed(steps: float, plan: list[tuple[str, int]], times: dict[str, tuple[float, float]],
             speedup: float) -> tuple[float, float]:
     """(seconds on the emulated cluster, seconds projected to a GPU cluster) of a run's first
     ``steps`` steps: each phase's steps at its (step s, compute s) from ``times``."""
     emulated = projected = 0.0
-    for i, (run, n) in enumerate(plan):
-        take = steps if i == len(plan) - 1 else min(steps, n)
+    for run, take in phase_steps(steps, plan):
         step, compute = times[run]
         emulated += take * step
         projected += take * (compute / speedup + step - compute)
-        steps -= take
     return emulated, projected
+
+
+def port_mb(steps: float, plan: list[tuple[str, int]], kb: dict[str, float]) -> float:
+    """MB out of a host's port in a run's first ``steps`` steps: each phase's at its KB a step."""
+    return sum(take * kb[run] for run, take in phase_steps(steps, plan)) / 1e3
 
 
 def seeds(data: Path, model: str, name: str) -> list[list[dict[str, str]]]:
@@ -134,8 +157,9 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], Cur
     lines = [f"**{model}**: target {100 * target:.2f}% (dense's final {100 * dense_final:.2f}%"
              + (f", the mean of {len(dense_runs)} seeds," if len(dense_runs) > 1 else "") + " minus 1 point)", "",
              "| run | seeds | final acc. | vs dense | steps to target | run took (min) | step (ms), emulated 1 GbE | "
-             "of which compute | time to target, emulated 1 GbE | GPU-cluster projection |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "of which compute | time to target, emulated 1 GbE | GPU-cluster projection | port KB a step | "
+             "port MB to target |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     curves, rounds = {}, set()
     for name, label in LABELS.items():
         runs = seeds(data, model, name)
@@ -172,6 +196,14 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], Cur
                              for e, x in enumerate(r)]
         else:
             cols = ["not measured"] * 2 + [never if hit is None else "-"] * 2
+        ports = {run: port_kb(data / f"fmnist_port_{model}_{run}.csv") for run, _ in plan}
+        steady_kb = ports[plan[-1][0]]
+        if steady_kb is None:
+            cols += ["not measured", never if hit is None else "-"]
+        else:  # a phase without a port run of its own at the steady state's bytes, marked
+            kb = {run: steady_kb if v is None else v for run, v in ports.items()}
+            pmark = "" if None not in ports.values() else " †"
+            cols += [f"{steady_kb:,.0f}", never if hit is None else f"{port_mb(hit, plan, kb):,.0f}{pmark}"]
         epochs = ", ".join("-" if h is None else h["epoch"] for h in hits)
         reached = never if hit is None else f"{hit:,.0f} (epoch{'s' if len(runs) > 1 else ''} {epochs})"
         vs = 100 * (final - vs_final)
@@ -183,8 +215,8 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], Cur
         lines += ["", f"Step times: each the median of {n} timing round{'s' if max(rounds) > 1 else ''} "
                   "(run_experiments.sh fashion-steps, ROUNDS)."]
     if any(" †" in line for line in lines):
-        lines += ["", "† a phase of this run (a DDP run's first epoch, or warm-up densities) has no timing run of "
-                  "its own: costed at the steady state's step."]
+        lines += ["", "† a phase of this run (a DDP run's first epoch, or warm-up densities) has no timing (port) "
+                  "run of its own: costed at the steady state's step (bytes a step)."]
     return lines, curves, 100 * target
 
 

@@ -22,7 +22,8 @@ samples/s per rank and the time split into compute (forward + backward), compres
 paper's breakdown; rank 0 writes the CSV and shows a progress bar. With --ddp the hook
 works inside backward: compute is forward + backward timed alone (DDP's no_sync) at the
 start, and what each backward took beyond it is the hook's cost, reported as communication
-(for gTop-k less its selection and merges, which are compression).
+(for gTop-k less its selection and merges, which are compression). ``--nic`` adds what
+left each host's port a step (a byte counter read around the steps, evaluations excluded).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from tqdm import tqdm
 
 CSV_FIELDS = ["algo", "values", "wire", "layout", "model", "data", "ranks", "epoch", "steps", "density", "lr", "loss",
               "test_acc", "samples_per_s_per_rank", "compute_s", "compression_s", "communication_s", "other_s",
-              "epoch_s"]
+              "epoch_s", "port_kb_per_step"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -81,10 +82,21 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--csv", help="write per-epoch rows here (rank 0)")
+    p.add_argument("--nic", metavar="FILE", help="a byte counter of this rank's host port, read around each "
+                   "epoch's steps (e.g. /sys/class/net/gtknet/statistics/tx_bytes on the emulated cluster): the "
+                   "CSV's port_kb_per_step, KB a step that left the port, headers and all (the mean over ranks)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines, no progress bar")
     p.add_argument("--plot-from", nargs="+", metavar="CSV", help="plot loss/accuracy curves of these runs and exit")
     p.add_argument("--plot", help="PNG to write with --plot-from")
     return p.parse_args()
+
+
+def read_counter(path: str | None) -> int:
+    """The byte counter at ``path`` (0 without one)."""
+    if path is None:
+        return 0
+    with open(path) as f:
+        return int(f.read().strip())
 
 
 def plot_runs(paths: list[str], out: str) -> None:
@@ -365,6 +377,7 @@ def main() -> int:
         compute = other = 0.0
         losses = []
         opt.timings(reset=True)
+        sent = read_counter(args.nic)
         t_epoch = time.perf_counter()
         for i in range(steps_per_epoch):
             idx = perm[(i * args.batch_size) % len(perm):][: args.batch_size]
@@ -383,6 +396,7 @@ def main() -> int:
             step += 1
             bar.update(1)
         epoch_s = time.perf_counter() - t_epoch
+        sent = read_counter(args.nic) - sent
         timings = opt.timings(reset=True)
         if args.ddp:  # the hook works inside backward: what backward took beyond compute alone is its cost
             waited = max(0.0, compute - steps_per_epoch * compute_alone)
@@ -391,6 +405,7 @@ def main() -> int:
         else:
             other = max(0.0, other - timings["compression"] - timings["communication"])
         mean_loss = mean_over_ranks(float(np.mean(losses)))
+        port_kb = mean_over_ranks(sent / steps_per_epoch / 1e3) if args.nic else ""
         acc = float("nan")
         if x_test is not None:
             acc = test_accuracy(model, x_test, y_test, rank, size, sum_over_ranks, average_buffers=not args.ddp)
@@ -403,7 +418,8 @@ def main() -> int:
                "epoch": epoch + 1, "steps": step, "density": density, "lr": lr, "loss": mean_loss,
                "test_acc": acc, "samples_per_s_per_rank": steps_per_epoch * args.batch_size / epoch_s,
                "compute_s": compute, "compression_s": timings["compression"],
-               "communication_s": timings["communication"], "other_s": other, "epoch_s": epoch_s}
+               "communication_s": timings["communication"], "other_s": other, "epoch_s": epoch_s,
+               "port_kb_per_step": port_kb}
         if rank == 0:
             if writer is not None:
                 writer.writerow(row)
