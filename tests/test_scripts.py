@@ -143,6 +143,9 @@ def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
             w.writeheader()
             w.writerows([{"epoch": 1, "steps": 20, "port_kb_per_step": 900.0},
                          {"epoch": 2, "steps": 40, "port_kb_per_step": kb}])
+    # the link 50x slower: the hook's steady state and DDP allreduce timed there, its warm-up densities not
+    for name, (step, compute) in {"ddp-gtopk0.001": (0.2, 0.08), "ddp-allreduce": (2.0, 0.05)}.items():
+        write(name, [0.0, 0.0], epoch_s=20 * step, compute_s=20 * compute, steps=20, kind="fmnist_step20mbit_convnet")
     out = tmp_path / "table.md"
     proc = subprocess.run([sys.executable, "scripts/experiments/time_to_accuracy.py", "--models", "convnet",
                            "--data", str(tmp_path), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
@@ -155,7 +158,7 @@ def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
                                 for acc in runs.values()]))
 
     table = {line.split(" | ")[0].lstrip("| "): line.strip(" |").split(" | ") for line in out.read_text().splitlines()
-             if line.startswith("| ") and not line.startswith("| run")}
+             if line.startswith("| ") and not line.startswith("| run") and line.count(" | ") > 8}  # not the slow link's
     assert f"target {100 * target:.2f}%" in out.read_text()
     row = table["gTop-k rho=0.001, library defaults"]
     assert row[1] == "3" and row[2] == f"{100 * np.mean([a[-1] for a in gtopk.values()]):.2f}%"
@@ -177,6 +180,12 @@ def test_time_to_accuracy_takes_the_median_over_seeds(tmp_path):
                                   ("ddp-gtopk0.001", 1000)], 200)
     assert table["DDP + gTop-k hook rho=0.001"][6:] == ["110", "80", f"{emulated:.0f} s", f"{projected:.1f} s",
                                                          "not measured", "-"]
+    # slowed link: the hook's table row (the last row of that label), its first epoch at DDP allreduce's 2 s a step
+    slow = [line.strip(" |").split(" | ") for line in out.read_text().splitlines()
+            if line.startswith("| DDP + gTop-k hook rho=0.001 |")][-1]
+    t = 100 * 2.0 + 100 * 0.2
+    assert "convnet with the link at 1 Gbit/s / 50" in out.read_text()
+    assert slow[1:] == ["200", "80", f"{t:.0f} s †", f"{t / 50:.1f} s †"]
     assert np.isinf(median_steps(topk)) and table["Top-k (allgather) rho=0.001"][4] == "never"
     assert table["dense (Horovod-style allreduce)"][4] == f"{median_steps(dense):,.0f} (epochs 2, 2)"
 
@@ -217,3 +226,4 @@ def test_every_timed_fashion_run_is_a_trained_run():
     seeded = array("FASHION_SEEDED")
     assert len(seeded) >= 10
     assert sorted(e for e in seeded if e not in plan) == []
+    assert sorted(r for r in array("FASHION_SCALED") if f"convnet/{r}" not in plan) == []  # fashion-scaled's

@@ -3,7 +3,7 @@
 # with the import swapped, needs HOROVOD_SRC, a Horovod source tree), convergence on digits, scaling on the emulated
 # 1 GbE cluster (root; P = 1, 2, 4, 8; VGG-16 and ResNet-20 on synthetic CIFAR-shaped data), and
 # the DDP hooks (PyTorch's allreduce, fp16, PowerSGD; ours) against the Horovod-style optimizer.
-#   scripts/experiments/run_experiments.sh fashion | fashion-seeds | fashion-steps | fashion-ports | fashion-report | convergence | scaling | ddp | all
+#   scripts/experiments/run_experiments.sh fashion | fashion-seeds | fashion-steps | fashion-ports | fashion-scaled | fashion-report | convergence | scaling | ddp | all
 # fashion skips runs whose output exists (delete it to rerun): its runs take hours on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -157,6 +157,29 @@ fashion_port_bytes() {  # what left each host's port a step, steady state, emula
   done
 }
 
+# the runs timed on a link 50x slower than 1 GbE (fashion-scaled): the time-to-accuracy rivals
+FASHION_SCALED=(dense gtopk0.001 ddp-allreduce ddp-gtopk0.001 ddp-powersgd4)
+
+fashion_scaled_steps() {  # step times with the link at 1 Gbit/s / 50 (20 Mbit/s), so that communication /
+  # computation is what it would be on GPU nodes on 1 GbE (a rank here computes ~50x slower than a GPU);
+  # one round of FASHION_SCALED and the warm-up densities of its gTop-k runs, FASHION_MODELS (convnet)
+  # (fmnist_step20mbit_{model}_{run}.csv; run it on a quiet machine)
+  RATE=20mbit scripts/cluster/emulate_cluster.sh up 4
+  trap 'scripts/cluster/emulate_cluster.sh down' EXIT
+  export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet
+  local model name density warmup
+  warmup=$($PY -c "from gtopk_mpi import config; print(config.DENSITY_WARMUP.default.replace(',', ' '))")
+  for model in ${FASHION_MODELS:-convnet}; do
+    for name in ${FASHION_RUNS:-"${FASHION_SCALED[@]}"}; do
+      step_time $model $name "docs/data/fmnist_step20mbit_${model}_$name.csv"
+      [[ $name == *gtopk* ]] || continue
+      for density in $warmup; do
+        step_time $model $name "docs/data/fmnist_step20mbit_${model}_${name}_at$density.csv" --density $density
+      done
+    done
+  done
+}
+
 step_time() {  # step_time MODEL RUN CSV [train.py args]: 2 epochs of STEPS (20) steps, the steady state
   GTOPK_DENSITY_WARMUP=none LAUNCH="scripts/cluster/emulate_cluster.sh run 4" fashion_train $1 $2 --epochs 2 \
     --steps-per-epoch ${STEPS:-20} --start-iter 2 --csv "$3" "${@:4}"
@@ -245,10 +268,11 @@ case "${1:-all}" in
   fashion-seeds) fashion_seeds ;;
   fashion-steps) fashion_step_times ;;
   fashion-ports) fashion_port_bytes ;;
+  fashion-scaled) fashion_scaled_steps ;;
   fashion-report) fashion_report ;;
   convergence) convergence ;;
   scaling) scaling ;;
   ddp) ddp_speed; ddp_accuracy ;;
-  all) fashion; fashion_step_times; fashion_port_bytes; fashion_report; convergence; scaling; ddp_speed; ddp_accuracy ;;
-  *) echo "usage: $0 fashion|fashion-seeds|fashion-steps|fashion-ports|fashion-report|convergence|scaling|ddp|all" >&2; exit 2 ;;
+  all) fashion; fashion_step_times; fashion_port_bytes; fashion_scaled_steps; fashion_report; convergence; scaling; ddp_speed; ddp_accuracy ;;
+  *) echo "usage: $0 fashion|fashion-seeds|fashion-steps|fashion-ports|fashion-scaled|fashion-report|convergence|scaling|ddp|all" >&2; exit 2 ;;
 esac

@@ -28,7 +28,12 @@ median over those rounds). Columns:
   (docs/data/fmnist_port_{model}_{run}.csv: the same timing run with train.py ``--nic``, the
   mean over the hosts' tx counters; run_experiments.sh fashion-ports), and MB out of the port
   to the target, phase by phase as the time (a phase without a port run at the steady state's
-  KB a step, marked with the dagger).
+  KB a step, marked with the dagger);
+* below each table, time to target again with the link 50x slower (20 Mbit/s,
+  docs/data/fmnist_step20mbit_{model}_{run}.csv, run_experiments.sh fashion-scaled): the other way
+  to make communication/computation what it is on GPU nodes on 1 GbE, measured rather than
+  projected (what is neither compute nor wire, e.g. selection and ranks waiting on each other,
+  then weighs as compute does), and that time / 50.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ def step_time(path: Path) -> tuple[float, float, int]:
 
 WARMUP = [float(d) for d in config.DENSITY_WARMUP.default.split(",")]  # the library's default warm-up
 WARMUP_STEPS = config.DENSITY_WARMUP_STEPS.default                      # steps of each of its densities
+SCALED_TAG, LINK_SCALE = "20mbit", 50.0  # fmnist_step20mbit_*: timing runs on a link 50x slower than 1 GbE
 # run-name suffixes of variants that share their base run's step times but not its schedule
 EPOCH_LONG_WARMUP = "_warmep"  # each warm-up density for one epoch (GTOPK_DENSITY_WARMUP_STEPS=468)
 START10 = "_start10"           # a DDP hook compressing from iteration 10 (the hook's default), not one epoch
@@ -160,7 +166,7 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], Cur
              "of which compute | time to target, emulated 1 GbE | GPU-cluster projection | port KB a step | "
              "port MB to target |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    curves, rounds = {}, set()
+    curves, rounds, scaled_lines = {}, set(), []
     for name, label in LABELS.items():
         runs = seeds(data, model, name)
         if not runs:
@@ -204,6 +210,15 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], Cur
             kb = {run: steady_kb if v is None else v for run, v in ports.items()}
             pmark = "" if None not in ports.values() else " †"
             cols += [f"{steady_kb:,.0f}", never if hit is None else f"{port_mb(hit, plan, kb):,.0f}{pmark}"]
+        slow = {run: data / f"fmnist_step{SCALED_TAG}_{model}_{run}.csv" for run, _ in plan}
+        slow_measured = {run: step_time(path)[:2] for run, path in slow.items() if path.exists()}
+        if plan[-1][0] in slow_measured:
+            slow_step, slow_compute = slow_measured[plan[-1][0]]
+            mark = "" if len(slow_measured) == len(slow) else " †"
+            slow_times = {run: slow_measured.get(run, (slow_step, slow_compute)) for run in slow}
+            t = None if hit is None else elapsed(hit, plan, slow_times, 1.0)[0]
+            slow_cell = f"{never} | {never}" if t is None else f"{t:.0f} s{mark} | {t / LINK_SCALE:.1f} s{mark}"
+            scaled_lines.append(f"| {label} | {1e3 * slow_step:.0f} | {1e3 * slow_compute:.0f} | {slow_cell} |")
         epochs = ", ".join("-" if h is None else h["epoch"] for h in hits)
         reached = never if hit is None else f"{hit:,.0f} (epoch{'s' if len(runs) > 1 else ''} {epochs})"
         vs = 100 * (final - vs_final)
@@ -214,6 +229,11 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], Cur
         n = f"{min(rounds)}" if len(rounds) == 1 else f"{min(rounds)} to {max(rounds)}"
         lines += ["", f"Step times: each the median of {n} timing round{'s' if max(rounds) > 1 else ''} "
                   "(run_experiments.sh fashion-steps, ROUNDS)."]
+    if scaled_lines:
+        lines += ["", f"{model} with the link at 1 Gbit/s / {LINK_SCALE:g} (emulated, one timing round; "
+                  "run_experiments.sh fashion-scaled):", "",
+                  "| run | step (ms) | of which compute | time to target | the same / "
+                  f"{LINK_SCALE:g} (a GPU cluster on 1 GbE) |", "|---|---|---|---|---|", *scaled_lines]
     if any(" †" in line for line in lines):
         lines += ["", "† a phase of this run (a DDP run's first epoch, or warm-up densities) has no timing (port) "
                   "run of its own: costed at the steady state's step (bytes a step)."]
