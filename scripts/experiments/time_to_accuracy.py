@@ -214,10 +214,11 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], Cur
         slow_measured = {run: step_time(path)[:2] for run, path in slow.items() if path.exists()}
         if plan[-1][0] in slow_measured:
             slow_step, slow_compute = slow_measured[plan[-1][0]]
-            mark = "" if len(slow_measured) == len(slow) else " †"
+            slow_mark = "" if len(slow_measured) == len(slow) else " †"
             slow_times = {run: slow_measured.get(run, (slow_step, slow_compute)) for run in slow}
             t = None if hit is None else elapsed(hit, plan, slow_times, 1.0)[0]
-            slow_cell = f"{never} | {never}" if t is None else f"{t:.0f} s{mark} | {t / LINK_SCALE:.1f} s{mark}"
+            slow_cell = (f"{never} | {never}" if t is None
+                         else f"{t:.0f} s{slow_mark} | {t / LINK_SCALE:.1f} s{slow_mark}")
             scaled_lines.append(f"| {label} | {1e3 * slow_step:.0f} | {1e3 * slow_compute:.0f} | {slow_cell} |")
         epochs = ", ".join("-" if h is None else h["epoch"] for h in hits)
         reached = never if hit is None else f"{hit:,.0f} (epoch{'s' if len(runs) > 1 else ''} {epochs})"
