@@ -107,31 +107,43 @@ fashion_seeds() {  # FASHION_SEEDED with --seed 1 and 2 (seed 0 is fashion's run
   done
 }
 
+emulated_sitting() {  # emulated_sitting RATE: the 4-host cluster up at RATE (down at exit), gloo told where it is
+  RATE=$1 scripts/cluster/emulate_cluster.sh up 4
+  trap 'scripts/cluster/emulate_cluster.sh down' EXIT
+  export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet
+}
+
+step_runs() {  # step_runs PREFIX TAG MODELS RUNS [train.py args]: on each model, step_time of each of RUNS (a name:
+  # every model; model/name: that model only), then of each FASHION_WARMUP_RUNS run (default: gTop-k's optimizer
+  # and hook) at each density of the library's warm-up, to docs/data/fmnist_{PREFIX}_{model}_{run}[_at{density}]{TAG}.csv
+  local prefix=$1 tag=$2 models=$3 runs=$4 model name density warmup
+  shift 4
+  warmup=$($PY -c "from gtopk_mpi import config; print(config.DENSITY_WARMUP.default.replace(',', ' '))")
+  for model in $models; do
+    for name in $runs; do  # steady state: no density warm-up, hooks compressing from step 2
+      if [[ $name == */* ]]; then [ "${name%/*}" = "$model" ] || continue; name=${name#*/}; fi
+      step_time $model $name "docs/data/fmnist_${prefix}_${model}_$name$tag.csv" "$@"
+    done
+    for name in ${FASHION_WARMUP_RUNS-gtopk0.001 ddp-gtopk0.001}; do
+      for density in $warmup; do
+        step_time $model $name "docs/data/fmnist_${prefix}_${model}_${name}_at$density$tag.csv" "$@" --density $density
+      done
+    done
+  done
+}
+
 fashion_step_times() {  # each run's step time on the emulated 1 GbE cluster, P = 4 (2 epochs of 20 steps),
   # ROUNDS (3) times, the rounds one after the other so that a noisy minute hits one round of every
   # run, not every round of one (round 1: fmnist_step_{model}_{run}.csv, then ..._round{N}.csv;
   # time_to_accuracy.py takes the median); FASHION_MODELS, FASHION_RUNS (as FASHION_TIMED) and
   # FASHION_WARMUP_RUNS choose a subset, to remeasure runs in one sitting; FIRST_ROUND (1) > 1 adds
   # rounds to an earlier sitting's
-  scripts/cluster/emulate_cluster.sh up 4
-  trap 'scripts/cluster/emulate_cluster.sh down' EXIT
-  export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet
-  local model name density warmup round tag
-  warmup=$($PY -c "from gtopk_mpi import config; print(config.DENSITY_WARMUP.default.replace(',', ' '))")
+  emulated_sitting "${RATE:-1gbit}"
+  local round tag
   for round in $(seq "${FIRST_ROUND:-1}" "${ROUNDS:-3}"); do
     tag=""
     [ "$round" = 1 ] || tag="_round$round"
-    for model in ${FASHION_MODELS:-convnet resnet20}; do
-      for name in ${FASHION_RUNS:-"${FASHION_TIMED[@]}"}; do  # steady state: no density warm-up, hooks compressing from step 2
-        if [[ $name == */* ]]; then [ "${name%/*}" = "$model" ] || continue; name=${name#*/}; fi
-        step_time $model $name "docs/data/fmnist_step_${model}_$name$tag.csv"
-      done
-      for name in ${FASHION_WARMUP_RUNS-gtopk0.001 ddp-gtopk0.001}; do  # each density of the library's warm-up
-        for density in $warmup; do
-          step_time $model $name "docs/data/fmnist_step_${model}_${name}_at$density$tag.csv" --density $density
-        done
-      done
-    done
+    step_runs step "$tag" "${FASHION_MODELS:-convnet resnet20}" "${FASHION_RUNS:-${FASHION_TIMED[*]}}"
   done
 }
 
@@ -139,22 +151,9 @@ fashion_port_bytes() {  # what left each host's port a step, steady state, emula
   # (fmnist_port_{model}_{run}.csv: train.py --nic, the mean over ranks of each one's network namespace's
   # tx counter), the warm-up densities too; FASHION_MODELS, FASHION_RUNS and FASHION_WARMUP_RUNS as
   # fashion-steps. Bytes, not times: needs no quiet machine
-  scripts/cluster/emulate_cluster.sh up 4
-  trap 'scripts/cluster/emulate_cluster.sh down' EXIT
-  export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet
-  local model name density warmup nic=(--nic /sys/class/net/gtknet/statistics/tx_bytes)
-  warmup=$($PY -c "from gtopk_mpi import config; print(config.DENSITY_WARMUP.default.replace(',', ' '))")
-  for model in ${FASHION_MODELS:-convnet resnet20}; do
-    for name in ${FASHION_RUNS:-"${FASHION_TIMED[@]}"}; do
-      if [[ $name == */* ]]; then [ "${name%/*}" = "$model" ] || continue; name=${name#*/}; fi
-      step_time $model $name "docs/data/fmnist_port_${model}_$name.csv" "${nic[@]}"
-    done
-    for name in ${FASHION_WARMUP_RUNS-gtopk0.001 ddp-gtopk0.001}; do  # each density of the library's warm-up
-      for density in $warmup; do
-        step_time $model $name "docs/data/fmnist_port_${model}_${name}_at$density.csv" "${nic[@]}" --density $density
-      done
-    done
-  done
+  emulated_sitting "${RATE:-1gbit}"
+  step_runs port "" "${FASHION_MODELS:-convnet resnet20}" "${FASHION_RUNS:-${FASHION_TIMED[*]}}" \
+    --nic /sys/class/net/gtknet/statistics/tx_bytes
 }
 
 # the runs timed on a link 50x slower than 1 GbE (fashion-scaled): the time-to-accuracy rivals
@@ -162,22 +161,10 @@ FASHION_SCALED=(dense gtopk0.001 ddp-allreduce ddp-gtopk0.001 ddp-powersgd4)
 
 fashion_scaled_steps() {  # step times with the link at 1 Gbit/s / 50 (20 Mbit/s), so that communication /
   # computation is what it would be on GPU nodes on 1 GbE (a rank here computes ~50x slower than a GPU);
-  # one round of FASHION_SCALED and the warm-up densities of its gTop-k runs, FASHION_MODELS (convnet)
-  # (fmnist_step20mbit_{model}_{run}.csv; run it on a quiet machine)
-  RATE=20mbit scripts/cluster/emulate_cluster.sh up 4
-  trap 'scripts/cluster/emulate_cluster.sh down' EXIT
-  export MASTER_ADDR=10.77.0.1 GLOO_SOCKET_IFNAME=gtknet
-  local model name density warmup
-  warmup=$($PY -c "from gtopk_mpi import config; print(config.DENSITY_WARMUP.default.replace(',', ' '))")
-  for model in ${FASHION_MODELS:-convnet}; do
-    for name in ${FASHION_RUNS:-"${FASHION_SCALED[@]}"}; do
-      step_time $model $name "docs/data/fmnist_step20mbit_${model}_$name.csv"
-      [[ $name == *gtopk* ]] || continue
-      for density in $warmup; do
-        step_time $model $name "docs/data/fmnist_step20mbit_${model}_${name}_at$density.csv" --density $density
-      done
-    done
-  done
+  # one round of FASHION_SCALED and FASHION_WARMUP_RUNS' warm-up densities (the gTop-k runs among them),
+  # FASHION_MODELS (convnet) (fmnist_step20mbit_{model}_{run}.csv; run it on a quiet machine)
+  emulated_sitting 20mbit
+  step_runs step20mbit "" "${FASHION_MODELS:-convnet}" "${FASHION_RUNS:-${FASHION_SCALED[*]}}"
 }
 
 step_time() {  # step_time MODEL RUN CSV [train.py args]: 2 epochs of STEPS (20) steps, the steady state
