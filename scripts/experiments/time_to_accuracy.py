@@ -42,10 +42,13 @@ import argparse
 import csv
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from gtopk_mpi import config
 
+T = TypeVar("T")
 DATA = Path(__file__).resolve().parents[2] / "docs" / "data"
 LABELS = {
     "dense": "dense (Horovod-style allreduce)",
@@ -76,9 +79,9 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def port_kb(path: Path) -> float | None:
-    """KB a step out of a host's port in a port run's last epoch (None without one)."""
-    return float(rows(path)[-1]["port_kb_per_step"]) if path.exists() else None
+def port_kb(path: Path) -> float:
+    """KB a step out of a host's port in a port run's last epoch."""
+    return float(rows(path)[-1]["port_kb_per_step"])
 
 
 def step_time(path: Path) -> tuple[float, float, int]:
@@ -126,13 +129,26 @@ def phase_steps(steps: float, plan: list[tuple[str, int]]) -> list[tuple[str, fl
     return out
 
 
-def elapsed(steps: float, plan: list[tuple[str, int]], times: dict[str, tuple[float, float]],
+def by_phase(data: Path, kind: str, model: str, plan: list[tuple[str, int]],
+             read: Callable[[Path], T]) -> tuple[dict[str, T], str] | None:
+    """({run: ``read`` of its docs/data/fmnist_{kind}_{model}_{run}.csv} for each phase's run, a
+    phase without a file at the steady state's (the last phase's); the dagger when one had none),
+    or None when the steady state has no file."""
+    paths = {run: data / f"fmnist_{kind}_{model}_{run}.csv" for run, _ in plan}
+    got = {run: read(path) for run, path in paths.items() if path.exists()}
+    if plan[-1][0] not in got:
+        return None
+    steady = got[plan[-1][0]]
+    return {run: got.get(run, steady) for run in paths}, "" if len(got) == len(paths) else " †"
+
+
+def elapsed(steps: float, plan: list[tuple[str, int]], times: dict[str, tuple[float, float, int]],
             speedup: float) -> tuple[float, float]:
     """(seconds on the emulated cluster, seconds projected to a GPU cluster) of a run's first
-    ``steps`` steps: each phase's steps at its (step s, compute s) from ``times``."""
+    ``steps`` steps: each phase's steps at its (step s, compute s, rounds) from ``times``."""
     emulated = projected = 0.0
     for run, take in phase_steps(steps, plan):
-        step, compute = times[run]
+        step, compute, _ = times[run]
         emulated += take * step
         projected += take * (compute / speedup + step - compute)
     return emulated, projected
@@ -185,13 +201,11 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], Cur
         median = statistics.median(steps)
         hit = None if math.isinf(median) else median
         plan = phases(name, int(r[0]["steps"]))
-        paths = {run: data / f"fmnist_step_{model}_{run}.csv" for run, _ in plan}
-        measured = {run: step_time(path) for run, path in paths.items() if path.exists()}
-        if plan[-1][0] in measured:
-            step, compute, n = measured[plan[-1][0]]  # the steady state's; it stands in for unmeasured phases
+        timed = by_phase(data, "step", model, plan, step_time)
+        if timed is not None:
+            times, mark = timed
+            step, compute, n = times[plan[-1][0]]  # the steady state's; it stands in for unmeasured phases
             rounds.add(n)
-            times = {run: measured.get(run, (step, compute))[:2] for run in paths}
-            mark = "" if len(measured) == len(paths) else " †"
             costed = None if hit is None else elapsed(hit, plan, times, speedup)
             cols = [f"{1e3 * step:.0f}", f"{1e3 * compute:.0f}",
                     never if costed is None else f"{costed[0]:.0f} s{mark}",
@@ -202,20 +216,16 @@ def table(model: str, speedup: float, data: Path = DATA) -> tuple[list[str], Cur
                              for e, x in enumerate(r)]
         else:
             cols = ["not measured"] * 2 + [never if hit is None else "-"] * 2
-        ports = {run: port_kb(data / f"fmnist_port_{model}_{run}.csv") for run, _ in plan}
-        steady_kb = ports[plan[-1][0]]
-        if steady_kb is None:
+        ported = by_phase(data, "port", model, plan, port_kb)
+        if ported is None:
             cols += ["not measured", never if hit is None else "-"]
-        else:  # a phase without a port run of its own at the steady state's bytes, marked
-            kb = {run: steady_kb if v is None else v for run, v in ports.items()}
-            pmark = "" if None not in ports.values() else " †"
-            cols += [f"{steady_kb:,.0f}", never if hit is None else f"{port_mb(hit, plan, kb):,.0f}{pmark}"]
-        slow = {run: data / f"fmnist_step{SCALED_TAG}_{model}_{run}.csv" for run, _ in plan}
-        slow_measured = {run: step_time(path)[:2] for run, path in slow.items() if path.exists()}
-        if plan[-1][0] in slow_measured:
-            slow_step, slow_compute = slow_measured[plan[-1][0]]
-            slow_mark = "" if len(slow_measured) == len(slow) else " †"
-            slow_times = {run: slow_measured.get(run, (slow_step, slow_compute)) for run in slow}
+        else:
+            kb, port_mark = ported
+            cols += [f"{kb[plan[-1][0]]:,.0f}", never if hit is None else f"{port_mb(hit, plan, kb):,.0f}{port_mark}"]
+        slow = by_phase(data, f"step{SCALED_TAG}", model, plan, step_time)
+        if slow is not None:
+            slow_times, slow_mark = slow
+            slow_step, slow_compute, _ = slow_times[plan[-1][0]]
             t = None if hit is None else elapsed(hit, plan, slow_times, 1.0)[0]
             slow_cell = (f"{never} | {never}" if t is None
                          else f"{t:.0f} s{slow_mark} | {t / LINK_SCALE:.1f} s{slow_mark}")
