@@ -46,6 +46,7 @@ declare -A FASHION_ARGS=(  # run name -> train.py args (VAR=VALUE words go to th
   [ddp-gtopk0.01]="--ddp --hook gtopk --density 0.01"
   [ddp-powersgd1]="--ddp --hook powersgd:1 --bucket-cap-mb 10000"
   [ddp-powersgd4]="--ddp --hook powersgd:4 --bucket-cap-mb 10000"
+  [ddp-powersgd4_start10]="--ddp --hook powersgd:4 --bucket-cap-mb 10000 --start-iter 10"
 )
 # model/run, most needed first: the defaults against dense on both models, then the time-to-accuracy
 # rivals on the communication-heavy convnet, then the rest of the grid
@@ -53,7 +54,7 @@ FASHION_PLAN=(convnet/dense convnet/gtopk0.001 convnet/ddp-powersgd4 resnet20/de
   convnet/ddp-gtopk0.001 convnet/gtopk0.01 convnet/ddp-gtopk0.01 convnet/gtopk0.001_nofloor convnet/topk0.001
   convnet/gtopk0.001_exact convnet/gtopk0.001_mc
   convnet/ddp-allreduce convnet/ddp-powersgd1 convnet/gtopk0.01_exact convnet/topk0.01 convnet/gtopk0.001_2x2
-  convnet/ddp-gtopk0.001_start10
+  convnet/ddp-gtopk0.001_start10 convnet/ddp-powersgd4_start10
   resnet20/ddp-powersgd4 resnet20/ddp-gtopk0.001 resnet20/gtopk0.001_nofloor resnet20/topk0.001
   resnet20/gtopk0.001_exact resnet20/ddp-allreduce resnet20/ddp-powersgd1 resnet20/ddp-gtopk0.001_start10
   resnet20/gtopk0.01_nofloor resnet20/gtopk0.01_exact_nofloor)
@@ -93,8 +94,8 @@ fashion() {  # accuracy: 10 epochs each (convnet ~12 min, resnet20 ~30 min on 2 
 # then ResNet-20's defaults against dense (its accuracy verdict), its hook, PowerSGD rank 4 and DDP allreduce
 # (25-45 min a run here)
 FASHION_SEEDED=(convnet/dense convnet/ddp-gtopk0.001 convnet/ddp-powersgd4 convnet/gtopk0.001 convnet/ddp-allreduce
-  convnet/ddp-gtopk0.001_start10 resnet20/dense resnet20/gtopk0.001 resnet20/ddp-gtopk0.001_start10
-  resnet20/ddp-powersgd4 resnet20/ddp-allreduce)
+  convnet/ddp-gtopk0.001_start10 convnet/ddp-powersgd4_start10 resnet20/dense resnet20/gtopk0.001
+  resnet20/ddp-gtopk0.001_start10 resnet20/ddp-powersgd4 resnet20/ddp-allreduce)
 
 fashion_seeds() {  # FASHION_SEEDED with --seed 1 and 2 (seed 0 is fashion's run), finished runs skipped
   local run seed out

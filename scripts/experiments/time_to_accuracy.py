@@ -70,6 +70,7 @@ LABELS = {
     "ddp-gtopk0.01": "DDP + gTop-k hook rho=0.01",
     "ddp-allreduce": "DDP allreduce",
     "ddp-powersgd4": "DDP + PowerSGD rank 4",
+    "ddp-powersgd4_start10": "DDP + PowerSGD rank 4, compressing from iteration 10",
     "ddp-powersgd1": "DDP + PowerSGD rank 1",
 }
 
@@ -102,7 +103,7 @@ WARMUP_STEPS = config.DENSITY_WARMUP_STEPS.default                      # steps 
 SCALED_TAG, LINK_SCALE = "20mbit", 50.0  # fmnist_step20mbit_*: timing runs on a link 50x slower than 1 GbE
 # run-name suffixes of variants that share their base run's step times but not its schedule
 EPOCH_LONG_WARMUP = "_warmep"  # each warm-up density for one epoch (GTOPK_DENSITY_WARMUP_STEPS=468)
-START10 = "_start10"           # a DDP hook compressing from iteration 10 (the hook's default), not one epoch
+START10 = "_start10"           # a DDP hook compressing from iteration 10 (gTop-k's default), not one epoch
 
 
 def phases(name: str, steps_per_epoch: int) -> list[tuple[str, int]]:
