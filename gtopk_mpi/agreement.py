@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import wire
+from .transport import Transport
 
 VALUE_ERROR, MISMATCH = 1, 2  # header "error" codes
 
@@ -111,7 +112,7 @@ def first_mismatch(headers: np.ndarray) -> Error | None:
     return None
 
 
-def local_error(link: Any, check: Callable[[], Any]) -> tuple[Error | None, Any]:
+def local_error(link: Transport, check: Callable[[], Any]) -> tuple[Error | None, Any]:
     """(None, check()) or, if check raised ValueError, (an Error naming this rank, None)."""
     try:
         return None, check()

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import topology, wire
+from .spaces import Space
 
 #: dtypes dense_allreduce takes (MPI sums them; float16 in float32)
 DENSE_DTYPES = ("float16", "float32", "float64", "int32", "int64")
@@ -33,7 +34,7 @@ def resolve_k(m: int, k: int | None, density: float | None) -> int:
     return max(1, math.ceil(rho * m))
 
 
-def check_sparse(space: Any, x: Any, k: int | None, density: float | None, residual: Any | None,
+def check_sparse(space: Space, x: Any, k: int | None, density: float | None, residual: Any | None,
                  values: str, wire_format: str = "fp32") -> tuple[int, str]:
     """(k, dtype name) of a sparse collective's arguments on this rank (x in ``space``)."""
     dtype = space.check(x, "x", space.sparse_dtypes)

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import numpy as np
+from mpi4py import MPI
 
 from . import arguments, runtime, spaces
 from . import wire as wire_format
@@ -29,7 +30,7 @@ from .spaces import Space
 from .transport import Transport
 
 
-def dense_allreduce(x: Any, average: bool = False, comm: Any = None) -> Any:
+def dense_allreduce(x: Any, average: bool = False, comm: MPI.Comm | Transport | None = None) -> Any:
     """The sum over all ranks of a 1-D array, on every rank (a new array, in x's memory).
 
     x: contiguous 1-D float16/32/64 or int32/64 (NumPy, or a torch CUDA tensor / CuPy
@@ -63,7 +64,8 @@ def reduce_agreed(link: Transport, space: Space, xs: Any, op: str = "sum") -> An
 
 
 def topk_allreduce(x: Any, k: int | None = None, density: float | None = None, average: bool = False,
-                   residual: Any = None, comm: Any = None, align: bool = False, wire: str = "fp32") -> SparseResult:
+                   residual: Any = None, comm: MPI.Comm | Transport | None = None, align: bool = False,
+                   wire: str = "fp32") -> SparseResult:
     """Local top-k, then an allgather of every rank's (index, value) pairs, summed.
 
     Arguments as gtopk_allreduce's. Returns the union of all ranks' k-sets (up to P*k
@@ -116,7 +118,7 @@ def topk_allreduce(x: Any, k: int | None = None, density: float | None = None, a
 
 
 def gtopk_tree_allreduce(x: Any, k: int | None = None, density: float | None = None, average: bool = False,
-                         comm: Any = None, align: bool = False) -> SparseResult:
+                         comm: MPI.Comm | Transport | None = None, align: bool = False) -> SparseResult:
     """gTopKAllReduce as drawn in the paper (see the module docstring). For comparison only."""
     t0 = time.perf_counter()
     link, space, stats = runtime.transport(comm), spaces.space_for(x), CommStats()

@@ -65,6 +65,7 @@ import time
 from typing import Any
 
 import numpy as np
+from mpi4py import MPI
 
 from . import arguments, runtime, spaces, wire
 from .agreement import Error, first_mismatch, local_error
@@ -362,8 +363,8 @@ def start(op: str, link: Transport, space: Space, x: Any, k: int | None, density
 
 
 def gtopk_allreduce(x: Any, k: int | None = None, density: float | None = None, average: bool = False,
-                    residual: Any = None, values: str = "merged", comm: Any = None, align: bool = False,
-                    wire: str = "fp32", hierarchical: bool | str | None = None) -> SparseResult:
+                    residual: Any = None, values: str = "merged", comm: MPI.Comm | Transport | None = None,
+                    align: bool = False, wire: str = "fp32", hierarchical: bool | str | None = None) -> SparseResult:
     """Global top-k sparse allreduce (butterfly gTopKAllReduce); see the module docstring.
 
     Every rank passes a contiguous 1-D ``x`` of the same length and dtype (NumPy

@@ -12,7 +12,6 @@ import atexit
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from mpi4py import MPI
 
@@ -180,7 +179,7 @@ def layout() -> Topology:
     return state().layout
 
 
-def transport(comm: MPI.Comm | Any | None = None) -> _transport.Transport:
+def transport(comm: MPI.Comm | _transport.Transport | None = None) -> _transport.Transport:
     """What a collective runs on: ``comm`` as given (an mpi4py communicator, or any
     Transport), default the communicator given to init()."""
     _keep_heap_pages()

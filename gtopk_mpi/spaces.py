@@ -26,6 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import _C, config, cuda, selection
+from .topology import HostTree
+from .transport import Transport
 
 
 class Space(Protocol):
@@ -70,7 +72,7 @@ class Space(Protocol):
     def view(self, buf: Any, dtype: str) -> Any: ...  # a uint8 buffer seen as dtype
     def concat(self, parts: list[Any]) -> Any: ...
     def ready(self, buf: Any) -> Any: ...  # buf, once the transport may read it (device work done)
-    def allreduce(self, link: Any, vals: Any, op: str = "sum") -> Any: ...
+    def allreduce(self, link: Transport | HostTree, vals: Any, op: str = "sum") -> Any: ...
     def scale_average(self, vals: Any, p: int) -> Any: ...
     def from_host(self, a: np.ndarray) -> Any: ...
     def to_host(self, a: Any) -> np.ndarray: ...
@@ -153,7 +155,7 @@ class HostSpace:
     def ready(self, buf: np.ndarray) -> np.ndarray:
         return buf
 
-    def allreduce(self, link: Any, vals: np.ndarray, op: str = "sum") -> np.ndarray:
+    def allreduce(self, link: Transport | HostTree, vals: np.ndarray, op: str = "sum") -> np.ndarray:
         wide = vals.astype(np.float32) if vals.dtype == np.float16 else np.array(vals, copy=True)
         link.allreduce(wide, op)
         return wide.astype(np.float16) if vals.dtype == np.float16 else wide

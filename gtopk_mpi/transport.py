@@ -69,13 +69,19 @@ class Transport(Protocol):
 
 
 class EngineTransport(Transport, Protocol):
-    """A Transport the torch engine can negotiate over (gtopk_mpi.torch.engine): it also
-    takes whichever message is waiting from any rank (``probe_any``: (source, buf), or None)."""
+    """A Transport the torch engine runs on (gtopk_mpi.torch.engine): it also takes whichever
+    message is waiting from any rank (``probe_any``: (source, buf), or None; negotiation), and
+    has Horovod's reducescatter and alltoall (``reduce_scatter``: the sum of every rank's
+    ``buf``, this rank's counts[rank] elements of it into ``out``; ``alltoallv``: send_counts[j]
+    bytes of ``buf`` to rank j, recv_counts[j] from rank j into ``out``, in rank order)."""
 
     def probe_any(self, alloc: Alloc) -> tuple[int, Any] | None: ...
+    def reduce_scatter(self, buf: Any, counts: list[int], out: Any, op: str = "sum") -> None: ...
+    def alltoallv(self, buf: Any, send_counts: list[int], out: Any, recv_counts: list[int]) -> None: ...
+    def split(self, color: int | None) -> EngineTransport | None: ...
 
 
-def poll(ready: Callable[[], Any], link: Any, who: str, gone: Callable[[], str | None] = lambda: None,
+def poll(ready: Callable[[], Any], link: Transport, who: str, gone: Callable[[], str | None] = lambda: None,
          idle: bool = False, end_job: Callable[[str], None] = failures.end_job) -> Any:
     """Poll ``ready()`` until it returns something other than None or False, for a wait of
     ``link`` (its rank, activity and GTOPK_YIELD setting) on ``who``: between polls yield the

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from .. import _C
+from ..topology import HostTree
+from ..transport import Transport
 from . import kernels as K
 
 
@@ -140,7 +142,7 @@ class DeviceSpace:
         self.kernels.synchronize(buf)  # the transport reads device memory outside torch's stream order
         return buf
 
-    def allreduce(self, link, vals, op: str = "sum"):
+    def allreduce(self, link: Transport | HostTree, vals: Any, op: str = "sum") -> Any:
         torch = K.torch_module()
         wide = vals.float() if vals.dtype == torch.float16 else vals.clone()
         link.allreduce(self.ready(wide), op)

@@ -75,7 +75,7 @@ class GTopkState:
                  values: str = "merged", wire: str | None = None, whole_model: bool = True,
                  density_warmup: Iterable[float] | None = None, warmup_steps: int | None = None,
                  named_parameters: Iterable[tuple[str, torch.nn.Parameter]] | None = None,
-                 hierarchical: bool | str | None = None, transport: Any = None, min_k: int | None = None):
+                 hierarchical: bool | str | None = None, transport: Transport | None = None, min_k: int | None = None):
         if start_iter < 2:
             raise ValueError(f"start_iter must be >= 2 (DDP rebuilds its buckets after iteration 0), got {start_iter}")
         if not 0.0 < density <= 1.0:

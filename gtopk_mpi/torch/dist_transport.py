@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from .. import failures
-from ..transport import Alloc, EngineTransport, MpiTransport, Numbered, poll
+from ..transport import Alloc, EngineTransport, MpiTransport, Numbered, Transport, poll
 
 TAG = 0x6770
 _OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "prod": dist.ReduceOp.PRODUCT}
@@ -96,10 +96,6 @@ class DistTransport(Numbered):
         if int(n[0]):
             self._wait_p2p(dist.irecv(self._tensor(buf), self.world_ranks[source], group=self.group, tag=TAG), source)
         return buf
-
-    def probe_any(self, alloc: Alloc) -> tuple[int, Any] | None:
-        raise NotImplementedError("the torch engine (gtopk_mpi.torch's Horovod API) runs on MPI; under torchrun use "
-                                  "the DDP hook (gtopk_mpi.torch.ddp)")
 
     def sendrecv(self, buf: Any, peer: int, alloc: Alloc) -> Any:
         sends = self._post_send(buf, peer)
@@ -185,6 +181,7 @@ class DistTransport(Numbered):
             dist.destroy_process_group(self.group)
 
 
-def _implementations(mpi: MpiTransport, dist: DistTransport) -> tuple[EngineTransport, EngineTransport]:
-    """Never called: the type checker (mypy, in scripts/test.sh) holds both transports to the protocol here."""
+def _implementations(mpi: MpiTransport, dist: DistTransport) -> tuple[EngineTransport, Transport]:
+    """Never called: the type checker (mypy, in scripts/test.sh) holds each transport to its protocol here
+    (the torch engine runs on MPI only; under torchrun the DDP hook uses a DistTransport)."""
     return mpi, dist

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from .. import config, failures
+from ..transport import EngineTransport
 from . import requests
 from .compression import from_description
 from .reduction import OP_NAMES, reduce_flat
@@ -74,7 +75,7 @@ from .timeline import Timeline
 log = logging.getLogger(__name__)
 
 
-def no_run(link: Any, reqs: list[Request]) -> None:
+def no_run(link: EngineTransport, reqs: list[Request]) -> None:
     """The work function of an op with nothing to run (barrier, shutdown, a failed request)."""
     return None
 
@@ -84,7 +85,7 @@ class Work:
     """One submitted op: its request, what to run once agreed, and its outcome."""
 
     request: Request
-    run: Callable[[Any, list[Request]], object]  # (transport, every rank's request) -> result
+    run: Callable[[EngineTransport, list[Request]], object]  # (transport, every rank's request) -> result
     done: threading.Event = field(default_factory=threading.Event)
     result: object = None
     error: BaseException | None = None
@@ -105,14 +106,14 @@ class ProcessSetLink:
     members, the transport its ops run on (None elsewhere)."""
 
     ranks: tuple[int, ...]
-    link: Any
+    link: EngineTransport | None
 
 
 class Engine:
     """Owns the front end's transports (``control`` for negotiation, ``link`` for the ops'
     data, one split of it per process set) and the one thread that uses them."""
 
-    def __init__(self, control: Any, link: Any):
+    def __init__(self, control: EngineTransport, link: EngineTransport):
         self.control, self.link = control, link
         self._cv = threading.Condition()
         self._pending: dict[Key, Work] = {}
@@ -302,7 +303,9 @@ class Engine:
         try:
             if error is not None:
                 raise error
-            work.result = work.run(self._sets[key[0]].link, reqs)
+            link = self._sets[key[0]].link
+            assert link is not None  # work pending here: this rank is a member
+            work.result = work.run(link, reqs)
             if key == JOIN_KEY:  # the rank whose join was seen last
                 work.result = max(self._joined, key=lambda q: (self._joined[q], q))
                 self._joined.clear()
@@ -330,7 +333,7 @@ class Engine:
         comp = from_description(request.compression)
         zeros = torch.zeros(int(np.prod(request.shape, dtype=np.int64)), dtype=dtype)
 
-        def run(link: Any, reqs: list[Request]) -> torch.Tensor:
+        def run(link: EngineTransport, reqs: list[Request]) -> torch.Tensor:
             return reduce_flat(link, zeros, op, comp, request.prescale, request.postscale)[0]
 
         return Work(request, run)
@@ -383,7 +386,7 @@ class Engine:
 _engine: Engine | None = None
 
 
-def start(control: Any, link: Any) -> None:
+def start(control: EngineTransport, link: EngineTransport) -> None:
     """Run the engine on two Transports of its own: negotiation, and the ops' data."""
     global _engine
     _engine = Engine(control, link)

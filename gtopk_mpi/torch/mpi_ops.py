@@ -294,7 +294,7 @@ def _allreduce_work(tensor: torch.Tensor, name: str, op: int, prescale: float, p
             raise ValueError(f"Tensor type {tensor.type()} is not supported by sparse compression.")
     snapshot = tensor.detach().clone()  # the tensor may change before the op runs
 
-    def run(link: Any, reqs: list[Request]) -> torch.Tensor:
+    def run(link: transport.EngineTransport, reqs: list[Request]) -> torch.Tensor:
         y, _ = reduce_flat(link, snapshot.reshape(-1), op, compression, prescale, postscale)
         return y.reshape(tensor.shape).to(dtype=tensor.dtype)
 
@@ -449,7 +449,7 @@ def _allgather_work(tensor: torch.Tensor, name: str, group: int, set_id: int) ->
     snapshot = tensor.detach().to("cpu", copy=True)
     shape = tuple(tensor.shape)
 
-    def run(link: Any, reqs: list[Request]) -> tuple[torch.Tensor, list[int]]:
+    def run(link: transport.EngineTransport, reqs: list[Request]) -> tuple[torch.Tensor, list[int]]:
         rows = [r.shape[0] for r in reqs]
         row = int(np.prod(shape[1:], dtype=np.int64))
         counts = [n * row for n in rows]
@@ -525,7 +525,7 @@ def _broadcast_work(tensor: torch.Tensor, root_rank: int, name: str, set_id: int
     snapshot = tensor.detach().to("cpu", copy=True)
     members = members_of(set_id)
 
-    def run(link: Any, reqs: list[Request]) -> torch.Tensor:
+    def run(link: transport.EngineTransport, reqs: list[Request]) -> torch.Tensor:
         root = root_index(root_rank, members)
         buf = host_bits(snapshot.reshape(-1))
         link.bcast(buf.view(np.uint8) if buf.dtype == np.bool_ else buf, root)
@@ -595,7 +595,7 @@ def _alltoall_work(tensor: torch.Tensor, splits: list[int] | None, name: str, se
         raise ValueError(f"alltoall: splits {splits} must be {n} non-negative row counts summing to the first "
                          f"dimension ({shape[0] if shape else 'none'})")
 
-    def run(link: Any, reqs: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(link: transport.EngineTransport, reqs: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
         recv_rows = [r.splits[link.rank] for r in reqs]
         arr = host_bits(snapshot.reshape(-1))
         row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * arr.itemsize
@@ -663,7 +663,7 @@ def _reducescatter_work(tensor: torch.Tensor, name: str, op: int, prescale: floa
     snapshot = tensor.detach().to("cpu", copy=True)
     shape = tuple(tensor.shape)
 
-    def run(link: Any, reqs: list[Request]) -> torch.Tensor:
+    def run(link: transport.EngineTransport, reqs: list[Request]) -> torch.Tensor:
         rows = scatter_rows(shape[0], link.size)
         row = int(np.prod(shape[1:], dtype=np.int64))
         src = snapshot.reshape(-1)

@@ -51,6 +51,7 @@ from typing import Any
 import torch
 
 from .. import config
+from ..transport import EngineTransport
 from . import requests
 from .compression import Compression, SparseCompressor, description
 from .density import min_k
@@ -80,8 +81,8 @@ class _Bucket:
 class _DistributedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, named_parameters, compression, backward_passes_per_step, op,
                  gradient_predivide_factor, num_groups, groups, sparse_as_dense, process_set,
-                 density_warmup, density_warmup_steps, momentum_correction):
-        super(self.__class__, self).__init__(params)
+                 density_warmup, density_warmup_steps, momentum_correction) -> None:
+        super(self.__class__, self).__init__(params)  # type: ignore[call-arg]  # the wrapped class's own
         self._set_id, members = registered(process_set)
         self._included = rank() in members  # Horovod: a rank outside the set steps on its own gradients
         self._process_set = process_set
@@ -201,7 +202,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         comp, ef = self._compression, self.error_feedback
         feedback = (ef, bucket.layout) if ef is not None else None
 
-        def run(link: Any, reqs) -> torch.Tensor:
+        def run(link: EngineTransport, reqs: list[requests.Request]) -> torch.Tensor:
             y, stats = reduce_flat(link, flat, self._op, comp, self._prescale, self._postscale, feedback)
             self._timings["compression"] += stats.select_s + stats.merge_s
             self._timings["communication"] += stats.comm_s
@@ -226,6 +227,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 self._submit(bucket)
         try:
             for bucket in self._buckets:
+                assert bucket.work is not None  # every bucket was submitted above
                 y = bucket.work.wait()
                 offset = 0
                 with torch.no_grad():
