@@ -41,6 +41,7 @@ declare -A FASHION_ARGS=(  # run name -> train.py args (VAR=VALUE words go to th
   [ddp-allreduce]="--ddp --hook allreduce"
   [ddp-gtopk0.001]="--ddp --hook gtopk --density 0.001"
   [ddp-gtopk0.001_start10]="--ddp --hook gtopk --density 0.001 --start-iter 10"
+  [ddp-gtopk0.001_start10_nowarm]="GTOPK_DENSITY_WARMUP=none --ddp --hook gtopk --density 0.001 --start-iter 10"
   [ddp-gtopk0.001_warmep]="GTOPK_DENSITY_WARMUP_STEPS=468 --ddp --hook gtopk --density 0.001"
   [gtopk0.001_warmep]="GTOPK_DENSITY_WARMUP_STEPS=468 --algo gtopk --density 0.001"
   [ddp-gtopk0.01]="--ddp --hook gtopk --density 0.01"
@@ -54,7 +55,7 @@ FASHION_PLAN=(convnet/dense convnet/gtopk0.001 convnet/ddp-powersgd4 resnet20/de
   convnet/ddp-gtopk0.001 convnet/gtopk0.01 convnet/ddp-gtopk0.01 convnet/gtopk0.001_nofloor convnet/topk0.001
   convnet/gtopk0.001_exact convnet/gtopk0.001_mc
   convnet/ddp-allreduce convnet/ddp-powersgd1 convnet/gtopk0.01_exact convnet/topk0.01 convnet/gtopk0.001_2x2
-  convnet/ddp-gtopk0.001_start10 convnet/ddp-powersgd4_start10
+  convnet/ddp-gtopk0.001_start10 convnet/ddp-powersgd4_start10 convnet/ddp-gtopk0.001_start10_nowarm
   resnet20/ddp-powersgd4 resnet20/ddp-gtopk0.001 resnet20/gtopk0.001_nofloor resnet20/topk0.001
   resnet20/gtopk0.001_exact resnet20/ddp-allreduce resnet20/ddp-powersgd1 resnet20/ddp-gtopk0.001_start10
   resnet20/gtopk0.01_nofloor resnet20/gtopk0.01_exact_nofloor)
@@ -94,8 +95,8 @@ fashion() {  # accuracy: 10 epochs each (convnet ~12 min, resnet20 ~30 min on 2 
 # then ResNet-20's defaults against dense (its accuracy verdict), its hook, PowerSGD rank 4 and DDP allreduce
 # (25-45 min a run here)
 FASHION_SEEDED=(convnet/dense convnet/ddp-gtopk0.001 convnet/ddp-powersgd4 convnet/gtopk0.001 convnet/ddp-allreduce
-  convnet/ddp-gtopk0.001_start10 convnet/ddp-powersgd4_start10 resnet20/dense resnet20/gtopk0.001
-  resnet20/ddp-gtopk0.001_start10 resnet20/ddp-powersgd4 resnet20/ddp-allreduce)
+  convnet/ddp-gtopk0.001_start10 convnet/ddp-powersgd4_start10 convnet/ddp-gtopk0.001_start10_nowarm
+  resnet20/dense resnet20/gtopk0.001 resnet20/ddp-gtopk0.001_start10 resnet20/ddp-powersgd4 resnet20/ddp-allreduce)
 
 fashion_seeds() {  # FASHION_SEEDED with --seed 1 and 2 (seed 0 is fashion's run), finished runs skipped
   local run seed out

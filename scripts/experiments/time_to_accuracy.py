@@ -66,6 +66,7 @@ LABELS = {
     "topk0.01": "Top-k (allgather) rho=0.01",
     "ddp-gtopk0.001": "DDP + gTop-k hook rho=0.001",
     "ddp-gtopk0.001_start10": "DDP + gTop-k hook rho=0.001, compressing from iteration 10 (its default)",
+    "ddp-gtopk0.001_start10_nowarm": "DDP + gTop-k hook rho=0.001, from iteration 10, GTOPK_DENSITY_WARMUP=none",
     "ddp-gtopk0.001_warmep": "DDP + gTop-k hook rho=0.001, warm-up densities one epoch each",
     "ddp-gtopk0.01": "DDP + gTop-k hook rho=0.01",
     "ddp-allreduce": "DDP allreduce",
@@ -104,17 +105,19 @@ SCALED_TAG, LINK_SCALE = "20mbit", 50.0  # fmnist_step20mbit_*: timing runs on a
 # run-name suffixes of variants that share their base run's step times but not its schedule
 EPOCH_LONG_WARMUP = "_warmep"  # each warm-up density for one epoch (GTOPK_DENSITY_WARMUP_STEPS=468)
 START10 = "_start10"           # a DDP hook compressing from iteration 10 (gTop-k's default), not one epoch
+NO_WARMUP = "_nowarm"          # no warm-up densities (GTOPK_DENSITY_WARMUP=none)
 
 
 def phases(name: str, steps_per_epoch: int) -> list[tuple[str, int]]:
     """A run's phases in order: (the run whose step time it has, its steps); the last phase
     lasts to the end (its steps are 0). A DDP run (but DDP allreduce itself) runs DDP allreduce
     first: one epoch (train.py's start_iter), or 10 steps for ..._start10; a Top-k or gTop-k run
-    then has the library's warm-up densities, named {run}_at{density}."""
-    base = name.removesuffix(EPOCH_LONG_WARMUP).removesuffix(START10)
-    first = 10 if name.endswith(START10) else steps_per_epoch
+    then has the library's warm-up densities, named {run}_at{density} (none for ..._nowarm)."""
+    plain = name.removesuffix(NO_WARMUP)
+    base = plain.removesuffix(EPOCH_LONG_WARMUP).removesuffix(START10)
+    first = 10 if plain.endswith(START10) else steps_per_epoch
     out = [("ddp-allreduce", first)] if base.startswith("ddp-") and base != "ddp-allreduce" else []
-    if "topk" in base:
+    if "topk" in base and plain == name:
         each = steps_per_epoch if name.endswith(EPOCH_LONG_WARMUP) else WARMUP_STEPS
         out += [(f"{base}_at{d:g}", each) for d in WARMUP]
     return out + [(base, 0)]
