@@ -113,11 +113,12 @@ def phases(name: str, steps_per_epoch: int) -> list[tuple[str, int]]:
     lasts to the end (its steps are 0). A DDP run (but DDP allreduce itself) runs DDP allreduce
     first: one epoch (train.py's start_iter), or 10 steps for ..._start10; a Top-k or gTop-k run
     then has the library's warm-up densities, named {run}_at{density} (none for ..._nowarm)."""
+    warm = not name.endswith(NO_WARMUP)
     plain = name.removesuffix(NO_WARMUP)
     base = plain.removesuffix(EPOCH_LONG_WARMUP).removesuffix(START10)
     first = 10 if plain.endswith(START10) else steps_per_epoch
     out = [("ddp-allreduce", first)] if base.startswith("ddp-") and base != "ddp-allreduce" else []
-    if "topk" in base and plain == name:
+    if "topk" in base and warm:
         each = steps_per_epoch if name.endswith(EPOCH_LONG_WARMUP) else WARMUP_STEPS
         out += [(f"{base}_at{d:g}", each) for d in WARMUP]
     return out + [(base, 0)]
